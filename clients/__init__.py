@@ -1,0 +1,1 @@
+"""Cameo clients: the `cameo` command line and (later) the Python client and web chat."""

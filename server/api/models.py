@@ -1,0 +1,42 @@
+"""`GET /v1/models` (the base and every persona) and the health probes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from server.api.deps import get_runtime
+from server.api.errors import APIError
+from server.api.schemas import ModelCard, ModelList
+from server.runtime import Runtime
+
+router = APIRouter()
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(runtime: Runtime = Depends(get_runtime)) -> ModelList:
+    base = runtime.loaded.model_id
+    cards = [ModelCard(id=base, created=runtime.engine_started, root=base)]
+    for persona in runtime.personas.all():
+        card = persona.card
+        cards.append(ModelCard(
+            id=persona.name, created=persona.created, root=base, parent=base,
+            display_name=card.display_name, description=card.description,
+            greeting=card.greeting, tags=list(card.tags)))
+    return ModelList(data=cards)
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """Alive: the process answers (the model may still be loading)."""
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    """Ready: the model is loaded and the engine thread runs; 503 otherwise."""
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None or not runtime.ready:
+        reason = "loading" if runtime is None else "engine not running"
+        return APIError(503, f"not ready: {reason}", code="not_ready").response()
+    return JSONResponse({"status": "ready", "model": runtime.loaded.model_id})

@@ -1,0 +1,369 @@
+"""The engine: one worker thread owns the model and runs `step()` in a loop (continuous batching).
+
+Each step
+  1. takes new requests and aborts from the inbox (any thread may `submit` or `abort`),
+  2. admits waiting requests into free batch rows, putting their adapter into a device slot
+     (FIFO: when the head of the queue waits for a slot, nothing behind it jumps ahead),
+  3. prefills admitted prompts, at most `prefill_chunk_tokens` per step so that a long prompt
+     does not freeze the other streams,
+  4. decodes one token for every running row in one forward pass, whatever adapters they use,
+  5. samples, detokenizes, checks stop conditions and hands `RequestOutput`s to each request's
+     sink; finished rows free their batch row and their adapter slot at once.
+
+Sinks are called on the worker thread and must not block (the async layer hands them to its
+event loop). This module knows nothing about HTTP, personas, or chat templates.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+
+from server.engine.detokenizer import IncrementalDetokenizer, StopMatcher
+from server.engine.runner import ForwardBatch, ModelRunner, module_shapes
+from server.engine.sampling import sample
+from server.engine.types import (
+    AdapterRef,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    RequestOutput,
+)
+from server.lora.adapter import AdapterError, AdapterWeights, read_adapter
+from server.lora.manager import SlotManager
+from server.lora.slots import LoraSlots
+from server.model.loader import LoadedModel
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[RequestOutput], None]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_rows: int
+    max_context: int
+    adapter_slots: int
+    max_lora_rank: int
+    prefill_chunk_tokens: int
+
+
+@dataclass
+class _Row:
+    """A running request: its batch row, adapter slot, tokens and text state."""
+
+    request: GenerationRequest
+    sink: Sink
+    row: int
+    slot: int
+    tokens: list[int]
+    detok: IncrementalDetokenizer
+    stop: StopMatcher
+    generator: torch.Generator | None
+    cached: int = 0  # tokens already in the KV cache
+    generated: list[int] = field(default_factory=list)
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.request.prompt_ids)
+
+    @property
+    def decoding(self) -> bool:
+        return self.cached > 0 and len(self.tokens) - self.cached == 1
+
+
+class Engine:
+    """Continuous-batching engine over one `LoadedModel`."""
+
+    def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
+        self.loaded = loaded
+        self.config = config
+        self.shapes = module_shapes(loaded.model)
+        bank = LoraSlots(self.shapes, config.adapter_slots, config.max_lora_rank,
+                         loaded.dtype, loaded.device)
+        self.slots = SlotManager(bank)
+        self.runner = ModelRunner(loaded.model, bank, config.max_rows, config.max_context,
+                                  loaded.dtype, loaded.device)
+        self.stats = EngineStats()
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._waiting: deque[tuple[GenerationRequest, Sink]] = deque()
+        self._rows: dict[str, _Row] = {}
+        self._free_rows = list(range(config.max_rows - 1, -1, -1))
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.last_heartbeat = time.monotonic()
+        self.failure: BaseException | None = None
+
+    # ------------------------------------------------------------------ public, any thread
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="cameo-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, request: GenerationRequest, sink: Sink) -> None:
+        """Queue a request; its outputs go to `sink` (called on the worker thread)."""
+        self._post("add", (request, sink))
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request at the next step boundary and free its row."""
+        self._post("abort", request_id)
+
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run `fn` on the worker thread between two steps (model access for tools and tests)."""
+        future: Future[T] = Future()
+        self._post("call", (fn, future))
+        return future
+
+    def score(self, sequences: list[tuple[list[int], AdapterRef | None]]) -> list[torch.Tensor]:
+        """Teacher-forced logits (T, vocab) of each sequence, all in ONE batched forward.
+
+        Used to check that a mixed-adapter batch computes what each adapter computes alone.
+        Blocks until the worker has run it between two steps.
+        """
+        return self.call(lambda: self._score(sequences)).result()
+
+    def adapter_loader(self, ref: AdapterRef) -> Callable[[], AdapterWeights]:
+        return lambda: read_adapter(ref.path, self.shapes, self.config.max_lora_rank)
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _post(self, kind: str, payload: Any) -> None:
+        self._inbox.put((kind, payload))
+        self._wake.set()
+
+    def _loop(self) -> None:
+        log.info("engine worker started")
+        try:
+            while not self._stopping.is_set():
+                self.last_heartbeat = time.monotonic()
+                self._drain_inbox()
+                if not self._rows and not self._waiting:
+                    self._wake.wait(0.5)
+                    self._wake.clear()
+                    continue
+                try:
+                    self.step()
+                except Exception as exc:  # a failed step fails its rows, not the server
+                    log.exception("engine step failed")
+                    self._fail_running(f"engine step failed: {exc}")
+        except BaseException as exc:  # the worker dying must not be silent
+            self.failure = exc
+            log.exception("engine worker died")
+            self._fail_all(f"engine failure: {exc}")
+            raise
+        finally:
+            log.info("engine worker stopped")
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                kind, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                self._waiting.append(payload)
+            elif kind == "abort":
+                self._abort(payload)
+            elif kind == "call":
+                fn, future = payload
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:
+                        future.set_exception(exc)
+
+    def step(self) -> None:
+        """One engine iteration: admit, prefill a chunk, decode every running row."""
+        self._admit()
+        prefill = [r for r in self._rows.values() if not r.decoding]
+        decode = [r for r in self._rows.values() if r.decoding]
+        if prefill:
+            self._run(prefill, budget=self.config.prefill_chunk_tokens)
+        if decode:
+            self._run(decode, budget=None)
+        self.stats.steps += 1
+        self.stats.running = len(self._rows)
+        self.stats.waiting = len(self._waiting)
+        self.stats.resident_adapters = self.slots.resident()
+
+    def _score(self, sequences: list[tuple[list[int], AdapterRef | None]]) -> list[torch.Tensor]:
+        if len(sequences) > len(self._free_rows):
+            raise RuntimeError("not enough free batch rows to score these sequences")
+        acquired: list[str] = []
+        try:
+            slots = []
+            for _, ref in sequences:
+                slot = 0 if ref is None else self.slots.acquire(ref.key, self.adapter_loader(ref))
+                if slot is None:
+                    raise RuntimeError("not enough free adapter slots to score these sequences")
+                if ref is not None:
+                    acquired.append(ref.key)
+                slots.append(slot)
+            device = self.loaded.device
+            width = max(len(ids) for ids, _ in sequences)
+            batch = ForwardBatch(
+                tokens=torch.tensor([ids + [0] * (width - len(ids)) for ids, _ in sequences],
+                                    device=device),
+                rows=torch.tensor(self._free_rows[-len(sequences):], device=device),
+                start=torch.zeros(len(sequences), dtype=torch.long, device=device),
+                lengths=torch.tensor([len(ids) for ids, _ in sequences], device=device),
+                slots=torch.tensor(slots, device=device),
+            )
+            logits = self.runner.forward(batch, all_logits=True)  # (B, T, vocab)
+            return [logits[i, : len(ids)].cpu() for i, (ids, _) in enumerate(sequences)]
+        finally:
+            for key in acquired:
+                self.slots.release(key)
+
+    def _admit(self) -> None:
+        while self._waiting and self._free_rows:
+            request, sink = self._waiting[0]
+            try:
+                slot = self._acquire_slot(request)
+            except AdapterError as exc:
+                self._waiting.popleft()
+                sink(_error_output(request, f"adapter could not be loaded: {exc.message}",
+                                   "adapter_load_failed"))
+                continue
+            if slot is None:
+                return  # every slot is held by running rows: wait, and let nobody jump ahead
+            self._waiting.popleft()
+            self._rows[request.request_id] = self._new_row(request, sink, slot)
+            self.stats.prompt_tokens += len(request.prompt_ids)
+
+    def _acquire_slot(self, request: GenerationRequest) -> int | None:
+        if request.adapter is None:
+            return 0
+        return self.slots.acquire(request.adapter.key, self.adapter_loader(request.adapter))
+
+    def _new_row(self, request: GenerationRequest, sink: Sink, slot: int) -> _Row:
+        generator = None
+        if request.sampling.seed is not None:
+            generator = torch.Generator(device="cpu").manual_seed(request.sampling.seed)
+        return _Row(request=request, sink=sink, row=self._free_rows.pop(), slot=slot,
+                    tokens=list(request.prompt_ids),
+                    detok=IncrementalDetokenizer(self.loaded.tokenizer),
+                    stop=StopMatcher(request.sampling.stop), generator=generator)
+
+    def _run(self, rows: list[_Row], budget: int | None) -> None:
+        """One forward over `rows` (their pending tokens, up to `budget` in all), then sample."""
+        chunks: list[tuple[_Row, list[int]]] = []
+        for row in rows:
+            pending = row.tokens[row.cached:]
+            if budget is not None:
+                if budget <= 0:
+                    break
+                pending = pending[:budget]
+                budget -= len(pending)
+            chunks.append((row, pending))
+        batch = self._batch(chunks)
+        logits = self.runner.forward(batch)  # (B, vocab)
+        ready: list[int] = []
+        for index, (row, pending) in enumerate(chunks):
+            row.cached += len(pending)
+            if row.cached == len(row.tokens):
+                ready.append(index)
+        if ready:
+            self._sample([chunks[i][0] for i in ready], logits[ready])
+
+    def _batch(self, chunks: list[tuple[_Row, list[int]]]) -> ForwardBatch:
+        device = self.loaded.device
+        width = max(len(tokens) for _, tokens in chunks)
+        padded = [tokens + [0] * (width - len(tokens)) for _, tokens in chunks]
+        slots = [row.slot for row, _ in chunks]
+        return ForwardBatch(
+            tokens=torch.tensor(padded, device=device),
+            rows=torch.tensor([row.row for row, _ in chunks], device=device),
+            start=torch.tensor([row.cached for row, _ in chunks], device=device),
+            lengths=torch.tensor([len(tokens) for _, tokens in chunks], device=device),
+            slots=torch.tensor(slots, device=device) if any(slots) else None,
+        )
+
+    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        params = [row.request.sampling for row in rows]
+        histories = [row.generated for row in rows]
+        tokens = sample(logits, params, histories, [row.generator for row in rows])
+        for row, token in zip(rows, tokens, strict=True):
+            self._advance(row, token)
+
+    def _advance(self, row: _Row, token: int) -> None:
+        sampling = row.request.sampling
+        row.tokens.append(token)
+        row.generated.append(token)
+        self.stats.generated_tokens += 1
+        finish: FinishReason | None = None
+        text = ""
+        if token in self.loaded.eos_token_ids and not sampling.ignore_eos:
+            finish = "stop"
+        else:
+            text = row.stop.feed(row.detok.push(token))
+            if row.stop.stopped:
+                finish = "stop"
+            elif len(row.generated) >= sampling.max_tokens or len(row.tokens) >= self.config.max_context:
+                finish = "length"
+        if finish is not None:
+            text += row.stop.flush()
+        row.sink(RequestOutput(
+            request_id=row.request.request_id, text=text, token_ids=(token,),
+            finish_reason=finish, prompt_tokens=row.prompt_len,
+            completion_tokens=len(row.generated)))
+        if finish is not None:
+            self._free(row)
+
+    def _free(self, row: _Row) -> None:
+        del self._rows[row.request.request_id]
+        self._free_rows.append(row.row)
+        if row.request.adapter is not None:
+            self.slots.release(row.request.adapter.key)
+
+    def _abort(self, request_id: str) -> None:
+        for index, (request, sink) in enumerate(self._waiting):
+            if request.request_id == request_id:
+                del self._waiting[index]
+                sink(RequestOutput(request_id=request_id, finish_reason="abort"))
+                return
+        row = self._rows.get(request_id)
+        if row is not None:
+            self._free(row)
+            row.sink(RequestOutput(request_id=request_id, finish_reason="abort",
+                                   prompt_tokens=row.prompt_len,
+                                   completion_tokens=len(row.generated)))
+
+    def _fail_running(self, message: str) -> None:
+        for row in list(self._rows.values()):
+            self._free(row)
+            row.sink(_error_output(row.request, message, "engine_error"))
+
+    def _fail_all(self, message: str) -> None:
+        self._fail_running(message)
+        while self._waiting:
+            request, sink = self._waiting.popleft()
+            sink(_error_output(request, message, "engine_error"))
+
+
+def _error_output(request: GenerationRequest, message: str, code: str) -> RequestOutput:
+    return RequestOutput(request_id=request.request_id, finish_reason="error",
+                         prompt_tokens=len(request.prompt_ids), error=message, error_code=code)

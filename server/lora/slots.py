@@ -1,0 +1,89 @@
+"""Device-resident LoRA slots: every adapter's A and B stacked per module, one slot per adapter.
+
+For each LoRA-capable module the bank holds
+    A[S, r_max, in]    B[S, out, r_max]   (B already multiplied by the adapter's scale)
+with slot 0 all zeros: the base. A batch passes one slot index per row and the LoRA term of the
+whole batch is two gathered batched matmuls, whatever mix of adapters the rows use. Smaller ranks
+are zero-padded up to `r_max`, which leaves the product unchanged.
+
+Writing an adapter is a copy into one slot's rows of these tensors: no module surgery, no
+recompilation, so it is safe between two engine steps. This module does not decide which adapter
+goes in which slot (see `manager`) and does not read files (see `adapter`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from server.lora.adapter import AdapterWeights, ModuleShapes
+
+
+class LoraSlots:
+    """Stacked A/B tensors of `num_slots` adapters (plus the base in slot 0) for every module."""
+
+    def __init__(
+        self,
+        shapes: ModuleShapes,
+        num_slots: int,
+        max_rank: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.num_slots = num_slots + 1  # slot 0 is the base
+        self.max_rank = max_rank
+        self.a: dict[str, torch.Tensor] = {}
+        self.b: dict[str, torch.Tensor] = {}
+        for key, (in_features, out_features) in shapes.items():
+            # (S, r_max, in) and (S, out, r_max)
+            self.a[key] = torch.zeros(self.num_slots, max_rank, in_features, dtype=dtype,
+                                      device=device)
+            self.b[key] = torch.zeros(self.num_slots, out_features, max_rank, dtype=dtype,
+                                      device=device)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in (*self.a.values(), *self.b.values()))
+
+    def write(self, slot: int, adapter: AdapterWeights) -> None:
+        """Copy `adapter` into `slot`; modules it does not target are zeroed."""
+        if not 1 <= slot < self.num_slots:
+            raise IndexError(f"slot {slot} out of range 1..{self.num_slots - 1}")
+        for key in self.a:
+            self.a[key][slot].zero_()
+            self.b[key][slot].zero_()
+        for key, (a, b, scale) in adapter.modules.items():
+            rank = a.shape[0]
+            self.a[key][slot, :rank].copy_(a, non_blocking=True)
+            self.b[key][slot, :, :rank].copy_(b * scale, non_blocking=True)
+
+    def clear(self, slot: int) -> None:
+        """Zero `slot` so that a stale adapter can never leak into a later row."""
+        for key in self.a:
+            self.a[key][slot].zero_()
+            self.b[key][slot].zero_()
+
+
+class SlotLinear(nn.Module):
+    """A base linear layer (bitsandbytes or plain) plus the slot bank's LoRA term for it."""
+
+    def __init__(self, base: nn.Module, a: torch.Tensor, b: torch.Tensor) -> None:
+        super().__init__()
+        self.base = base
+        self.a = a  # (S, r_max, in), shared with the LoraSlots bank
+        self.b = b  # (S, out, r_max)
+
+    def forward(self, x: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, T, in); slots: (B,) slot per row, or None when every row is the base."""
+        y = self.base(x)  # (B, T, out)
+        if slots is None:
+            return y
+        return y + lora_delta(x, self.a, self.b, slots)
+
+
+def lora_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """The LoRA term of every row at once: x @ A[slot]^T @ B[slot]^T (gathered bmm reference)."""
+    a_rows = a.index_select(0, slots)  # (B, r, in)
+    b_rows = b.index_select(0, slots)  # (B, out, r)
+    xa = torch.bmm(x.to(a.dtype), a_rows.transpose(1, 2))  # (B, T, r)
+    return torch.bmm(xa, b_rows.transpose(1, 2)).to(x.dtype)  # (B, T, out)

@@ -1,0 +1,132 @@
+"""Load the one resident base model: resolve where it comes from, quantize it, put it on a device.
+
+Contract: `load_base(settings)` returns a `LoadedModel` whose `model` is a Hugging Face causal LM
+in eval mode with its linear layers in the requested format (bitsandbytes NF4 or int8, or plain
+weights), on the requested device, plus its tokenizer and the facts the engine needs.
+
+It does not attach adapters (see `server.lora`) and does not run the model (see `server.engine`).
+Only decoder architectures the engine's forward implements are accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from server.model.embedded import EMBEDDED_MODEL_ID, ensure_converted
+from server.settings import EMBEDDED_MODEL, Settings
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2"})
+
+
+class UnsupportedModel(ValueError):
+    """The base model's architecture is not one the engine can run."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The resident base: the HF module tree, its tokenizer and what the engine must know."""
+
+    model: Any  # transformers PreTrainedModel (untyped upstream)
+    tokenizer: Any  # transformers PreTrainedTokenizerBase
+    model_id: str
+    device: torch.device
+    dtype: torch.dtype
+    quantization: str
+    eos_token_ids: frozenset[int]
+    max_position_embeddings: int
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` means the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """Compute dtype; on CPU bitsandbytes and matmuls are fastest in float32."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_base(settings: Settings) -> LoadedModel:
+    """Load, quantize and place the base model named by `settings.base_model`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    source, default_id = _resolve_source(settings)
+    config = AutoConfig.from_pretrained(source)
+    if config.model_type not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedModel(
+            f"architecture {config.model_type!r} is not supported; "
+            f"supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
+        )
+    log.info(
+        "loading base %s (%s, %s, %s)", source, settings.quantization, dtype, device
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        source,
+        dtype=dtype,
+        device_map={"": str(device)},
+        quantization_config=_quantization_config(settings.quantization, dtype),
+    )
+    model.eval()
+    model.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model_id = settings.base_model_id or default_id
+    log.info("base %s ready", model_id)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=model_id,
+        device=device,
+        dtype=dtype,
+        quantization=settings.quantization,
+        eos_token_ids=_eos_token_ids(model, tokenizer),
+        max_position_embeddings=int(getattr(config, "max_position_embeddings", 2048)),
+    )
+
+
+def _resolve_source(settings: Settings) -> tuple[str, str]:
+    """(what to pass to from_pretrained, the id the base is served under)."""
+    if settings.base_model == EMBEDDED_MODEL:
+        return str(ensure_converted(settings.cache_dir)), EMBEDDED_MODEL_ID
+    path = Path(settings.base_model).expanduser()
+    if path.is_dir():
+        return str(path), path.name
+    return settings.base_model, settings.base_model
+
+
+def _quantization_config(quantization: str, dtype: torch.dtype) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def _eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)

@@ -1,0 +1,1 @@
+"""Where personas come from: the registry folder of adapters and persona cards."""

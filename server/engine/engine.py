@@ -241,6 +241,12 @@ class Engine:
     def _admit(self) -> None:
         while self._waiting and self._free_rows:
             request, sink = self._waiting[0]
+            if len(request.prompt_ids) >= self.config.max_context or not request.prompt_ids:
+                self._waiting.popleft()
+                sink(_error_output(request, f"the prompt has {len(request.prompt_ids)} tokens; "
+                                   f"the context holds {self.config.max_context}",
+                                   "context_length_exceeded"))
+                continue
             try:
                 slot = self._acquire_slot(request)
             except AdapterError as exc:

@@ -1,0 +1,1 @@
+"""Cameo's shipped personas (`adapters/registry/`) and the recipe that trains them (`training`)."""

@@ -1,0 +1,393 @@
+"""Train one persona: QLoRA (a PEFT LoRA adapter trained on the NF4-quantized base).
+
+    python -m adapters.training.train --data adapters/training/data/captain-bones.jsonl \\
+        --name captain-bones --persona-card adapters/training/data/captain-bones.persona.json
+
+The base comes from `server.model.loader.load_base` with NF4 quantization, so the adapter is
+trained on exactly the quantized model the server runs. Data: JSONL, one chat per line,
+`{"messages": [{"role": ..., "content": ...}, ...]}`, rendered with the base's own chat template;
+the loss is taken on assistant tokens only (each assistant turn's content and its end-of-turn
+token). A plain loop: AdamW, linear warm-up then linear decay, gradient clipping.
+
+Output, a registry-ready persona folder: `adapter_config.json` (base_model_name_or_path = the
+base's model id), `adapter_model.safetensors` (float16 by default: half the size, the server
+reads it as float32), `persona.json` (the card, copied), and `training.json` (arguments, data
+hash, losses).
+
+CPU (the embedded base): float32 compute. CUDA (larger bases): bfloat16 compute under autocast,
+the PEFT k-bit preparation (norms and embeddings upcast to float32), optional gradient
+checkpointing. `prepare_model_for_kbit_training` is called on both: on a float32 CPU model it
+only freezes the base (nothing to upcast), and it enables gradient checkpointing only when asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import re
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+IGNORE = -100
+
+
+@dataclass
+class TrainConfig:
+    data: Path
+    out: Path
+    name: str
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ALL_TARGETS
+    epochs: float = 2.0
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup: float = 0.05
+    max_length: int = 256
+    batch_size: int = 8
+    max_steps: int | None = None
+    seed: int = 0
+    base_model: str = "embedded"
+    device: str = "auto"
+    cache_dir: Path | None = None
+    persona_card: Path | None = None
+    save_dtype: str = "float16"
+    gradient_checkpointing: bool = False
+    log_every: int = 5
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)  # one per optimizer step
+    examples: int = 0
+    seconds: float = 0.0
+
+    @property
+    def first_loss(self) -> float:
+        return self.losses[0]
+
+    @property
+    def final_loss(self) -> float:
+        tail = self.losses[-max(1, len(self.losses) // 10):]
+        return sum(tail) / len(tail)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def read_chats(path: Path) -> list[list[dict[str, str]]]:
+    chats = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str) for m in messages):
+            raise ValueError(f"{path}:{number}: expected {{\"messages\": [{{role, content}}]}}")
+        if any(m["role"] == "assistant" for m in messages):
+            chats.append([{"role": m["role"], "content": m["content"]} for m in messages])
+    if not chats:
+        raise ValueError(f"{path}: no chat with an assistant message")
+    return chats
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]],
+                max_length: int) -> tuple[list[int], list[int]] | None:
+    """(input_ids, labels) with labels = IGNORE everywhere but the assistant turns.
+
+    An assistant turn spans from the end of the template rendered up to it with the generation
+    prompt opened, to the end of the template rendered through it: its content plus the
+    template's end-of-turn token(s). Spans are located by character offsets in the full text.
+    """
+    def render(upto: int, open_turn: bool) -> str:
+        return str(tokenizer.apply_chat_template(messages[:upto], tokenize=False,
+                                                 add_generation_prompt=open_turn))
+
+    full = render(len(messages), False)
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] == "assistant":
+            start = len(render(index, True))
+            end = len(render(index + 1, False))
+            if full[:end] != render(index + 1, False):  # template is not prefix-stable
+                raise ValueError("the chat template does not render prefixes consistently")
+            spans.append((start, end))
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    labels = [IGNORE] * len(ids)
+    for position, (begin, finish) in enumerate(encoded["offset_mapping"]):
+        if finish > begin and any(s <= begin < e for s, e in spans):
+            labels[position] = ids[position]
+    ids, labels = ids[:max_length], labels[:max_length]
+    if all(label == IGNORE for label in labels[1:]):
+        return None
+    return ids, labels
+
+
+def batches(examples: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int,
+            rng: random.Random) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One epoch: shuffled, right-padded (ids, attention mask, labels) batches."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    out = []
+    for first in range(0, len(order), batch_size):
+        chunk = [examples[i] for i in order[first:first + batch_size]]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
+        for row, (row_ids, row_labels) in enumerate(chunk):
+            ids[row, :len(row_ids)] = torch.tensor(row_ids)
+            mask[row, :len(row_ids)] = 1
+            labels[row, :len(row_labels)] = torch.tensor(row_labels)
+        out.append((ids, mask, labels))
+    return out
+
+
+# --------------------------------------------------------------------------- model
+
+
+def causal_lm_loss(model: Any, ids: torch.Tensor, mask: torch.Tensor,
+                   labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled positions.
+
+    The LM head runs only on the positions that carry a label (the vocabulary projection is a
+    fifth of this small model's compute); models without `.model`/`.lm_head` fall back to
+    full logits.
+    """
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    inner = getattr(model, "model", None)
+    head = getattr(model, "lm_head", None)
+    if inner is not None and head is not None:
+        hidden = inner(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+        logits = head(hidden[keep])
+    else:
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][keep]
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
+def save_adapter(peft_model: Any, out: Path, base_model_id: str, dtype: torch.dtype) -> None:
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(peft_model)
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}
+    save_file(state, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = peft_model.peft_config["default"]
+    saved_mode = config.inference_mode
+    config.inference_mode = True
+    config.base_model_name_or_path = base_model_id
+    try:
+        config.save_pretrained(str(out))
+    finally:
+        config.inference_mode = saved_mode
+
+
+def write_card(config: TrainConfig) -> None:
+    card: dict[str, Any] = {"display_name": config.name}
+    if config.persona_card is not None:
+        card = json.loads(Path(config.persona_card).read_text(encoding="utf-8"))
+        if not isinstance(card, dict):
+            raise ValueError(f"{config.persona_card}: a persona card is a JSON object")
+    (config.out / "persona.json").write_text(
+        json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def train(config: TrainConfig, loaded: Any | None = None) -> TrainResult:
+    """Train and write the persona folder. `loaded`: a LoadedModel to reuse (it is wrapped by
+    PEFT for the run and unwrapped again, so it comes back unchanged)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from server.model.loader import load_base
+    from server.settings import Settings
+
+    if not NAME_PATTERN.match(config.name):
+        raise ValueError(f"persona name {config.name!r} must match {NAME_PATTERN.pattern}")
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    started = time.monotonic()
+    if loaded is None:
+        settings = Settings(base_model=config.base_model, quantization="nf4",
+                            device=config.device,
+                            **({"cache_dir": config.cache_dir} if config.cache_dir else {}))
+        loaded = load_base(settings)
+    device, cuda = loaded.device, loaded.device.type == "cuda"
+    tokenizer = loaded.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    chats = read_chats(config.data)
+    examples = [e for e in (encode_chat(tokenizer, c, config.max_length) for c in chats) if e]
+    label_tokens = sum(sum(1 for x in labels if x != IGNORE) for _, labels in examples)
+    print(f"[train] {config.name}: {len(examples)} chats, {label_tokens} assistant tokens, "
+          f"base {loaded.model_id} ({loaded.quantization}, {loaded.dtype}, {device})", flush=True)
+
+    model = prepare_model_for_kbit_training(
+        loaded.model, use_gradient_checkpointing=config.gradient_checkpointing)
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                      target_modules=list(config.target_modules), bias="none",
+                      task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, lora)
+    try:
+        result = _loop(config, peft_model, examples, pad_id, device, cuda)
+        save_adapter(peft_model, config.out, loaded.model_id,
+                     getattr(torch, config.save_dtype))
+    finally:
+        peft_model.unload()  # the LoadedModel's modules back as they were
+        loaded.model.eval()
+        loaded.model.requires_grad_(False)
+        if config.gradient_checkpointing:
+            loaded.model.gradient_checkpointing_disable()
+    write_card(config)
+    result.examples = len(examples)
+    result.seconds = time.monotonic() - started
+    summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    summary["target_modules"] = list(config.target_modules)
+    (config.out / "training.json").write_text(json.dumps({
+        "recipe": "adapters.training.train (QLoRA: PEFT LoRA on the NF4 base)",
+        "base_model": loaded.model_id,
+        "args": summary,
+        "data_sha256": hashlib.sha256(config.data.read_bytes()).hexdigest(),
+        "examples": len(examples),
+        "steps": result.steps,
+        "first_loss": round(result.first_loss, 4),
+        "final_loss": round(result.final_loss, 4),
+        "seconds": round(result.seconds, 1),
+        "device": str(device),
+    }, indent=2) + "\n", encoding="utf-8")
+    print(f"[train] wrote {config.out} ({result.steps} steps, loss {result.first_loss:.3f} -> "
+          f"{result.final_loss:.3f}, {result.seconds:.0f} s)", flush=True)
+    return result
+
+
+def _loop(config: TrainConfig, peft_model: Any, examples: list[tuple[list[int], list[int]]],
+          pad_id: int, device: torch.device, cuda: bool) -> TrainResult:
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    trainable = sum(p.numel() for p in params)
+    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    total = max(1, math.ceil(steps_per_epoch * config.epochs))
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    warmup = max(1, int(total * config.warmup)) if config.warmup > 0 else 0
+    print(f"[train] rank {config.rank}, alpha {config.alpha}, targets "
+          f"{','.join(config.target_modules)}: {trainable:,} trainable parameters; "
+          f"{total} steps of batch {config.batch_size}", flush=True)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (
+        (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))))
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext())
+    rng = random.Random(config.seed)
+    peft_model.train()
+    result = TrainResult(out=config.out, steps=0)
+    start = time.monotonic()
+    epoch = 0
+    while result.steps < total:
+        epoch += 1
+        for ids, mask, labels in batches(examples, config.batch_size, pad_id, rng):
+            if result.steps >= total:
+                break
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            with autocast:
+                loss = causal_lm_loss(peft_model.base_model.model, ids, mask, labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.steps += 1
+            result.losses.append(float(loss.detach()))
+            if result.steps % config.log_every == 0 or result.steps in (1, total):
+                window = result.losses[-config.log_every:]
+                elapsed = time.monotonic() - start
+                print(f"[train] epoch {epoch} step {result.steps}/{total} "
+                      f"loss {sum(window) / len(window):.4f} lr {scheduler.get_last_lr()[0]:.2e} "
+                      f"{elapsed / result.steps:.2f} s/step, eta "
+                      f"{elapsed / result.steps * (total - result.steps):.0f} s", flush=True)
+    peft_model.eval()
+    return result
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None) -> TrainConfig:
+    parser = argparse.ArgumentParser(
+        prog="cameo train", description="Train a persona LoRA adapter (QLoRA on the NF4 base) "
+        "from JSONL chats into a registry-ready persona folder.")
+    parser.add_argument("--data", type=Path, required=True,
+                        help='JSONL, one {"messages": [{role, content}, ...]} per line')
+    parser.add_argument("--name", help="persona name (default: the data file's stem)")
+    parser.add_argument("--out", type=Path, help="output folder (default: adapters/registry/NAME)")
+    parser.add_argument("--persona-card", type=Path, help="persona.json to copy into the folder")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--alpha", type=float, default=16.0)
+    parser.add_argument("--dropout", type=float, default=0.05)
+    parser.add_argument("--target-modules", default=",".join(ALL_TARGETS),
+                        help="comma-separated projections (default: all seven)")
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--warmup", type=float, default=0.05, help="share of steps warming up")
+    parser.add_argument("--max-length", type=int, default=256, help="tokens per chat (truncated)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after N steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base-model", default="embedded",
+                        help="embedded, a local HF folder or a cached hub id")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--save-dtype", choices=("float16", "bfloat16", "float32"),
+                        default="float16")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--log-every", type=int, default=5)
+    args = parser.parse_args(argv)
+    name = args.name or args.data.stem
+    targets = tuple(t.strip() for t in args.target_modules.split(",") if t.strip())
+    unknown = set(targets) - set(ALL_TARGETS)
+    if unknown or not targets:
+        parser.error(f"--target-modules: choose from {','.join(ALL_TARGETS)}")
+    if not NAME_PATTERN.match(name):
+        parser.error(f"persona name {name!r} must match {NAME_PATTERN.pattern}")
+    for flag, value in (("--rank", args.rank), ("--batch-size", args.batch_size),
+                        ("--max-length", args.max_length)):
+        if value < 1:
+            parser.error(f"{flag} must be positive")
+    return TrainConfig(
+        data=args.data, out=args.out or Path("adapters/registry") / name, name=name,
+        rank=args.rank, alpha=args.alpha, dropout=args.dropout, target_modules=targets,
+        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
+        max_length=args.max_length, batch_size=args.batch_size, max_steps=args.max_steps,
+        seed=args.seed, base_model=args.base_model, device=args.device,
+        cache_dir=args.cache_dir, persona_card=args.persona_card, save_dtype=args.save_dtype,
+        gradient_checkpointing=args.gradient_checkpointing, log_every=args.log_every)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        train(config)
+    except (OSError, ValueError) as exc:
+        print(f"cameo train: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a JSON line last."""

@@ -1,0 +1,82 @@
+"""Continuous batching: requests join a running batch at step boundaries and leave when done."""
+
+from __future__ import annotations
+
+import time
+
+from server.engine.types import GenerationRequest, SamplingParams
+from server.runtime import Runtime
+from tests.helpers import Collector, chat_prompt
+
+
+def test_late_request_streams_before_long_one_finishes(runtime: Runtime) -> None:
+    tokenizer = runtime.loaded.tokenizer
+    long = GenerationRequest("long", chat_prompt(tokenizer, "Write a long story."),
+                             SamplingParams(max_tokens=120, temperature=0.0, ignore_eos=True))
+    short = GenerationRequest("short", chat_prompt(tokenizer, "Say hi."),
+                              SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
+    long_sink, short_sink = Collector(), Collector()
+    runtime.engine.submit(long, long_sink)
+    deadline = time.monotonic() + 60
+    while long_sink.first_token_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    runtime.engine.submit(short, short_sink)
+    assert short_sink.done.wait(120) and long_sink.done.wait(300)
+    assert short_sink.first_token_at is not None and long_sink.finished_at is not None
+    # the short request joined the running batch: it finished while the long one was decoding
+    assert short_sink.finished_at is not None
+    assert short_sink.finished_at < long_sink.finished_at
+    assert len(long_sink.token_ids) == 120 and long_sink.finish_reason == "length"
+    assert len(short_sink.token_ids) == 4
+
+
+def test_rows_and_slots_are_freed_after_requests(runtime: Runtime) -> None:
+    engine = runtime.engine
+    tokenizer = runtime.loaded.tokenizer
+    request = GenerationRequest("free", chat_prompt(tokenizer, "Hi"),
+                                SamplingParams(max_tokens=2, temperature=0.0))
+    sink = Collector()
+    engine.submit(request, sink)
+    assert sink.done.wait(60)
+    state = engine.call(lambda: (len(engine._rows), len(engine._free_rows))).result()
+    assert state == (0, engine.config.max_rows)
+
+
+def test_abort_frees_the_row(runtime: Runtime) -> None:
+    engine = runtime.engine
+    request = GenerationRequest("abort-me", chat_prompt(runtime.loaded.tokenizer, "Count."),
+                                SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True))
+    sink = Collector()
+    engine.submit(request, sink)
+    deadline = time.monotonic() + 60
+    while sink.first_token_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    engine.abort("abort-me")
+    assert sink.done.wait(30)
+    assert sink.finish_reason == "abort"
+    assert len(sink.token_ids) < 400
+    assert engine.call(lambda: len(engine._rows)).result() == 0
+
+
+def test_long_prompt_is_prefilled_in_chunks(runtime: Runtime) -> None:
+    """A prompt longer than one prefill chunk still produces the same first token."""
+    tokenizer = runtime.loaded.tokenizer
+    text = "Summarise: " + " ".join(f"item {i}" for i in range(90))
+    prompt = chat_prompt(tokenizer, text)
+    assert len(prompt) > runtime.engine.config.prefill_chunk_tokens
+    sink = Collector()
+    runtime.engine.submit(GenerationRequest("chunked", prompt,
+                                            SamplingParams(max_tokens=3, temperature=0.0)), sink)
+    assert sink.done.wait(120)
+    (logits,) = runtime.engine.score([(list(prompt), None)])
+    assert sink.token_ids[0] == int(logits[-1].argmax())
+
+
+def test_prompt_over_the_context_fails_that_request_only(runtime: Runtime) -> None:
+    too_long = tuple(range(1, runtime.engine.config.max_context + 5))
+    sink = Collector()
+    runtime.engine.submit(GenerationRequest("too-long", too_long, SamplingParams(max_tokens=2)),
+                          sink)
+    assert sink.done.wait(30)
+    assert sink.finish_reason == "error" and sink.outputs[-1].error_code == "context_length_exceeded"
+    assert runtime.engine.alive

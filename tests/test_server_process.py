@@ -1,0 +1,53 @@
+"""`cameo-server` as a real process: flags and environment, /health then /ready, clean SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import free_port
+
+
+def test_cameo_server_starts_serves_and_stops(tmp_path: Path,
+                                              persona_dirs: dict[str, Path]) -> None:
+    registry = tmp_path / "registry"
+    shutil.copytree(persona_dirs["alpha"], registry / "alpha")
+    port = free_port()
+    env = {**os.environ, "CAMEO_ADAPTER_SLOTS": "2", "CAMEO_DEVICE": "cpu"}
+    command = [sys.executable, "-m", "server.main", "--port", str(port),
+               "--registry-dir", str(registry), "--max-context", "256", "--log-level", "warning"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, "server exited early"
+            time.sleep(0.5)
+        else:
+            raise AssertionError("server never became ready")
+        ids = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]]
+        assert "alpha" in ids
+        reply = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+            "model": "alpha", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})
+        assert reply.status_code == 200
+        # --max-context 256 reached the engine: 300 tokens more is over the context
+        over = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+            "model": "alpha", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 300})
+        assert over.json()["error"]["code"] == "context_length_exceeded"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output

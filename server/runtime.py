@@ -1,7 +1,7 @@
-"""Everything one server process holds: settings, the loaded base, the engine, the personas.
+"""Everything one server process holds: settings, the loaded base, the engine, the registry.
 
-`Runtime.build(settings)` does the slow part (model loading) and is called once; the HTTP app
-receives the finished runtime. Tests build one runtime and share it between apps.
+`Runtime.build(settings)` does the slow part (model loading, registry reconciliation) once; the
+HTTP app receives the finished runtime. Tests build one runtime and share it between apps.
 """
 
 from __future__ import annotations
@@ -12,8 +12,12 @@ from dataclasses import dataclass, field
 
 from server.engine.async_engine import AsyncEngine
 from server.engine.engine import Engine, EngineConfig
+from server.engine.types import AdapterRef
+from server.lora.adapter import read_adapter
+from server.lora.host_cache import HostAdapterCache
 from server.model.loader import LoadedModel, load_base
-from server.registry.personas import PersonaCatalog
+from server.registry.personas import Persona
+from server.registry.registry import Registry
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,7 +29,8 @@ class Runtime:
     loaded: LoadedModel
     engine: Engine
     async_engine: AsyncEngine
-    personas: PersonaCatalog
+    registry: Registry
+    host_cache: HostAdapterCache
     engine_started: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -39,8 +44,13 @@ class Runtime:
             max_lora_rank=settings.max_lora_rank,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
         ))
-        personas = PersonaCatalog.scan(settings.registry_dir)
-        return cls(settings, loaded, engine, AsyncEngine(engine), personas)
+        registry = Registry.open(settings.registry_dir, loaded.model_id, engine.shapes,
+                                 settings.max_lora_rank, seed_dir=settings.seed_dir)
+        host_cache = HostAdapterCache(settings.host_adapters, pin=loaded.device.type == "cuda")
+        runtime = cls(settings, loaded, engine, AsyncEngine(engine), registry, host_cache)
+        registry.on_retire(runtime.retire)
+        log.info("registry %s: %d persona(s)", settings.registry_dir, len(registry.all()))
+        return runtime
 
     @property
     def max_context(self) -> int:
@@ -49,3 +59,17 @@ class Runtime:
     @property
     def ready(self) -> bool:
         return self.engine.alive and self.engine.failure is None
+
+    def adapter_ref(self, persona: Persona) -> AdapterRef | None:
+        """The request's handle on the persona's adapter, read into host memory (blocking)."""
+        if persona.adapter_dir is None or persona.adapter_key is None:
+            return None
+        path = persona.adapter_dir
+        weights = self.host_cache.get(persona.adapter_key, lambda: read_adapter(
+            path, self.engine.shapes, self.settings.max_lora_rank))
+        return AdapterRef(persona.adapter_key, path, weights)
+
+    def retire(self, key: str) -> None:
+        """A version stopped being current: drop it from host memory and, once idle, its slot."""
+        self.host_cache.discard(key)
+        self.engine.retire(key)

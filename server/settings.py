@@ -23,6 +23,12 @@ DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 EMBEDDED_MODEL = "embedded"
 
 
+def default_data_dir() -> Path:
+    """The user's data folder (XDG on Linux), where the adapter registry lives by default."""
+    root = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(root) / "cameo"
+
+
 def default_cache_dir() -> Path:
     """The user's cache folder (XDG on Linux), where converted models are kept."""
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -56,8 +62,22 @@ class Settings(BaseSettings):
     """`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`."""
     dtype: DTypeName = "auto"
     """Compute dtype: auto is bfloat16 on CUDA and float32 on CPU (bitsandbytes is faster there)."""
-    registry_dir: Path = Path("adapters/registry")
-    """Folder of persona adapters, one sub-folder per persona."""
+    registry_dir: Path = Field(default_factory=lambda: default_data_dir() / "registry")
+    """The adapter registry: versioned persona folders and the SQLite catalog."""
+    seed_dir: Path | None = Path("adapters/registry")
+    """Shipped persona folders imported into the registry on its first start."""
+    host_adapters: int = Field(default=32, ge=1, le=100000)
+    """Parsed adapters kept in host memory (pinned on CUDA), the tier below device slots."""
+    admin_key: str | None = None
+    """Bearer key for the admin routes; when unset they are accepted from loopback only."""
+    api_keys: str = ""
+    """Comma-separated Bearer keys for the inference routes; empty means no key is needed."""
+    max_request_bytes: int = Field(default=4 << 20, ge=1024)
+    """Largest request body on the inference routes."""
+    max_upload_bytes: int = Field(default=1 << 30, ge=1024)
+    """Largest adapter upload (the whole multipart body), streamed to disk."""
+    drain_timeout: float = Field(default=30.0, ge=0.0)
+    """Seconds running requests may take to finish after SIGTERM."""
     cache_dir: Path = Field(default_factory=default_cache_dir)
     """Where the embedded model is converted to safetensors once and reused."""
     adapter_slots: int = Field(default=8, ge=1, le=1024)
@@ -74,6 +94,10 @@ class Settings(BaseSettings):
     """Prompt tokens prefilled per engine step, so a long prompt does not stall running streams."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the server and the engine."""
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
 
     @field_validator("device")
     @classmethod

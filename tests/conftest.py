@@ -36,9 +36,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def embedded_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    registry = tmp_path_factory.mktemp("registry")
-    return Settings(registry_dir=registry, adapter_slots=4, max_batch_size=8, max_context=512,
-                    device="cpu")
+    return Settings(registry_dir=tmp_path_factory.mktemp("registry"),
+                    seed_dir=tmp_path_factory.mktemp("seed"), adapter_slots=4, max_batch_size=8,
+                    max_context=512, device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -55,10 +55,11 @@ def plain_embedded(embedded_settings: Settings) -> LoadedModel:
 
 @pytest.fixture(scope="session")
 def persona_dirs(embedded_settings: Settings, plain_embedded: LoadedModel) -> dict[str, Path]:
-    """Three PEFT adapters of different ranks and targets, as persona folders."""
+    """Three PEFT adapters of different ranks and targets, as shipped persona folders (seed)."""
     dirs = {}
     for name, (seed, rank, targets) in PERSONAS.items():
-        folder = embedded_settings.registry_dir / name
+        assert embedded_settings.seed_dir is not None
+        folder = embedded_settings.seed_dir / name
         write_peft_adapter(plain_embedded.model, folder, seed=seed, rank=rank, targets=targets,
                            b_scale=0.5, base_model=plain_embedded.model_id)
         write_persona(folder, name.title(), description=f"test persona {name}",

@@ -17,12 +17,13 @@ from tests.helpers import free_port
 
 def test_cameo_server_starts_serves_and_stops(tmp_path: Path,
                                               persona_dirs: dict[str, Path]) -> None:
-    registry = tmp_path / "registry"
-    shutil.copytree(persona_dirs["alpha"], registry / "alpha")
+    seed = tmp_path / "seed"
+    shutil.copytree(persona_dirs["alpha"], seed / "alpha")
     port = free_port()
     env = {**os.environ, "CAMEO_ADAPTER_SLOTS": "2", "CAMEO_DEVICE": "cpu"}
     command = [sys.executable, "-m", "server.main", "--port", str(port),
-               "--registry-dir", str(registry), "--max-context", "256", "--log-level", "warning"]
+               "--registry-dir", str(tmp_path / "registry"), "--seed-dir", str(seed),
+               "--max-context", "256", "--log-level", "warning"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"

@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from server import __version__
-from server.api import chat, models
+from server.api import adapters, chat, models, personas
 from server.api.errors import install_error_handlers
+from server.api.limits import BodyLimitMiddleware
 from server.runtime import Runtime
 from server.settings import Settings
 
@@ -42,14 +43,19 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             current: Runtime | None = getattr(app.state, "runtime", None)
             if owns_runtime and current is not None:
                 current.engine.stop()
+                current.registry.close()
 
     app = FastAPI(title="Cameo", version=__version__, lifespan=lifespan,
                   description="One quantized LLM, many LoRA personas, OpenAI-compatible.")
     app.state.settings = settings
     app.state.runtime = None
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, default_limit=settings.max_request_bytes,
+                       upload_limit=settings.max_upload_bytes)
     app.include_router(chat.router)
     app.include_router(models.router)
+    app.include_router(adapters.router)
+    app.include_router(personas.router)
     return app
 
 

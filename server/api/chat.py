@@ -6,6 +6,7 @@ the engine, so a refused request costs nothing there.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends
 from sse_starlette.sse import EventSourceResponse
 
+from server.api.auth import require_user
 from server.api.deps import get_runtime
 from server.api.errors import APIError, error_body
 from server.api.prompt import build_messages, encode_prompt
@@ -29,6 +31,7 @@ from server.api.schemas import (
     Usage,
 )
 from server.engine.types import AdapterRef, GenerationRequest, RequestOutput, SamplingParams
+from server.lora.adapter import AdapterError
 from server.registry.personas import Persona
 from server.runtime import Runtime
 
@@ -37,7 +40,8 @@ router = APIRouter()
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 429, 500, 503)}
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS)
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS,
+             dependencies=[Depends(require_user)])
 async def chat_completions(
     body: ChatCompletionRequest, runtime: Runtime = Depends(get_runtime)
 ) -> ChatCompletion | EventSourceResponse:
@@ -48,7 +52,7 @@ async def chat_completions(
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
         prompt_ids=tuple(prompt_ids),
         sampling=sampling,
-        adapter=_adapter_ref(persona),
+        adapter=await _adapter_ref(runtime, persona),
     )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -61,7 +65,7 @@ def resolve_model(runtime: Runtime, name: str) -> Persona | None:
     """The persona a `model` field names; None for the base model itself."""
     if name == runtime.loaded.model_id:
         return None
-    persona = runtime.personas.get(name)
+    persona = runtime.registry.get(name)
     if persona is None:
         raise APIError(404, f"the model {name!r} does not exist; GET /v1/models lists them",
                        param="model", code="model_not_found")
@@ -100,10 +104,15 @@ def sampling_params(body: ChatCompletionRequest, persona: Persona | None, prompt
     )
 
 
-def _adapter_ref(persona: Persona | None) -> AdapterRef | None:
-    if persona is None or persona.adapter_dir is None or persona.adapter_key is None:
+async def _adapter_ref(runtime: Runtime, persona: Persona | None) -> AdapterRef | None:
+    """Read the persona's adapter into host memory off the event loop (and off the engine)."""
+    if persona is None:
         return None
-    return AdapterRef(key=persona.adapter_key, path=persona.adapter_dir)
+    try:
+        return await asyncio.to_thread(runtime.adapter_ref, persona)
+    except AdapterError as exc:
+        raise APIError(500, f"the adapter of {persona.name!r} cannot be loaded: {exc.message}",
+                       code="adapter_load_failed") from exc
 
 
 def _raise_for(output: RequestOutput) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from server.api.auth import require_user
 from server.api.deps import get_runtime
 from server.api.errors import APIError
 from server.api.schemas import ModelCard, ModelList
@@ -13,11 +14,11 @@ from server.runtime import Runtime
 router = APIRouter()
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, dependencies=[Depends(require_user)])
 async def list_models(runtime: Runtime = Depends(get_runtime)) -> ModelList:
     base = runtime.loaded.model_id
     cards = [ModelCard(id=base, created=runtime.engine_started, root=base)]
-    for persona in runtime.personas.all():
+    for persona in runtime.registry.all():
         card = persona.card
         cards.append(ModelCard(
             id=persona.name, created=persona.created, root=base, parent=base,

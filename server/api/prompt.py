@@ -2,7 +2,8 @@
 
 Order: the persona's system prompt first, then the client's own leading system (or developer)
 messages, merged into one system turn (several system messages, as SillyTavern sends them, are
-kept in order). System messages later in the conversation stay where they are.
+kept in order). System messages later in the conversation stay where they are, and a card's
+`post_history_instructions` (SillyTavern's "jailbreak" slot) come last, after the history.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def build_messages(messages: list[ChatMessage], persona: Persona | None) -> list
     for message in messages[index:]:
         role = "system" if message.role == "developer" else message.role
         built.append({"role": role, "content": message.text()})
+    if persona is not None and persona.card.post_history_instructions:
+        built.append({"role": "system", "content": persona.card.post_history_instructions})
     return built
 
 

@@ -101,6 +101,7 @@ class Engine:
         self._rows: dict[str, _Row] = {}
         self._free_rows = list(range(config.max_rows - 1, -1, -1))
         self._thread: threading.Thread | None = None
+        self._retiring: set[str] = set()
         self._stopping = threading.Event()
         self.last_heartbeat = time.monotonic()
         self.failure: BaseException | None = None
@@ -145,7 +146,14 @@ class Engine:
         """
         return self.call(lambda: self._score(sequences)).result()
 
+    def retire(self, key: str) -> None:
+        """Free adapter `key`'s slot once no running row uses it (a replaced or deleted version)."""
+        self._post("retire", key)
+
     def adapter_loader(self, ref: AdapterRef) -> Callable[[], AdapterWeights]:
+        if ref.weights is not None:
+            weights = ref.weights
+            return lambda: weights
         return lambda: read_adapter(ref.path, self.shapes, self.config.max_lora_rank)
 
     # ------------------------------------------------------------------ worker thread
@@ -187,6 +195,9 @@ class Engine:
                 self._waiting.append(payload)
             elif kind == "abort":
                 self._abort(payload)
+            elif kind == "retire":
+                self._retiring.add(payload)
+                self._drop_retired(payload)
             elif kind == "call":
                 fn, future = payload
                 if future.set_running_or_notify_cancel():
@@ -236,7 +247,7 @@ class Engine:
             return [logits[i, : len(ids)].cpu() for i, (ids, _) in enumerate(sequences)]
         finally:
             for key in acquired:
-                self.slots.release(key)
+                self._release(key)
 
     def _admit(self) -> None:
         while self._waiting and self._free_rows:
@@ -343,7 +354,17 @@ class Engine:
         del self._rows[row.request.request_id]
         self._free_rows.append(row.row)
         if row.request.adapter is not None:
-            self.slots.release(row.request.adapter.key)
+            self._release(row.request.adapter.key)
+
+    def _release(self, key: str) -> None:
+        self.slots.release(key)
+        self._drop_retired(key)
+
+    def _drop_retired(self, key: str) -> None:
+        # Retired keys stay in the set: a request queued before the swap may still load the old
+        # version later, and its slot must be freed again when it ends. Keys are never reused.
+        if key in self._retiring and self.slots.users(key) == 0:
+            self.slots.drop(key)
 
     def _abort(self, request_id: str) -> None:
         for index, (request, sink) in enumerate(self._waiting):

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from server.lora.adapter import AdapterWeights
+
 FinishReason = Literal["stop", "length", "error", "abort"]
 
 
@@ -32,10 +34,15 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class AdapterRef:
-    """Which adapter a request runs with: `key` is unique per version (`name@version`)."""
+    """Which adapter a request runs with: `key` is unique per version (`name@version`).
+
+    `weights` are the adapter's host-memory copy when the caller already has it (the API reads
+    it from the host cache before submitting); otherwise the engine reads `path`.
+    """
 
     key: str
     path: Path
+    weights: AdapterWeights | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -1,56 +1,113 @@
-"""Personas read from the registry folder: `<registry>/<name>/` with a PEFT adapter and a card.
+"""Persona cards and persona records: what frontends show and how the prompt is built.
 
-Contract: `PersonaCatalog.scan(folder)` finds every sub-folder whose name is a valid persona name
-and that holds `adapter_config.json` (an adapter persona) or only `persona.json` (a prompt-only
-persona on the base). A folder that is broken is skipped with a logged reason, never half-served.
-
-This module does not validate adapter tensors (the engine does, when it loads them) and does not
-write anything.
+`parse_card(data, name)` validates a `persona.json` object (see docs/persona.schema.json) and
+returns a frozen `PersonaCard`; it raises `CardError` naming the offending field. A `Persona` is
+one servable version: a card plus, for adapter personas, the folder of its adapter files.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from server.lora.adapter import CONFIG_FILE, AdapterError, read_config
-
-log = logging.getLogger(__name__)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 CARD_FILE = "persona.json"
 
 
+class CardError(ValueError):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class _Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=8000)
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0, le=1000)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class _CardFile(BaseModel):
+    """The persona.json format (extra keys are kept out, not refused)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    display_name: str | None = Field(default=None, max_length=128)
+    description: str = Field(default="", max_length=4000)
+    system_prompt: str = Field(default="", max_length=16000)
+    greeting: str = Field(default="", max_length=4000)
+    example_messages: list[_Message] = Field(default_factory=list, max_length=64)
+    tags: list[str] = Field(default_factory=list, max_length=32)
+    sampling: _Sampling = Field(default_factory=_Sampling)
+    markers: list[str] = Field(default_factory=list, max_length=256)
+    post_history_instructions: str = Field(default="", max_length=4000)
+    source: str | None = Field(default=None, max_length=64)
+
+
 @dataclass(frozen=True)
 class PersonaCard:
-    """What frontends show and how the prompt is built."""
-
     display_name: str
     description: str = ""
     system_prompt: str = ""
     greeting: str = ""
     tags: tuple[str, ...] = ()
+    example_messages: tuple[dict[str, str], ...] = ()
     sampling: dict[str, float] = field(default_factory=dict)
+    markers: tuple[str, ...] = ()
+    post_history_instructions: str = ""
+    source: str | None = None
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any], name: str) -> PersonaCard:
-        sampling = data.get("sampling") or {}
-        return cls(
-            display_name=str(data.get("display_name") or name),
-            description=str(data.get("description") or ""),
-            system_prompt=str(data.get("system_prompt") or ""),
-            greeting=str(data.get("greeting") or ""),
-            tags=tuple(str(t) for t in data.get("tags") or ()),
-            sampling={k: float(v) for k, v in sampling.items() if isinstance(v, int | float)},
-        )
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "display_name": self.display_name, "description": self.description,
+            "system_prompt": self.system_prompt, "greeting": self.greeting,
+            "tags": list(self.tags), "example_messages": [dict(m) for m in self.example_messages],
+            "sampling": dict(self.sampling), "markers": list(self.markers),
+            "post_history_instructions": self.post_history_instructions, "source": self.source,
+        }
+
+
+def parse_card(data: Any, name: str) -> PersonaCard:
+    """Validate a persona.json object; raises CardError naming the bad field."""
+    if not isinstance(data, dict):
+        raise CardError("persona.json must hold a JSON object", "persona")
+    try:
+        card = _CardFile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CardError(f"persona.json: {where}: {first['msg']}", "persona") from exc
+    if any(len(tag) > 64 for tag in card.tags):
+        raise CardError("persona.json: tags are at most 64 characters each", "persona")
+    sampling = {k: float(v) for k, v in card.sampling.model_dump().items() if v is not None}
+    return PersonaCard(
+        display_name=card.display_name or name, description=card.description,
+        system_prompt=card.system_prompt, greeting=card.greeting, tags=tuple(card.tags),
+        example_messages=tuple(m.model_dump() for m in card.example_messages),
+        sampling=sampling, markers=tuple(card.markers),
+        post_history_instructions=card.post_history_instructions, source=card.source)
 
 
 @dataclass(frozen=True)
 class Persona:
+    """One servable version of a persona."""
+
     name: str
     card: PersonaCard
     adapter_dir: Path | None  # None: a prompt-only persona on the base
@@ -60,58 +117,3 @@ class Persona:
     @property
     def adapter_key(self) -> str | None:
         return None if self.adapter_dir is None else f"{self.name}@{self.version}"
-
-
-class PersonaCatalog:
-    """Personas by name; replaced whole by `scan`, read by the API."""
-
-    def __init__(self, personas: dict[str, Persona] | None = None) -> None:
-        self._personas = dict(personas or {})
-
-    @classmethod
-    def scan(cls, folder: Path) -> PersonaCatalog:
-        personas: dict[str, Persona] = {}
-        if not folder.is_dir():
-            log.warning("registry folder %s does not exist: serving the base only", folder)
-            return cls()
-        for child in sorted(folder.iterdir()):
-            persona = _read_persona(child)
-            if persona is not None:
-                personas[persona.name] = persona
-        log.info("registry %s: %d persona(s): %s", folder, len(personas),
-                 ", ".join(personas) or "none")
-        return cls(personas)
-
-    def get(self, name: str) -> Persona | None:
-        return self._personas.get(name)
-
-    def all(self) -> list[Persona]:
-        return list(self._personas.values())
-
-
-def _read_persona(folder: Path) -> Persona | None:
-    if not folder.is_dir() or not NAME_PATTERN.match(folder.name):
-        return None
-    has_adapter = (folder / CONFIG_FILE).is_file()
-    if not has_adapter and not (folder / CARD_FILE).is_file():
-        return None
-    try:
-        if has_adapter:
-            read_config(folder)
-        card = _read_card(folder)
-    except (AdapterError, ValueError) as exc:
-        log.warning("skipping persona folder %s: %s", folder, exc)
-        return None
-    created = int(folder.stat().st_mtime)
-    return Persona(name=folder.name, card=card, adapter_dir=folder if has_adapter else None,
-                   created=created)
-
-
-def _read_card(folder: Path) -> PersonaCard:
-    path = folder / CARD_FILE
-    if not path.is_file():
-        return PersonaCard(display_name=folder.name)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{CARD_FILE} must hold a JSON object")
-    return PersonaCard.from_json(data, folder.name)

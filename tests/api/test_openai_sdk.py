@@ -55,7 +55,7 @@ def test_persona_replies_are_the_engines_adapter_outputs(client: openai.OpenAI,
     replies = {name: ask(name) for name in ("alpha", "bravo", "charlie", BASE_ID)}
     assert len(set(replies.values())) > 1, replies  # the adapters change what is said
     for name in ("alpha", "bravo", "charlie"):
-        persona = runtime.personas.get(name)
+        persona = runtime.registry.get(name)
         assert persona is not None and persona.adapter_dir and persona.adapter_key
         request = GenerationRequest(name, chat_prompt(runtime.loaded.tokenizer, question),
                                     SamplingParams(max_tokens=10, temperature=0.0),

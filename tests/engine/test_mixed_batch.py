@@ -35,7 +35,7 @@ PROMPTS = {
 def _ref(runtime: Runtime, name: str | None) -> AdapterRef | None:
     if name is None:
         return None
-    persona = runtime.personas.get(name)
+    persona = runtime.registry.get(name)
     assert persona is not None and persona.adapter_dir is not None and persona.adapter_key
     return AdapterRef(persona.adapter_key, persona.adapter_dir)
 

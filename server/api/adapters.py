@@ -1,0 +1,149 @@
+"""Admin routes for the registry: upload, list, inspect and delete persona adapters.
+
+`POST /v1/adapters` takes a multipart form (files `adapter_config`, `adapter_model`, optional
+`persona`; fields `name`, `replace`, `force`). Files are streamed to a staging folder on the
+registry's filesystem; the registry validates everything before the new version becomes
+visible, and the staging folder is removed on any failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.datastructures import UploadFile
+
+from server.api.auth import require_admin
+from server.api.deps import get_runtime
+from server.api.errors import APIError
+from server.api.schemas import AdapterInfo, AdapterList, Deleted, ErrorResponse, Residency
+from server.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
+from server.registry.catalog import VersionRow
+from server.registry.personas import CARD_FILE
+from server.registry.registry import RegistryError, check_name
+from server.runtime import Runtime
+
+router = APIRouter(dependencies=[Depends(require_admin)])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 503)}
+FILE_FIELDS = {"adapter_config": CONFIG_FILE, "adapter_model": WEIGHTS_FILE, "persona": CARD_FILE}
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off", ""}
+
+
+def registry_error(exc: RegistryError) -> APIError:
+    return APIError(exc.status, exc.message, param=exc.param, code=exc.code)
+
+
+def _flag(form: Any, key: str) -> bool:
+    value = str(form.get(key) or "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise APIError(400, f"{key} must be true or false", param=key, code="invalid_value")
+
+
+@router.post("/v1/adapters", response_model=AdapterInfo, status_code=201, responses=_ERRORS)
+async def upload_adapter(request: Request, runtime: Runtime = Depends(get_runtime)) -> AdapterInfo:
+    form = await request.form(max_files=len(FILE_FIELDS), max_fields=8, max_part_size=1 << 16)
+    try:
+        name = str(form.get("name") or "")
+        try:
+            check_name(name)
+        except RegistryError as exc:
+            raise registry_error(exc) from exc
+        replace, force = _flag(form, "replace"), _flag(form, "force")
+        staged = runtime.registry.stage()
+        try:
+            await _stage_files(form, staged)
+            row = await asyncio.to_thread(runtime.registry.add, name, staged, replace=replace,
+                                          force=force)
+        except RegistryError as exc:
+            raise registry_error(exc) from exc
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)  # gone already when the upload committed
+    finally:
+        await form.close()
+    return adapter_info(runtime, row.name)
+
+
+async def _stage_files(form: Any, staged: Path) -> None:
+    for key in form:
+        if key not in FILE_FIELDS and isinstance(form.get(key), UploadFile):
+            raise APIError(400, f"unexpected file field {key!r}; expected "
+                           f"{', '.join(FILE_FIELDS)}", param=key, code="invalid_value")
+    if form.get("adapter_model") is None and form.get("persona") is None:
+        raise APIError(400, "send adapter_config and adapter_model (a PEFT LoRA adapter), a "
+                       "persona card, or both", param="adapter_model", code="missing_files")
+    for field, filename in FILE_FIELDS.items():
+        upload = form.get(field)
+        if upload is None:
+            continue
+        if not isinstance(upload, UploadFile):
+            raise APIError(400, f"{field} must be a file", param=field, code="invalid_value")
+        if field == "adapter_model":
+            await _refuse_pickle(upload)
+        with open(staged / filename, "wb") as out:
+            while chunk := await upload.read(1 << 20):
+                out.write(chunk)
+
+
+async def _refuse_pickle(upload: UploadFile) -> None:
+    head = await upload.read(8)
+    await upload.seek(0)
+    named_pickle = (upload.filename or "").lower().endswith(_PICKLE_SUFFIXES)
+    if named_pickle or head[:1] == b"\x80" or head[:2] == b"PK":
+        raise APIError(400, "adapter_model must be a safetensors file; pickled weights (.bin, "
+                       ".pt) are refused and never unpickled", param="adapter_model",
+                       code="unsafe_format")
+
+
+@router.get("/v1/adapters", response_model=AdapterList, responses=_ERRORS)
+async def list_adapters(runtime: Runtime = Depends(get_runtime)) -> AdapterList:
+    return AdapterList(data=[adapter_info(runtime, p.name) for p in runtime.registry.all()])
+
+
+@router.get("/v1/adapters/{name}", response_model=AdapterInfo, responses=_ERRORS)
+async def get_adapter(name: str, runtime: Runtime = Depends(get_runtime)) -> AdapterInfo:
+    return adapter_info(runtime, name)
+
+
+@router.delete("/v1/adapters/{name}", response_model=Deleted, responses=_ERRORS)
+async def delete_adapter(name: str, runtime: Runtime = Depends(get_runtime)) -> Deleted:
+    try:
+        versions = await asyncio.to_thread(runtime.registry.delete, name)
+    except RegistryError as exc:
+        raise registry_error(exc) from exc
+    return Deleted(id=name, versions=versions)
+
+
+def adapter_info(runtime: Runtime, name: str) -> AdapterInfo:
+    versions = runtime.registry.versions(name)
+    persona = runtime.registry.get(name)
+    if not versions or persona is None:
+        raise APIError(404, f"the persona {name!r} does not exist", param="name",
+                       code="model_not_found")
+    current = next(v for v in versions if v.version == persona.version)
+    key = persona.adapter_key
+    resident = Residency(
+        device_slot=runtime.engine.stats.resident_adapters.get(key) if key else None,
+        host=key in runtime.host_cache.keys() if key else False)
+    return AdapterInfo(
+        id=name, name=name, version=current.version, current_version=current.version,
+        created=int(current.created), kind=current.kind,  # type: ignore[arg-type]
+        rank=current.rank, alpha=current.alpha, target_modules=list(current.target_modules),
+        base_model=current.base_model, files=list(current.files),  # type: ignore[arg-type]
+        versions=[_version_info(v) for v in versions], persona=persona.card.to_json(),
+        resident=resident)
+
+
+def _version_info(row: VersionRow) -> dict[str, Any]:
+    return {"version": row.version, "created": int(row.created), "kind": row.kind,
+            "rank": row.rank, "alpha": row.alpha, "target_modules": list(row.target_modules),
+            "base_model": row.base_model, "files": list(row.files)}

@@ -1,0 +1,85 @@
+"""Persona routes: what frontends show (`GET /v1/personas[/{name}]`) and Character Card V2 import.
+
+`POST /v1/personas/import` (admin) turns a SillyTavern `chara_card_v2` card into a persona: a
+prompt-only persona on the base, or, with `adapter`, a new version of an existing adapter
+persona that keeps its adapter files and takes the card.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from server.api.adapters import registry_error
+from server.api.auth import require_admin, require_user
+from server.api.deps import get_runtime
+from server.api.errors import APIError
+from server.api.schemas import CardImport, ErrorResponse, PersonaInfo, PersonaList
+from server.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
+from server.registry.cards import card_from_v2
+from server.registry.personas import CardError, Persona
+from server.registry.registry import RegistryError
+from server.runtime import Runtime
+
+router = APIRouter()
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 503)}
+
+
+def persona_info(persona: Persona) -> PersonaInfo:
+    card = persona.card
+    return PersonaInfo(
+        id=persona.name, version=persona.version, display_name=card.display_name,
+        description=card.description, greeting=card.greeting, tags=list(card.tags),
+        system_prompt=card.system_prompt, example_messages=[dict(m) for m in card.example_messages],
+        sampling=dict(card.sampling), post_history_instructions=card.post_history_instructions,
+        adapter=persona.name if persona.adapter_dir is not None else None)
+
+
+@router.get("/v1/personas", response_model=PersonaList, responses=_ERRORS,
+            dependencies=[Depends(require_user)])
+async def list_personas(runtime: Runtime = Depends(get_runtime)) -> PersonaList:
+    return PersonaList(data=[persona_info(p) for p in runtime.registry.all()])
+
+
+@router.get("/v1/personas/{name}", response_model=PersonaInfo, responses=_ERRORS,
+            dependencies=[Depends(require_user)])
+async def get_persona(name: str, runtime: Runtime = Depends(get_runtime)) -> PersonaInfo:
+    persona = runtime.registry.get(name)
+    if persona is None:
+        raise APIError(404, f"the persona {name!r} does not exist", param="name",
+                       code="model_not_found")
+    return persona_info(persona)
+
+
+@router.post("/v1/personas/import", response_model=PersonaInfo, status_code=201,
+             responses=_ERRORS, dependencies=[Depends(require_admin)])
+async def import_card(body: CardImport, runtime: Runtime = Depends(get_runtime)) -> PersonaInfo:
+    try:
+        suggested, card = card_from_v2(body.card)
+    except CardError as exc:
+        raise APIError(400, exc.message, param=exc.param, code="invalid_card") from exc
+    name = body.name or body.adapter or suggested
+    staged = runtime.registry.stage()
+    try:
+        replace = False
+        if body.adapter is not None:
+            source = runtime.registry.get(body.adapter)
+            if source is None or source.adapter_dir is None:
+                raise APIError(404, f"no adapter persona named {body.adapter!r}",
+                               param="adapter", code="model_not_found")
+            for file in (CONFIG_FILE, WEIGHTS_FILE):
+                shutil.copyfile(source.adapter_dir / file, staged / file)
+            replace = name == body.adapter
+        row = await asyncio.to_thread(runtime.registry.add, name, staged, replace=replace,
+                                      force=True, card=card)
+    except RegistryError as exc:
+        raise registry_error(exc) from exc
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    persona = runtime.registry.get(row.name)
+    assert persona is not None
+    return persona_info(persona)

@@ -1,0 +1,86 @@
+"""Fixtures for registry tests: a fresh registry (own folder) on the shared embedded model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from server.api.app import create_app
+from server.model.loader import LoadedModel
+from server.runtime import Runtime
+from server.settings import Settings
+from tests.helpers import live_server, write_peft_adapter, write_persona
+
+
+@pytest.fixture(scope="session")
+def extra_adapters(tmp_path_factory: pytest.TempPathFactory, plain_embedded: LoadedModel,
+                   persona_dirs: dict[str, Path]) -> dict[str, Path]:
+    """Six distinct adapter folders (the three test personas plus three more)."""
+    root = tmp_path_factory.mktemp("extra")
+    dirs = dict(persona_dirs)
+    for seed, name in enumerate(("delta", "echo", "foxtrot"), start=10):
+        write_peft_adapter(plain_embedded.model, root / name, seed=seed, rank=8,
+                           targets=("q_proj", "v_proj", "down_proj"), b_scale=0.5,
+                           base_model=plain_embedded.model_id)
+        write_persona(root / name, name.title())
+        dirs[name] = root / name
+    return dirs
+
+
+RuntimeFactory = Callable[..., Runtime]
+
+
+@pytest.fixture
+def make_runtime(tmp_path: Path, embedded: LoadedModel,
+                 embedded_settings: Settings) -> Iterator[RuntimeFactory]:
+    """Build started runtimes with their own empty registry; stopped after the test."""
+    built: list[Runtime] = []
+
+    def make(**overrides: Any) -> Runtime:
+        settings = embedded_settings.model_copy(update={
+            "registry_dir": tmp_path / f"registry{len(built)}", "seed_dir": None, **overrides})
+        runtime = Runtime.build(settings, loaded=embedded)
+        runtime.engine.start()
+        built.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in built:
+        runtime.engine.stop()
+        runtime.registry.close()
+
+
+@pytest.fixture
+def served(make_runtime: RuntimeFactory) -> Iterator[tuple[Runtime, str]]:
+    runtime = make_runtime()
+    with live_server(create_app(runtime.settings, runtime)) as url:
+        yield runtime, url
+
+
+def upload(url: str, folder: Path, name: str, *, replace: bool = False, force: bool = False,
+           files: dict[str, tuple[str, bytes]] | None = None,
+           headers: dict[str, str] | None = None) -> httpx.Response:
+    """POST /v1/adapters with the folder's files (or explicit `files`)."""
+    if files is None:
+        files = {}
+        for field, filename in (("adapter_config", "adapter_config.json"),
+                                ("adapter_model", "adapter_model.safetensors"),
+                                ("persona", "persona.json")):
+            if (folder / filename).exists():
+                files[field] = (filename, (folder / filename).read_bytes())
+    data = {"name": name, "replace": str(replace).lower(), "force": str(force).lower()}
+    return httpx.post(f"{url}/v1/adapters", data=data, files=files, timeout=120,
+                      headers=headers or {})
+
+
+def snapshot(runtime: Runtime) -> tuple[list[Any], list[str]]:
+    """The catalog rows and every path under the registry folder (minus SQLite side files)."""
+    rows = sorted((r.name, r.version, r.files) for r in runtime.registry.catalog.all_versions())
+    root = runtime.settings.registry_dir
+    paths = sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                   if "catalog.sqlite3" not in p.name)
+    return rows, paths

@@ -130,3 +130,16 @@ def chat_prompt(tokenizer: Any, text: str, system: str | None = None) -> tuple[i
         {"role": "user", "content": text}]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tuple(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+
+def assert_greedy_consistent(engine: Any, prompt: Sequence[int], tokens: Sequence[int],
+                             adapter: Any, tol: float) -> None:
+    """Teacher-forced check of a greedy output: every generated token is the adapter's own
+    argmax given the same prefix, wherever that argmax is clear (top-2 margin above `tol`)."""
+    (logits,) = engine.score([(list(prompt) + list(tokens[:-1]), adapter)])
+    predicted = logits[len(prompt) - 1:]  # (len(tokens), vocab)
+    top2 = predicted.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > tol
+    assert clear.any()
+    got = torch.tensor(list(tokens))
+    assert torch.equal(predicted.argmax(-1)[clear], got[clear])

@@ -1,0 +1,139 @@
+"""Hot swap: more personas than slots, re-upload and delete during a stream, memory returns.
+
+Run: python -m pytest tests/registry/test_hot_swap.py -q
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from server.api.app import create_app
+from server.engine.types import GenerationRequest, SamplingParams
+from server.runtime import Runtime
+from tests.helpers import (
+    assert_greedy_consistent,
+    chat_prompt,
+    live_server,
+    run_requests,
+)
+
+TOL = 1e-3  # the end-to-end check's tolerance (tests/engine/test_mixed_batch.py)
+NAMES = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot")
+
+
+def _add(runtime: Runtime, name: str, folder: Path, replace: bool = False) -> None:
+    staged = runtime.registry.stage()
+    for file in ("adapter_config.json", "adapter_model.safetensors", "persona.json"):
+        (staged / file).write_bytes((folder / file).read_bytes())
+    runtime.registry.add(name, staged, replace=replace)
+
+
+def _request(runtime: Runtime, rid: str, name: str, text: str, max_tokens: int,
+             ignore_eos: bool = False) -> GenerationRequest:
+    persona = runtime.registry.get(name)
+    assert persona is not None
+    return GenerationRequest(rid, chat_prompt(runtime.loaded.tokenizer, text),
+                             SamplingParams(max_tokens=max_tokens, temperature=0.0,
+                                            ignore_eos=ignore_eos),
+                             runtime.adapter_ref(persona))
+
+
+def test_six_personas_on_two_slots_all_complete_correctly(make_runtime: Any,
+                                                          extra_adapters: dict[str, Path]) -> None:
+    runtime = make_runtime(adapter_slots=2, host_adapters=3)
+    for name in NAMES:
+        _add(runtime, name, extra_adapters[name])
+    requests = [_request(runtime, f"r{i}", name, f"Tell me fact number {i}.", 8)
+                for i, name in enumerate(NAMES * 2)]
+    results = run_requests(runtime.engine, requests)
+    assert all(r.finish_reason in ("stop", "length") for r in results)
+    assert runtime.engine.slots.loads >= len(NAMES) and runtime.engine.slots.evictions >= 4
+    for request, result in zip(requests, results, strict=True):
+        assert_greedy_consistent(runtime.engine, request.prompt_ids, result.token_ids,
+                                 request.adapter, TOL)
+    texts = {r.text for r in results[:len(NAMES)]}
+    assert len(texts) > 1
+
+
+def _stream(url: str, model: str, text: str, max_tokens: int, out: dict[str, Any]) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "temperature": 0,
+            "max_tokens": max_tokens, "stream": True, "ignore_eos": True}
+    parts: list[str] = []
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300) as resp:
+        out["status"] = resp.status_code
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                parts.append(chunk["choices"][0]["delta"]["content"])
+                out["started"] = True
+    out["text"] = "".join(parts)
+
+
+def _solo_text(runtime: Runtime, name: str, text: str, max_tokens: int) -> str:
+    (result,) = run_requests(runtime.engine, [_request(runtime, "solo", name, text, max_tokens,
+                                                       ignore_eos=True)])
+    return result.text
+
+
+def _wait_started(out: dict[str, Any]) -> None:
+    deadline = time.monotonic() + 120
+    while not out.get("started") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert out.get("started"), "the stream never started"
+
+
+def test_reupload_and_delete_during_streams(make_runtime: Any,
+                                            extra_adapters: dict[str, Path]) -> None:
+    runtime = make_runtime(adapter_slots=2)
+    baseline = (runtime.engine.slots.resident(), runtime.host_cache.keys())
+    prompt, length = "Tell me a long story about a lighthouse.", 40
+    _add(runtime, "swap", extra_adapters["alpha"])
+    v1_text = _solo_text(runtime, "swap", prompt, length)
+    v1_weights = weakref.ref(runtime.adapter_ref(runtime.registry.get("swap")).weights)  # type: ignore[arg-type, union-attr]
+
+    with live_server(create_app(runtime.settings, runtime)) as url:
+        first: dict[str, Any] = {}
+        thread = threading.Thread(target=_stream, args=(url, "swap", prompt, length, first))
+        thread.start()
+        _wait_started(first)
+        _add(runtime, "swap", extra_adapters["bravo"], replace=True)  # v2 while v1 streams
+        new = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
+            "model": "swap", "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0, "max_tokens": length, "ignore_eos": True})
+        thread.join(300)
+        assert first["status"] == 200 and first["text"] == v1_text  # finished on v1, unchanged
+        v2_text = _solo_text(runtime, "swap", prompt, length)
+        assert new.json()["choices"][0]["message"]["content"] == v2_text != v1_text
+
+        second: dict[str, Any] = {}
+        thread = threading.Thread(target=_stream, args=(url, "swap", prompt, length, second))
+        thread.start()
+        _wait_started(second)
+        assert httpx.delete(f"{url}/v1/adapters/swap").status_code == 200  # while v2 streams
+        gone = httpx.post(f"{url}/v1/chat/completions", json={
+            "model": "swap", "messages": [{"role": "user", "content": "hi"}]})
+        assert gone.status_code == 404
+        thread.join(300)
+        assert second["status"] == 200 and second["text"] == v2_text
+
+    # Every version is retired: slots and host memory are back to where they started, and the
+    # v1 weights are garbage once the last request that used them has ended.
+    engine = runtime.engine
+    deadline = time.monotonic() + 10
+    while engine.call(engine.slots.resident).result() != baseline[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.call(engine.slots.resident).result() == baseline[0]
+    assert runtime.host_cache.keys() == baseline[1]
+    gc.collect()
+    assert v1_weights() is None
+    assert not (runtime.settings.registry_dir / "swap").exists()

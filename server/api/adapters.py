@@ -19,7 +19,14 @@ from starlette.datastructures import UploadFile
 from server.api.auth import require_admin
 from server.api.deps import get_runtime
 from server.api.errors import APIError
-from server.api.schemas import AdapterInfo, AdapterList, Deleted, ErrorResponse, Residency
+from server.api.schemas import (
+    AdapterInfo,
+    AdapterList,
+    Deleted,
+    ErrorResponse,
+    Residency,
+    VersionInfo,
+)
 from server.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 from server.registry.catalog import VersionRow
 from server.registry.personas import CARD_FILE
@@ -133,7 +140,7 @@ def adapter_info(runtime: Runtime, name: str) -> AdapterInfo:
     key = persona.adapter_key
     resident = Residency(
         device_slot=runtime.engine.stats.resident_adapters.get(key) if key else None,
-        host=key in runtime.host_cache.keys() if key else False)
+        host=key in runtime.host_cache if key else False)
     return AdapterInfo(
         id=name, name=name, version=current.version, current_version=current.version,
         created=int(current.created), kind=current.kind,  # type: ignore[arg-type]
@@ -143,7 +150,8 @@ def adapter_info(runtime: Runtime, name: str) -> AdapterInfo:
         resident=resident)
 
 
-def _version_info(row: VersionRow) -> dict[str, Any]:
-    return {"version": row.version, "created": int(row.created), "kind": row.kind,
-            "rank": row.rank, "alpha": row.alpha, "target_modules": list(row.target_modules),
-            "base_model": row.base_model, "files": list(row.files)}
+def _version_info(row: VersionRow) -> VersionInfo:
+    return VersionInfo.model_validate({
+        "version": row.version, "created": int(row.created), "kind": row.kind, "rank": row.rank,
+        "alpha": row.alpha, "target_modules": list(row.target_modules),
+        "base_model": row.base_model, "files": list(row.files)})

@@ -72,4 +72,4 @@ async def _load(app: FastAPI, settings: Settings) -> None:
         return
     _serve(app, runtime)
     log.info("ready: serving %s with %d persona(s) on %s", runtime.loaded.model_id,
-             len(runtime.personas.all()), runtime.loaded.device)
+             len(runtime.registry.all()), runtime.loaded.device)

@@ -35,7 +35,7 @@ def _matches(token: str | None, keys: list[str]) -> bool:
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def require_user(request: Request) -> None:

@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Depends
 from sse_starlette.sse import EventSourceResponse
@@ -37,7 +38,8 @@ from server.runtime import Runtime
 
 router = APIRouter()
 
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 429, 500, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 429, 500, 503)}
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS,
@@ -133,7 +135,7 @@ async def _complete(runtime: Runtime, request: GenerationRequest, model: str) ->
         created=int(time.time()),
         model=model,
         choices=[Choice(message=AssistantMessage(content="".join(parts)),
-                        finish_reason=finish)],  # type: ignore[arg-type]
+                        finish_reason=finish)],
         usage=_usage(last),
     )
 

@@ -14,7 +14,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
 from server.lora.adapter import AdapterWeights
 
 
@@ -35,6 +34,10 @@ class HostAdapterCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._entries
 
     def keys(self) -> list[str]:
         with self._lock:

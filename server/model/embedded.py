@@ -87,7 +87,7 @@ def _convert(gguf: Path, target: Path, stamp: dict[str, object]) -> None:
         )
         # The weights are already dequantized: drop the GGUF marker so the model saves as plain
         # safetensors and later loads can quantize it with bitsandbytes.
-        model.hf_quantizer = None
+        setattr(model, "hf_quantizer", None)  # noqa: B010 (typed as a module by transformers)
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config._name_or_path = EMBEDDED_MODEL_ID

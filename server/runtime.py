@@ -6,13 +6,16 @@ HTTP app receives the finished runtime. Tests build one runtime and share it bet
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from server.engine.async_engine import AsyncEngine
 from server.engine.engine import Engine, EngineConfig
-from server.engine.types import AdapterRef
+from server.engine.types import AdapterRef, GenerationRequest, RequestOutput
 from server.lora.adapter import read_adapter
 from server.lora.host_cache import HostAdapterCache
 from server.model.loader import LoadedModel, load_base
@@ -68,6 +71,20 @@ class Runtime:
         weights = self.host_cache.get(persona.adapter_key, lambda: read_adapter(
             path, self.engine.shapes, self.settings.max_lora_rank))
         return AdapterRef(persona.adapter_key, path, weights)
+
+    async def generate(self, request: GenerationRequest,
+                       persona: Persona | None) -> AsyncIterator[RequestOutput]:
+        """Run `request` with `persona`'s adapter; the adapter is read into host memory first,
+        off the event loop and off the engine thread. Raises AdapterError if it cannot load."""
+        if persona is not None and persona.adapter_key is not None:
+            ref = await asyncio.to_thread(self.adapter_ref, persona)
+            request = dataclasses.replace(request, adapter=ref)
+        async for output in self.async_engine.generate(request):
+            yield output
+
+    def residency(self, key: str) -> tuple[int | None, bool]:
+        """(device slot or None, whether in host memory) of adapter version `key`."""
+        return self.engine.stats.resident_adapters.get(key), key in self.host_cache
 
     def retire(self, key: str) -> None:
         """A version stopped being current: drop it from host memory and, once idle, its slot."""

@@ -137,10 +137,8 @@ def adapter_info(runtime: Runtime, name: str) -> AdapterInfo:
         raise APIError(404, f"the persona {name!r} does not exist", param="name",
                        code="model_not_found")
     current = next(v for v in versions if v.version == persona.version)
-    key = persona.adapter_key
-    resident = Residency(
-        device_slot=runtime.engine.stats.resident_adapters.get(key) if key else None,
-        host=key in runtime.host_cache if key else False)
+    slot, host = runtime.residency(persona.adapter_key) if persona.adapter_key else (None, False)
+    resident = Residency(device_slot=slot, host=host)
     return AdapterInfo(
         id=name, name=name, version=current.version, current_version=current.version,
         created=int(current.created), kind=current.kind,  # type: ignore[arg-type]

@@ -6,7 +6,6 @@ the engine, so a refused request costs nothing there.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -31,7 +30,7 @@ from server.api.schemas import (
     ErrorResponse,
     Usage,
 )
-from server.engine.types import AdapterRef, GenerationRequest, RequestOutput, SamplingParams
+from server.engine.types import GenerationRequest, RequestOutput, SamplingParams
 from server.lora.adapter import AdapterError
 from server.registry.personas import Persona
 from server.runtime import Runtime
@@ -50,17 +49,15 @@ async def chat_completions(
     persona = resolve_model(runtime, body.model)
     prompt_ids = encode_prompt(runtime.loaded.tokenizer, build_messages(body.messages, persona))
     sampling = sampling_params(body, persona, len(prompt_ids), runtime)
-    request = GenerationRequest(
-        request_id=f"chatcmpl-{uuid.uuid4().hex}",
-        prompt_ids=tuple(prompt_ids),
-        sampling=sampling,
-        adapter=await _adapter_ref(runtime, persona),
-    )
+    request = GenerationRequest(request_id=f"chatcmpl-{uuid.uuid4().hex}",
+                                prompt_ids=tuple(prompt_ids), sampling=sampling)
+    outputs = _generate(runtime, request, persona)
     if body.stream:
+        first = await _first(outputs)  # adapter load errors become HTTP errors, not stream errors
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventSourceResponse(_stream(runtime, request, body.model, include_usage),
+        return EventSourceResponse(_stream(request, first, outputs, body.model, include_usage),
                                    ping=15, sep="\n")
-    return await _complete(runtime, request, body.model)
+    return await _complete(request, outputs, body.model)
 
 
 def resolve_model(runtime: Runtime, name: str) -> Persona | None:
@@ -106,15 +103,21 @@ def sampling_params(body: ChatCompletionRequest, persona: Persona | None, prompt
     )
 
 
-async def _adapter_ref(runtime: Runtime, persona: Persona | None) -> AdapterRef | None:
-    """Read the persona's adapter into host memory off the event loop (and off the engine)."""
-    if persona is None:
-        return None
+async def _generate(runtime: Runtime, request: GenerationRequest,
+                    persona: Persona | None) -> AsyncIterator[RequestOutput]:
     try:
-        return await asyncio.to_thread(runtime.adapter_ref, persona)
+        async for output in runtime.generate(request, persona):
+            yield output
     except AdapterError as exc:
-        raise APIError(500, f"the adapter of {persona.name!r} cannot be loaded: {exc.message}",
+        name = persona.name if persona else runtime.loaded.model_id
+        raise APIError(500, f"the adapter of {name!r} cannot be loaded: {exc.message}",
                        code="adapter_load_failed") from exc
+
+
+async def _first(outputs: AsyncIterator[RequestOutput]) -> RequestOutput | None:
+    async for output in outputs:
+        return output
+    return None
 
 
 def _raise_for(output: RequestOutput) -> None:
@@ -122,10 +125,11 @@ def _raise_for(output: RequestOutput) -> None:
         raise APIError(500, output.error, code=output.error_code)
 
 
-async def _complete(runtime: Runtime, request: GenerationRequest, model: str) -> ChatCompletion:
+async def _complete(request: GenerationRequest, outputs: AsyncIterator[RequestOutput],
+                    model: str) -> ChatCompletion:
     parts: list[str] = []
     last = RequestOutput(request_id=request.request_id)
-    async for output in runtime.async_engine.generate(request):
+    async for output in outputs:
         _raise_for(output)
         parts.append(output.text)
         last = output
@@ -140,7 +144,8 @@ async def _complete(runtime: Runtime, request: GenerationRequest, model: str) ->
     )
 
 
-async def _stream(runtime: Runtime, request: GenerationRequest, model: str,
+async def _stream(request: GenerationRequest, first: RequestOutput | None,
+                  outputs: AsyncIterator[RequestOutput], model: str,
                   include_usage: bool) -> AsyncIterator[str]:
     created = int(time.time())
 
@@ -152,7 +157,7 @@ async def _stream(runtime: Runtime, request: GenerationRequest, model: str,
 
     yield chunk(DeltaMessage(role="assistant", content=""))
     last = RequestOutput(request_id=request.request_id)
-    async for output in runtime.async_engine.generate(request):
+    async for output in _chain(first, outputs):
         last = output
         if output.error is not None:
             yield json.dumps(error_body(output.error, "server_error", None, output.error_code))
@@ -165,6 +170,16 @@ async def _stream(runtime: Runtime, request: GenerationRequest, model: str,
         yield ChatCompletionChunk(id=request.request_id, created=created, model=model,
                                   choices=[], usage=_usage(last)).model_dump_json()
     yield "[DONE]"
+
+
+async def _chain(first: RequestOutput | None,
+                 rest: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
+    if first is None:
+        return
+    yield first
+    if not first.finished:
+        async for output in rest:
+            yield output
 
 
 def _usage(output: RequestOutput) -> Usage:

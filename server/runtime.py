@@ -63,6 +63,10 @@ class Runtime:
     def ready(self) -> bool:
         return self.engine.alive and self.engine.failure is None
 
+    @property
+    def stalled(self) -> bool:
+        return self.engine.stalled(self.settings.stall_timeout)
+
     def adapter_ref(self, persona: Persona) -> AdapterRef | None:
         """The request's handle on the persona's adapter, read into host memory (blocking)."""
         if persona.adapter_dir is None or persona.adapter_key is None:

@@ -78,6 +78,24 @@ class Settings(BaseSettings):
     """Largest adapter upload (the whole multipart body), streamed to disk."""
     drain_timeout: float = Field(default=30.0, ge=0.0)
     """Seconds running requests may take to finish after SIGTERM."""
+    max_waiting_requests: int = Field(default=256, ge=0)
+    """Requests allowed to wait for a batch row; past it new requests get 429."""
+    max_waiting_tokens: int = Field(default=262144, ge=0)
+    """Prompt tokens allowed to wait for a batch row; past it new requests get 429."""
+    rate_limit_per_minute: int = Field(default=0, ge=0)
+    """Requests per minute per API key (or client address without keys); 0 turns it off."""
+    request_timeout: float = Field(default=600.0, gt=0.0)
+    """Seconds a request may take from arrival to its last token before it is failed."""
+    stall_timeout: float = Field(default=120.0, gt=0.0)
+    """Seconds without an engine loop iteration after which /ready reports a stall."""
+    max_messages: int = Field(default=512, ge=1)
+    """Messages per chat request."""
+    max_message_chars: int = Field(default=200_000, ge=1)
+    """Characters per message (the context limit applies on top, in tokens)."""
+    metrics_require_key: bool = True
+    """Whether /metrics needs an API key when keys are configured."""
+    json_logs: bool = False
+    """Write logs as one JSON object per line (for log shippers)."""
     cache_dir: Path = Field(default_factory=default_cache_dir)
     """Where the embedded model is converted to safetensors once and reused."""
     adapter_slots: int = Field(default=8, ge=1, le=1024)

@@ -1,9 +1,10 @@
-"""The FastAPI application: routes, error handlers, and the runtime's lifetime.
+"""The FastAPI application: routes, error handlers, middleware, and the runtime's lifetime.
 
 `create_app(settings, runtime=None)`: with a runtime (tests, tools) the app serves it at once;
 without one the app starts answering `/health` immediately and loads the model in a background
 thread, with `/ready` at 503 until the engine runs. The engine is stopped at shutdown only when
-the app built it.
+the app built it. `app.state` holds what the routes share: settings, runtime, admission
+control, metrics, the in-flight count and the draining flag.
 """
 
 from __future__ import annotations
@@ -12,20 +13,27 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from server import __version__
 from server.api import adapters, chat, models, personas
+from server.api.admission import Admission
+from server.api.auth import require_user
 from server.api.errors import install_error_handlers
 from server.api.limits import BodyLimitMiddleware
+from server.api.metrics import Metrics
+from server.api.middleware import RequestContextMiddleware
 from server.runtime import Runtime
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
     owns_runtime = runtime is None
 
     @contextlib.asynccontextmanager
@@ -40,23 +48,42 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         finally:
             if loader is not None:
                 loader.cancel()
-            current: Runtime | None = getattr(app.state, "runtime", None)
+            current = getattr(app.state, "runtime", None)
             if owns_runtime and current is not None:
                 current.engine.stop()
                 current.registry.close()
 
     app = FastAPI(title="Cameo", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None,
                   description="One quantized LLM, many LoRA personas, OpenAI-compatible.")
-    app.state.settings = settings
-    app.state.runtime = None
+    state = app.state
+    state.settings = settings
+    state.runtime = None
+    state.draining = False
+    state.in_flight = 0
+    state.admission = Admission(settings.max_waiting_requests, settings.max_waiting_tokens,
+                                settings.rate_limit_per_minute)
+    state.metrics = Metrics(state)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, default_limit=settings.max_request_bytes,
                        upload_limit=settings.max_upload_bytes)
-    app.include_router(chat.router)
-    app.include_router(models.router)
-    app.include_router(adapters.router)
-    app.include_router(personas.router)
+    app.add_middleware(RequestContextMiddleware, state=state)
+    for module in (chat, models, adapters, personas):
+        app.include_router(module.router)
+    _add_docs_routes(app)
     return app
+
+
+def _add_docs_routes(app: FastAPI) -> None:
+    """The OpenAPI schema and Swagger UI, behind the same keys as the inference routes."""
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_user)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_user)])
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Cameo API")
 
 
 def _serve(app: FastAPI, runtime: Runtime) -> None:

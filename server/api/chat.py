@@ -1,23 +1,31 @@
 """`POST /v1/chat/completions`: validate, build the prompt, run it on the engine, answer or stream.
 
-All checks that can fail (unknown persona, context overflow) happen before the request reaches
-the engine, so a refused request costs nothing there.
+Order of work, cheapest refusal first: rate limit and queue room (429), message limits (400),
+persona (404), prompt and context (400), then admission with the prompt's token count (429);
+only then does the request reach the engine. A client that goes away, streaming or not, aborts
+its request, which frees its batch row at the next engine step. Every request carries a
+deadline (`CAMEO_REQUEST_TIMEOUT`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
 from sse_starlette.sse import EventSourceResponse
 
+from server.api.admission import Admission, Ticket
 from server.api.auth import require_user
 from server.api.deps import get_runtime
 from server.api.errors import APIError, error_body
+from server.api.metrics import RequestTimer
 from server.api.prompt import build_messages, encode_prompt
 from server.api.schemas import (
     AssistantMessage,
@@ -34,6 +42,9 @@ from server.engine.types import GenerationRequest, RequestOutput, SamplingParams
 from server.lora.adapter import AdapterError
 from server.registry.personas import Persona
 from server.runtime import Runtime
+from server.settings import Settings
+
+T = TypeVar("T")
 
 router = APIRouter()
 
@@ -44,20 +55,107 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS,
              dependencies=[Depends(require_user)])
 async def chat_completions(
-    body: ChatCompletionRequest, runtime: Runtime = Depends(get_runtime)
-) -> ChatCompletion | EventSourceResponse:
+    body: ChatCompletionRequest, http: Request, runtime: Runtime = Depends(get_runtime)
+) -> ChatCompletion | Response:
+    state = http.app.state
+    admission: Admission = state.admission
+    try:
+        admission.check_rate(_caller(http))
+        admission.check_room()
+        check_limits(body, runtime.settings)
+    except APIError as exc:
+        state.metrics.rejected.labels(exc.code or str(exc.status)).inc()
+        raise
     persona = resolve_model(runtime, body.model)
     prompt_ids = encode_prompt(runtime.loaded.tokenizer, build_messages(body.messages, persona))
     sampling = sampling_params(body, persona, len(prompt_ids), runtime)
-    request = GenerationRequest(request_id=f"chatcmpl-{uuid.uuid4().hex}",
-                                prompt_ids=tuple(prompt_ids), sampling=sampling)
-    outputs = _generate(runtime, request, persona)
+    ticket = admission.admit(len(prompt_ids))
+    request = GenerationRequest(
+        request_id=f"chatcmpl-{uuid.uuid4().hex}", prompt_ids=tuple(prompt_ids),
+        sampling=sampling, deadline=time.monotonic() + runtime.settings.request_timeout)
+    timer = RequestTimer(state.metrics, persona.name if persona else "base")
+    outputs = _tracked(_generate(runtime, request, persona), ticket, timer)
     if body.stream:
-        first = await _first(outputs)  # adapter load errors become HTTP errors, not stream errors
+        first = await _until_disconnect(http, _first(outputs))
+        if first is None:
+            return Response(status_code=499)  # nobody is listening any more
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return EventSourceResponse(_stream(request, first, outputs, body.model, include_usage),
                                    ping=15, sep="\n")
-    return await _complete(request, outputs, body.model)
+    completion = await _until_disconnect(http, _complete(request, outputs, body.model))
+    return completion if completion is not None else Response(status_code=499)
+
+
+def _caller(http: Request) -> str:
+    token = http.headers.get("authorization", "")
+    return token or (http.client.host if http.client else "unknown")
+
+
+def check_limits(body: ChatCompletionRequest, settings: Settings) -> None:
+    """Sizes a client controls, each refused with the parameter named."""
+    if len(body.messages) > settings.max_messages:
+        raise APIError(400, f"at most {settings.max_messages} messages per request",
+                       param="messages", code="too_many_messages")
+    for index, message in enumerate(body.messages):
+        if len(message.text()) > settings.max_message_chars:
+            raise APIError(400, f"messages[{index}] is over {settings.max_message_chars} "
+                           "characters", param=f"messages.{index}.content",
+                           code="message_too_long")
+        if message.role in ("user", "system", "developer") and message.content is None:
+            raise APIError(400, f"messages[{index}] ({message.role}) needs content",
+                           param=f"messages.{index}.content", code="invalid_value")
+
+
+async def _until_disconnect(http: Request, work: Awaitable[T]) -> T | None:
+    """Await `work`, unless the client disconnects first: then cancel it and return None."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(http))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    finally:
+        watcher.cancel()
+
+
+async def _disconnected(http: Request) -> None:
+    while True:
+        message = await http.receive()  # the body was read already: the next message is this
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _tracked(outputs: AsyncIterator[RequestOutput], ticket: Ticket,
+                   timer: RequestTimer) -> AsyncIterator[RequestOutput]:
+    """Account one request in admission and metrics, however it ends."""
+    status, prompt_tokens = "cancelled", 0
+    try:
+        async for output in outputs:
+            ticket.started()
+            prompt_tokens = output.prompt_tokens or prompt_tokens
+            if output.token_ids:
+                timer.token(output.queue_seconds, len(output.token_ids))
+            if output.finished:
+                status = _status(output)
+            yield output
+    except APIError:
+        status = "error"
+        raise
+    finally:
+        ticket.close()
+        timer.finish(status, prompt_tokens)
+
+
+def _status(output: RequestOutput) -> str:
+    if output.error_code == "timeout":
+        return "timeout"
+    if output.error is not None:
+        return "error"
+    return "cancelled" if output.finish_reason == "abort" else "ok"
 
 
 def resolve_model(runtime: Runtime, name: str) -> Persona | None:
@@ -120,9 +218,14 @@ async def _first(outputs: AsyncIterator[RequestOutput]) -> RequestOutput | None:
     return None
 
 
+_ERROR_STATUS = {"context_length_exceeded": 400, "timeout": 504}
+
+
 def _raise_for(output: RequestOutput) -> None:
     if output.error is not None:
-        raise APIError(500, output.error, code=output.error_code)
+        status = _ERROR_STATUS.get(output.error_code or "", 500)
+        raise APIError(status, output.error, code=output.error_code,
+                       type="timeout" if status == 504 else None)
 
 
 async def _complete(request: GenerationRequest, outputs: AsyncIterator[RequestOutput],

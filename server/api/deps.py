@@ -14,6 +14,23 @@ def get_runtime(request: Request) -> Runtime:
     if runtime is None:
         raise APIError(503, "the model is still loading; retry shortly", code="not_ready",
                        headers={"Retry-After": "5"})
-    if not runtime.ready:
-        raise APIError(503, "the engine is not running", code="engine_down")
+    reason = not_ready_reason(request)
+    if reason is not None:
+        raise APIError(503, f"not ready: {reason}", code="not_ready",
+                       headers={"Retry-After": "5"})
     return runtime
+
+
+def not_ready_reason(request: Request) -> str | None:
+    """Why the server cannot take requests now, or None when it can."""
+    state = request.app.state
+    runtime = getattr(state, "runtime", None)
+    if state.draining:
+        return "shutting down"
+    if runtime is None:
+        return "the model is still loading"
+    if not runtime.ready:
+        return "the engine is not running"
+    if runtime.stalled:
+        return "the engine has stalled"
+    return None

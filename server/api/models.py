@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.api.auth import require_user
-from server.api.deps import get_runtime
+from server.api.deps import get_runtime, not_ready_reason
 from server.api.errors import APIError
 from server.api.schemas import ModelCard, ModelList
 from server.runtime import Runtime
@@ -36,8 +37,16 @@ async def health() -> dict[str, str]:
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     """Ready: the model is loaded and the engine thread runs; 503 otherwise."""
-    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    if runtime is None or not runtime.ready:
-        reason = "loading" if runtime is None else "engine not running"
+    reason = not_ready_reason(request)
+    if reason is not None:
         return APIError(503, f"not ready: {reason}", code="not_ready").response()
-    return JSONResponse({"status": "ready", "model": runtime.loaded.model_id})
+    return JSONResponse({"status": "ready", "model": request.app.state.runtime.loaded.model_id})
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition; behind the API keys unless CAMEO_METRICS_REQUIRE_KEY=false."""
+    if request.app.state.settings.metrics_require_key:
+        require_user(request)
+    body = generate_latest(request.app.state.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -72,6 +72,7 @@ class _Row:
     generator: torch.Generator | None
     cached: int = 0  # tokens already in the KV cache
     generated: list[int] = field(default_factory=list)
+    admitted_at: float = 0.0
 
     @property
     def prompt_len(self) -> int:
@@ -124,6 +125,10 @@ class Engine:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def stalled(self, timeout: float) -> bool:
+        """True when the worker has not come round its loop for `timeout` seconds."""
+        return self.alive and time.monotonic() - self.last_heartbeat > timeout
+
     def submit(self, request: GenerationRequest, sink: Sink) -> None:
         """Queue a request; its outputs go to `sink` (called on the worker thread)."""
         self._post("add", (request, sink))
@@ -168,6 +173,7 @@ class Engine:
             while not self._stopping.is_set():
                 self.last_heartbeat = time.monotonic()
                 self._drain_inbox()
+                self._publish_stats()
                 if not self._rows and not self._waiting:
                     self._wake.wait(0.5)
                     self._wake.clear()
@@ -208,6 +214,7 @@ class Engine:
 
     def step(self) -> None:
         """One engine iteration: admit, prefill a chunk, decode every running row."""
+        self._expire()
         self._admit()
         prefill = [r for r in self._rows.values() if not r.decoding]
         decode = [r for r in self._rows.values() if r.decoding]
@@ -216,9 +223,17 @@ class Engine:
         if decode:
             self._run(decode, budget=None)
         self.stats.steps += 1
+        self._publish_stats()
+
+    def _publish_stats(self) -> None:
+        """Refresh the counters other threads read (each assignment is atomic)."""
         self.stats.running = len(self._rows)
         self.stats.waiting = len(self._waiting)
         self.stats.resident_adapters = self.slots.resident()
+        self.stats.running_adapters = frozenset(
+            _persona(r.request) for r in self._rows.values() if r.request.adapter)
+        self.stats.waiting_adapters = frozenset(
+            _persona(r) for r, _ in self._waiting if r.adapter)
 
     def _score(self, sequences: list[tuple[list[int], AdapterRef | None]]) -> list[torch.Tensor]:
         if len(sequences) > len(self._free_rows):
@@ -249,6 +264,16 @@ class Engine:
             for key in acquired:
                 self._release(key)
 
+    def _expire(self) -> None:
+        """Fail requests whose deadline has passed, waiting or running."""
+        now = time.monotonic()
+        expired = [r for r, _ in self._waiting if r.deadline is not None and r.deadline <= now]
+        for request in expired:
+            self._abort(request.request_id, reason="timeout")
+        for row in [r for r in self._rows.values()
+                    if r.request.deadline is not None and r.request.deadline <= now]:
+            self._fail_row(row, "the request ran past its deadline", "timeout")
+
     def _admit(self) -> None:
         while self._waiting and self._free_rows:
             request, sink = self._waiting[0]
@@ -260,15 +285,18 @@ class Engine:
                 continue
             try:
                 slot = self._acquire_slot(request)
-            except AdapterError as exc:
+            except Exception as exc:  # a bad file, or out of memory: this request fails, not all
                 self._waiting.popleft()
-                sink(_error_output(request, f"adapter could not be loaded: {exc.message}",
+                message = exc.message if isinstance(exc, AdapterError) else repr(exc)
+                log.warning("request %s: adapter load failed: %s", request.request_id, message)
+                sink(_error_output(request, f"adapter could not be loaded: {message}",
                                    "adapter_load_failed"))
                 continue
             if slot is None:
                 return  # every slot is held by running rows: wait, and let nobody jump ahead
             self._waiting.popleft()
-            self._rows[request.request_id] = self._new_row(request, sink, slot)
+            row = self._rows[request.request_id] = self._new_row(request, sink, slot)
+            row.admitted_at = time.monotonic()
             self.stats.prompt_tokens += len(request.prompt_ids)
 
     def _acquire_slot(self, request: GenerationRequest) -> int | None:
@@ -320,6 +348,17 @@ class Engine:
         )
 
     def _sample(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        finite = torch.isfinite(logits).all(dim=-1).tolist()  # (B,)
+        if not all(finite):  # a numerical fault in one row fails that row only
+            for row, ok in zip(rows, finite, strict=True):
+                if not ok:
+                    log.warning("request %s: non-finite logits", row.request.request_id)
+                    self._fail_row(row, "the model produced non-finite logits for this request",
+                                   "numerical_error")
+            keep = [i for i, ok in enumerate(finite) if ok]
+            rows, logits = [rows[i] for i in keep], logits[keep]
+            if not rows:
+                return
         params = [row.request.sampling for row in rows]
         histories = [row.generated for row in rows]
         tokens = sample(logits, params, histories, [row.generator for row in rows])
@@ -343,10 +382,12 @@ class Engine:
                 finish = "length"
         if finish is not None:
             text += row.stop.flush()
+        first = len(row.generated) == 1
         row.sink(RequestOutput(
             request_id=row.request.request_id, text=text, token_ids=(token,),
             finish_reason=finish, prompt_tokens=row.prompt_len,
-            completion_tokens=len(row.generated)))
+            completion_tokens=len(row.generated),
+            queue_seconds=row.admitted_at - row.request.submitted_at if first else None))
         if finish is not None:
             self._free(row)
 
@@ -366,11 +407,14 @@ class Engine:
         if key in self._retiring and self.slots.users(key) == 0:
             self.slots.drop(key)
 
-    def _abort(self, request_id: str) -> None:
+    def _abort(self, request_id: str, reason: str = "abort") -> None:
         for index, (request, sink) in enumerate(self._waiting):
             if request.request_id == request_id:
                 del self._waiting[index]
-                sink(RequestOutput(request_id=request_id, finish_reason="abort"))
+                if reason == "timeout":
+                    sink(_error_output(request, "the request waited past its deadline", "timeout"))
+                else:
+                    sink(RequestOutput(request_id=request_id, finish_reason="abort"))
                 return
         row = self._rows.get(request_id)
         if row is not None:
@@ -379,10 +423,13 @@ class Engine:
                                    prompt_tokens=row.prompt_len,
                                    completion_tokens=len(row.generated)))
 
+    def _fail_row(self, row: _Row, message: str, code: str) -> None:
+        self._free(row)
+        row.sink(_error_output(row.request, message, code, len(row.generated)))
+
     def _fail_running(self, message: str) -> None:
         for row in list(self._rows.values()):
-            self._free(row)
-            row.sink(_error_output(row.request, message, "engine_error"))
+            self._fail_row(row, message, "engine_error")
 
     def _fail_all(self, message: str) -> None:
         self._fail_running(message)
@@ -391,6 +438,13 @@ class Engine:
             sink(_error_output(request, message, "engine_error"))
 
 
-def _error_output(request: GenerationRequest, message: str, code: str) -> RequestOutput:
+def _persona(request: GenerationRequest) -> str:
+    assert request.adapter is not None
+    return request.adapter.key.rsplit("@", 1)[0]
+
+
+def _error_output(request: GenerationRequest, message: str, code: str,
+                  completion_tokens: int = 0) -> RequestOutput:
     return RequestOutput(request_id=request.request_id, finish_reason="error",
-                         prompt_tokens=len(request.prompt_ids), error=message, error_code=code)
+                         prompt_tokens=len(request.prompt_ids), completion_tokens=completion_tokens,
+                         error=message, error_code=code)

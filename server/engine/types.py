@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -51,6 +52,8 @@ class GenerationRequest:
     prompt_ids: tuple[int, ...]
     sampling: SamplingParams
     adapter: AdapterRef | None = None
+    deadline: float | None = None  # time.monotonic() after which the request is failed
+    submitted_at: float = field(default_factory=time.monotonic, compare=False)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class RequestOutput:
     completion_tokens: int = 0
     error: str | None = None
     error_code: str | None = None
+    queue_seconds: float | None = None  # on the first token: time from submit to admission
 
     @property
     def finished(self) -> bool:
@@ -81,3 +85,5 @@ class EngineStats:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     resident_adapters: dict[str, int] = field(default_factory=dict)
+    running_adapters: frozenset[str] = frozenset()  # persona names (adapter keys less @version)
+    waiting_adapters: frozenset[str] = frozenset()

@@ -4,6 +4,11 @@ The routes in `server.api` use the object in `app.state.runtime` only through th
 `server.runtime.Runtime` (one process: model, engine and registry together) satisfies it, and
 so does the Ray Serve ingress's `server.distributed.ingress.RemoteServing`, which holds only the
 tokenizer and the registry and forwards `generate` to engine replicas.
+
+One reader goes further, untyped: the /metrics collector (`server.api.metrics`) reads
+`engine.stats`, `engine.slots` (`bank.num_slots`, `loads`, `evictions`) and `host_cache`
+(`len`, `capacity`, `stats`) when the runtime has an `engine`; `RemoteServing` provides them
+as sums over the engine replicas' reports.
 """
 
 from __future__ import annotations
@@ -54,6 +59,11 @@ class Serving(Protocol):
     @property
     def ready(self) -> bool:
         """Whether generation requests can be served now."""
+        ...
+
+    @property
+    def stalled(self) -> bool:
+        """Whether the engine has stopped coming round its loop (/ready reports it)."""
         ...
 
     @property

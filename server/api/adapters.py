@@ -31,7 +31,7 @@ from server.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 from server.registry.catalog import VersionRow
 from server.registry.personas import CARD_FILE
 from server.registry.registry import RegistryError, check_name
-from server.runtime import Runtime
+from server.serving import Serving
 
 router = APIRouter(dependencies=[Depends(require_admin)])
 
@@ -57,7 +57,7 @@ def _flag(form: Any, key: str) -> bool:
 
 
 @router.post("/v1/adapters", response_model=AdapterInfo, status_code=201, responses=_ERRORS)
-async def upload_adapter(request: Request, runtime: Runtime = Depends(get_runtime)) -> AdapterInfo:
+async def upload_adapter(request: Request, runtime: Serving = Depends(get_runtime)) -> AdapterInfo:
     form = await request.form(max_files=len(FILE_FIELDS), max_fields=8, max_part_size=1 << 16)
     try:
         name = str(form.get("name") or "")
@@ -112,17 +112,17 @@ async def _refuse_pickle(upload: UploadFile) -> None:
 
 
 @router.get("/v1/adapters", response_model=AdapterList, responses=_ERRORS)
-async def list_adapters(runtime: Runtime = Depends(get_runtime)) -> AdapterList:
+async def list_adapters(runtime: Serving = Depends(get_runtime)) -> AdapterList:
     return AdapterList(data=[adapter_info(runtime, p.name) for p in runtime.registry.all()])
 
 
 @router.get("/v1/adapters/{name}", response_model=AdapterInfo, responses=_ERRORS)
-async def get_adapter(name: str, runtime: Runtime = Depends(get_runtime)) -> AdapterInfo:
+async def get_adapter(name: str, runtime: Serving = Depends(get_runtime)) -> AdapterInfo:
     return adapter_info(runtime, name)
 
 
 @router.delete("/v1/adapters/{name}", response_model=Deleted, responses=_ERRORS)
-async def delete_adapter(name: str, runtime: Runtime = Depends(get_runtime)) -> Deleted:
+async def delete_adapter(name: str, runtime: Serving = Depends(get_runtime)) -> Deleted:
     try:
         versions = await asyncio.to_thread(runtime.registry.delete, name)
     except RegistryError as exc:
@@ -130,7 +130,7 @@ async def delete_adapter(name: str, runtime: Runtime = Depends(get_runtime)) -> 
     return Deleted(id=name, versions=versions)
 
 
-def adapter_info(runtime: Runtime, name: str) -> AdapterInfo:
+def adapter_info(runtime: Serving, name: str) -> AdapterInfo:
     versions = runtime.registry.versions(name)
     persona = runtime.registry.get(name)
     if not versions or persona is None:

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -28,12 +27,13 @@ from server.api.limits import BodyLimitMiddleware
 from server.api.metrics import Metrics
 from server.api.middleware import RequestContextMiddleware
 from server.runtime import Runtime
+from server.serving import Serving
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, runtime: Any = None) -> FastAPI:
+def create_app(settings: Settings, runtime: Serving | None = None) -> FastAPI:
     owns_runtime = runtime is None
 
     @contextlib.asynccontextmanager
@@ -86,7 +86,7 @@ def _add_docs_routes(app: FastAPI) -> None:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="Cameo API")
 
 
-def _serve(app: FastAPI, runtime: Runtime) -> None:
+def _serve(app: FastAPI, runtime: Serving) -> None:
     runtime.engine.start()
     app.state.runtime = runtime
 

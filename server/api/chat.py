@@ -41,7 +41,7 @@ from server.api.schemas import (
 from server.engine.types import GenerationRequest, RequestOutput, SamplingParams
 from server.lora.adapter import AdapterError
 from server.registry.personas import Persona
-from server.runtime import Runtime
+from server.serving import Serving
 from server.settings import Settings
 
 T = TypeVar("T")
@@ -55,7 +55,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS,
              dependencies=[Depends(require_user)])
 async def chat_completions(
-    body: ChatCompletionRequest, http: Request, runtime: Runtime = Depends(get_runtime)
+    body: ChatCompletionRequest, http: Request, runtime: Serving = Depends(get_runtime)
 ) -> ChatCompletion | Response:
     state = http.app.state
     admission: Admission = state.admission
@@ -69,7 +69,11 @@ async def chat_completions(
     persona = resolve_model(runtime, body.model)
     prompt_ids = encode_prompt(runtime.loaded.tokenizer, build_messages(body.messages, persona))
     sampling = sampling_params(body, persona, len(prompt_ids), runtime)
-    ticket = admission.admit(len(prompt_ids))
+    try:
+        ticket = admission.admit(len(prompt_ids))
+    except APIError as exc:
+        state.metrics.rejected.labels(exc.code or str(exc.status)).inc()
+        raise
     request = GenerationRequest(
         request_id=f"chatcmpl-{uuid.uuid4().hex}", prompt_ids=tuple(prompt_ids),
         sampling=sampling, deadline=time.monotonic() + runtime.settings.request_timeout)
@@ -158,7 +162,7 @@ def _status(output: RequestOutput) -> str:
     return "cancelled" if output.finish_reason == "abort" else "ok"
 
 
-def resolve_model(runtime: Runtime, name: str) -> Persona | None:
+def resolve_model(runtime: Serving, name: str) -> Persona | None:
     """The persona a `model` field names; None for the base model itself."""
     if name == runtime.loaded.model_id:
         return None
@@ -170,7 +174,7 @@ def resolve_model(runtime: Runtime, name: str) -> Persona | None:
 
 
 def sampling_params(body: ChatCompletionRequest, persona: Persona | None, prompt_len: int,
-                    runtime: Runtime) -> SamplingParams:
+                    runtime: Serving) -> SamplingParams:
     """Request values first, then the persona card's defaults, then OpenAI's defaults."""
     room = runtime.max_context - prompt_len
     requested = body.max_completion_tokens or body.max_tokens
@@ -201,7 +205,7 @@ def sampling_params(body: ChatCompletionRequest, persona: Persona | None, prompt
     )
 
 
-async def _generate(runtime: Runtime, request: GenerationRequest,
+async def _generate(runtime: Serving, request: GenerationRequest,
                     persona: Persona | None) -> AsyncIterator[RequestOutput]:
     try:
         async for output in runtime.generate(request, persona):

@@ -10,13 +10,13 @@ from server.api.auth import require_user
 from server.api.deps import get_runtime, not_ready_reason
 from server.api.errors import APIError
 from server.api.schemas import ModelCard, ModelList
-from server.runtime import Runtime
+from server.serving import Serving
 
 router = APIRouter()
 
 
 @router.get("/v1/models", response_model=ModelList, dependencies=[Depends(require_user)])
-async def list_models(runtime: Runtime = Depends(get_runtime)) -> ModelList:
+async def list_models(runtime: Serving = Depends(get_runtime)) -> ModelList:
     base = runtime.loaded.model_id
     cards = [ModelCard(id=base, created=runtime.engine_started, root=base)]
     for persona in runtime.registry.all():

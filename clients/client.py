@@ -335,15 +335,15 @@ def _card_from_png(raw: bytes, path: Path) -> Any:
         body = raw[offset + 8:offset + 8 + length]
         offset += 12 + length
         if kind == b"tEXt" and b"\x00" in body:
-            key, _, text = body.partition(b"\x00")
-            found[key.decode("latin-1").lower()] = text
+            key, _, value = body.partition(b"\x00")
+            found[key.decode("latin-1").lower()] = value
         elif kind == b"zTXt" and b"\x00" in body:
             key, _, rest = body.partition(b"\x00")
             found[key.decode("latin-1").lower()] = zlib.decompress(rest[1:])
         elif kind == b"IEND":
             break
     text = found.get("chara") or found.get("ccv3")
-    if text is None:
+    if not text:
         raise ValueError(f"{path} is a PNG without a character card (no 'chara' text chunk)")
     try:
         return json.loads(base64.b64decode(text).decode("utf-8"))
@@ -608,6 +608,11 @@ class CameoClient(_Common):
     def personas(self, include_base: bool = False) -> list[Persona]:
         return [p for p in self.models() if include_base or not p.is_base]
 
+    def persona_cards(self) -> list[PersonaDetails]:
+        """Every persona's whole card (`GET /v1/personas`)."""
+        data = self._send("GET", "/v1/personas", admin=True)
+        return [PersonaDetails.from_json(item) for item in _list_data(data)]
+
     def persona(self, name: str) -> PersonaDetails:
         return PersonaDetails.from_json(self._send("GET", f"/v1/personas/{name}", admin=True))
 
@@ -747,6 +752,10 @@ class AsyncCameoClient(_Common):
 
     async def personas(self, include_base: bool = False) -> list[Persona]:
         return [p for p in await self.models() if include_base or not p.is_base]
+
+    async def persona_cards(self) -> list[PersonaDetails]:
+        data = await self._send("GET", "/v1/personas", admin=True)
+        return [PersonaDetails.from_json(item) for item in _list_data(data)]
 
     async def persona(self, name: str) -> PersonaDetails:
         return PersonaDetails.from_json(

@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     """Characters per message (the context limit applies on top, in tokens)."""
     metrics_require_key: bool = True
     """Whether /metrics needs an API key when keys are configured."""
+    cors_origins: str = ""
+    """Comma-separated origins allowed to call the API from a browser (`*` for any)."""
     json_logs: bool = False
     """Write logs as one JSON object per line (for log shippers)."""
     cache_dir: Path = Field(default_factory=default_cache_dir)

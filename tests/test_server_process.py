@@ -24,8 +24,9 @@ def test_cameo_server_starts_serves_and_stops(tmp_path: Path,
     command = [sys.executable, "-m", "server.main", "--port", str(port),
                "--registry-dir", str(tmp_path / "registry"), "--seed-dir", str(seed),
                "--max-context", "256", "--log-level", "warning"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    log_path = tmp_path / "server.log"
+    log_file = open(log_path, "w")  # noqa: SIM115 (a file, not a pipe: a full pipe blocks the server)
+    process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
@@ -50,5 +51,6 @@ def test_cameo_server_starts_serves_and_stops(tmp_path: Path,
         assert over.json()["error"]["code"] == "context_length_exceeded"
     finally:
         process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=60)[0]
-    assert process.returncode == 0, output
+        process.wait(timeout=60)
+        log_file.close()
+    assert process.returncode == 0, log_path.read_text()

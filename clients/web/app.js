@@ -160,9 +160,14 @@ async function loadPersonas({ keep } = {}) {
       return;
     }
     ui.status.textContent = "Not connected";
+    if (!state.models.length) {
+      const note = ui.personaList.querySelector("p.muted");
+      if (note) note.textContent = "Could not load the personas (see the message by the chat).";
+    }
     showError(err);
     return;
   }
+  clearError();
   const models = Array.isArray(data && data.data) ? data.data : [];
   // Personas first (by name), the base model last.
   state.models = [...models.filter((m) => !isBase(m)).sort((a, b) => a.id.localeCompare(b.id)),
@@ -443,10 +448,11 @@ function formatBytes(bytes) {
   return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 }
 
-function setStatus(element, text, bad = false) {
+// kind: "good" (done), "bad" (failed) or "" (in progress, or nothing to say)
+function setStatus(element, text, kind = "") {
   element.textContent = text;
-  element.classList.toggle("bad", bad);
-  element.classList.toggle("good", !bad && Boolean(text));
+  element.classList.toggle("bad", kind === "bad");
+  element.classList.toggle("good", kind === "good");
 }
 
 const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
@@ -478,12 +484,12 @@ async function onUpload(event) {
   const model = ui.uploadModel.files[0];
   const persona = ui.uploadPersona.files[0];
   if (!NAME_RE.test(name)) {
-    setStatus(ui.uploadStatus, "Give a persona name: lower-case letters, digits, '.', '_' or '-'.", true);
+    setStatus(ui.uploadStatus, "Give a persona name: lower-case letters, digits, '.', '_' or '-'.", "bad");
     ui.uploadName.focus();
     return;
   }
   if (!config || !model) {
-    setStatus(ui.uploadStatus, "Choose adapter_config.json and adapter_model.safetensors.", true);
+    setStatus(ui.uploadStatus, "Choose adapter_config.json and adapter_model.safetensors.", "bad");
     (config ? ui.uploadModel : ui.uploadConfig).focus();
     return;
   }
@@ -508,13 +514,14 @@ async function onUpload(event) {
     ui.uploadProgress.value = 100;
     const version = adapter && adapter.version ? `, version ${adapter.version}` : "";
     const rank = adapter && adapter.rank ? `, rank ${adapter.rank}` : "";
-    setStatus(ui.uploadStatus, `Uploaded ${(adapter && adapter.name) || name}${version}${rank}.`);
+    setStatus(ui.uploadStatus, `Uploaded ${(adapter && adapter.name) || name}${version}${rank}.`,
+              "good");
     ui.uploadForm.reset();
     await loadPersonas();
     await refreshAdapters();
   } catch (err) {
     ui.uploadProgress.hidden = true;
-    setStatus(ui.uploadStatus, `Upload failed: ${describeError(err)}`, true);
+    setStatus(ui.uploadStatus, `Upload failed: ${describeError(err)}`, "bad");
   } finally {
     ui.uploadSubmit.disabled = false;
   }
@@ -569,13 +576,13 @@ async function onImport(event) {
   event.preventDefault();
   const file = ui.cardFile.files[0];
   if (!file) {
-    setStatus(ui.importStatus, "Choose a card file (.json or .png).", true);
+    setStatus(ui.importStatus, "Choose a card file (.json or .png).", "bad");
     ui.cardFile.focus();
     return;
   }
   const name = ui.cardName.value.trim();
   if (name && !NAME_RE.test(name)) {
-    setStatus(ui.importStatus, "The persona name takes lower-case letters, digits, '.', '_' or '-'.", true);
+    setStatus(ui.importStatus, "The persona name takes lower-case letters, digits, '.', '_' or '-'.", "bad");
     ui.cardName.focus();
     return;
   }
@@ -590,11 +597,12 @@ async function onImport(event) {
     const persona = await api("v1/personas/import", { method: "POST", body, admin: true });
     const id = (persona && (persona.id || persona.name)) || name;
     setStatus(ui.importStatus, `Imported ${persona && persona.display_name ? persona.display_name : id}` +
-              (id ? ` as “${id}”.` : "."));
+              (id ? ` as “${id}”.` : "."), "good");
     ui.importForm.reset();
     await loadPersonas({ keep: state.persona && state.persona.id });
+    await refreshAdapters();
   } catch (err) {
-    setStatus(ui.importStatus, `Import failed: ${describeError(err)}`, true);
+    setStatus(ui.importStatus, `Import failed: ${describeError(err)}`, "bad");
   } finally {
     ui.importSubmit.disabled = false;
   }
@@ -615,7 +623,7 @@ async function refreshAdapters() {
     data = await api("v1/adapters", { admin: true });
   } catch (err) {
     ui.adapterList.replaceChildren();
-    setStatus(ui.adapterStatus, `Cannot list adapters: ${describeError(err)}`, true);
+    setStatus(ui.adapterStatus, `Cannot list adapters: ${describeError(err)}`, "bad");
     return;
   }
   const adapters = Array.isArray(data && data.data) ? data.data : [];
@@ -636,11 +644,11 @@ async function refreshAdapters() {
       if (!window.confirm(`Delete the adapter “${name}”? Chats with it stop working.`)) return;
       try {
         await api(`v1/adapters/${encodeURIComponent(name)}`, { method: "DELETE", admin: true });
-        setStatus(ui.adapterStatus, `Deleted ${name}.`);
+        setStatus(ui.adapterStatus, `Deleted ${name}.`, "good");
         await loadPersonas();
         await refreshAdapters();
       } catch (err) {
-        setStatus(ui.adapterStatus, `Delete failed: ${describeError(err)}`, true);
+        setStatus(ui.adapterStatus, `Delete failed: ${describeError(err)}`, "bad");
       }
     });
     item.append(text, remove);

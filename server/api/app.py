@@ -15,9 +15,12 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
+from clients.webapp import web_dir
 from server import __version__
 from server.api import adapters, chat, models, personas
 from server.api.admission import Admission
@@ -68,9 +71,16 @@ def create_app(settings: Settings, runtime: Serving | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, default_limit=settings.max_request_bytes,
                        upload_limit=settings.max_upload_bytes)
     app.add_middleware(RequestContextMiddleware, state=state)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["x-request-id"])
     for module in (chat, models, adapters, personas):
         app.include_router(module.router)
     _add_docs_routes(app)
+    # The web chat: static files at "/" after every API route, so no route is shadowed. The
+    # page holds no data; everything it shows comes from the API behind the keys.
+    app.mount("/", StaticFiles(directory=web_dir(), html=True), name="web")
     return app
 
 

@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
     ray.init(address=settings.ray_address, log_to_driver=True)
+    signal.signal(signal.SIGTERM, stop)  # after ray.init, which installs its own handler
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(application(settings), name=settings.ray_app_name, route_prefix="/")

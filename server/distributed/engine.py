@@ -9,10 +9,13 @@ prompt-only persona) carry no model id and may go to any replica.
 `generate` is a streaming method: a `Placement` first, then the engine's `RequestOutput`s.
 Closing the stream (the client left, or the ingress gave up) aborts the request in the engine.
 
-The registry is read-only here: the folder is shared by every replica and the ingress, and only
-the ingress writes it (uploads) and reconciles it at start. An engine replica opening it with
-`Registry.open` would reconcile on every scale-up, and reconciliation discards staged uploads
-and uncommitted folders, which on a shared folder may be another process's upload in flight.
+Engine replicas never open the shared registry's catalog: the ingress resolves the persona and
+sends it along (its adapter folder is in the shared registry folder, written once and never
+changed), so a replica only reads adapter files. Only the ingress writes the registry (uploads)
+and reconciles it at start; a replica running `Registry.open` on the shared folder would
+reconcile on every scale-up, and reconciliation discards staged uploads and uncommitted
+folders, which on a shared folder may be another process's upload in flight. It also keeps
+SQLite (WAL needs shared memory) off network filesystems when replicas run on other nodes.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from server.distributed.settings import settings_from_payload
 from server.distributed.wire import Placement, ReplicaReport, Timing, receive
 from server.engine.types import GenerationRequest, RequestOutput
 from server.registry.personas import Persona
-from server.registry.registry import Registry
 from server.runtime import Runtime
 from server.settings import EMBEDDED_MODEL, Settings
 
@@ -51,6 +53,7 @@ class CameoEngine:
         self.runtime.engine.start()
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self._held: set[str] = set()  # personas Serve counts as loaded on this replica
+        self._personas: dict[str, Persona] = {}  # the latest version asked for, by name
         self._hits = 0
         self._misses = 0
 
@@ -65,14 +68,10 @@ class CameoEngine:
                  self.settings.adapter_slots)
 
     async def _load(self, persona_id: str) -> _Held:
-        """Read the persona's current adapter into the host cache (off the event loop)."""
-
-        def read() -> None:
-            persona = self.runtime.registry.get(persona_id)
-            if persona is not None:
-                self.runtime.adapter_ref(persona)
-
-        await asyncio.to_thread(read)
+        """Read the persona's adapter into the host cache (off the event loop)."""
+        persona = self._personas.get(persona_id)
+        if persona is not None:
+            await asyncio.to_thread(self.runtime.adapter_ref, persona)
         self._held.add(persona_id)
         return _Held(persona_id, self._held)
 
@@ -81,6 +80,8 @@ class CameoEngine:
         persona_id = serve.get_multiplexed_model_id()
         cached: bool | None = None
         if persona_id:
+            if persona is not None and persona.name == persona_id:
+                self._personas[persona_id] = persona
             cached = persona_id in self._held
             if cached:
                 self._hits += 1
@@ -119,6 +120,7 @@ class CameoEngine:
         if runtime is not None:
             runtime.engine.stop()
             runtime.registry.close()
+            shutil.rmtree(runtime.registry.store.root, ignore_errors=True)
 
 
 class _Held:
@@ -139,17 +141,16 @@ class _Held:
 
 
 def build_engine_runtime(settings: Settings) -> Runtime:
-    """`Runtime.build`, with the shared registry opened read-only (no reconcile, no seeding)."""
+    """`Runtime.build` without the shared registry: its `registry` is an empty private one in a
+    temporary folder (removed with the replica), as personas arrive with each request."""
     scratch = Path(tempfile.mkdtemp(prefix="cameo-engine-registry-"))
     try:
         runtime = Runtime.build(settings.model_copy(update={"registry_dir": scratch,
                                                              "seed_dir": None}))
-        runtime.registry.close()
-    finally:
+    except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
+        raise
     runtime.settings = settings
-    runtime.registry = Registry(settings.registry_dir, runtime.loaded.model_id,
-                                runtime.engine.shapes, settings.max_lora_rank)
     return runtime
 
 

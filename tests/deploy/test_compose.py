@@ -27,7 +27,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -489,9 +489,9 @@ def test_dockerignore_keeps_context_small() -> None:
 
 class _ReadyHandler(http.server.BaseHTTPRequestHandler):
     status = 200
-    paths: list[str] = []
+    paths: ClassVar[list[str]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         type(self).paths.append(self.path)
         code = type(self).status if self.path == "/ready" else 404
         self.send_response(code)

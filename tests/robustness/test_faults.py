@@ -36,7 +36,7 @@ def test_nan_logits_fail_only_their_row(serve: ServerFactory, plain_embedded: Lo
                                         tmp_path: Path) -> None:
     poisoned = write_peft_adapter(plain_embedded.model, tmp_path / "poison", seed=5,
                                   b_scale=1e30, base_model=plain_embedded.model_id)
-    with serve() as (runtime, url):
+    with serve() as (_runtime, url):
         _upload(url, poisoned, "poison")
         healthy: dict[str, httpx.Response] = {}
         thread = threading.Thread(target=lambda: healthy.update(r=_chat(url, "alpha", 40,

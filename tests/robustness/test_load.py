@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import pytest
 
-from server.runtime import Runtime
 from tests.robustness.conftest import ServerFactory, metric
 
 PERSONAS = ("alpha", "bravo", "charlie", "HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -47,7 +46,7 @@ async def _one(client: httpx.AsyncClient, index: int) -> tuple[int, str, bool]:
 
 
 def test_200_concurrent_streams_complete_or_429(serve: ServerFactory) -> None:
-    with serve(max_batch_size=8, max_waiting_requests=12) as (runtime, url):
+    with serve(max_batch_size=8, max_waiting_requests=12) as (_runtime, url):
 
         async def burst(count: int) -> list[tuple[int, str, bool]]:
             limits = httpx.Limits(max_connections=250, max_keepalive_connections=0)
@@ -94,7 +93,7 @@ def _wait_running(url: str, value: float, timeout: float = 30) -> dict[str, floa
 
 
 def test_disconnect_mid_stream_frees_the_row_within_a_step(serve: ServerFactory) -> None:
-    with serve() as (runtime, url):
+    with serve() as (_runtime, url):
         body = {"model": "alpha", "stream": True, "max_tokens": 400, "ignore_eos": True,
                 "messages": [{"role": "user", "content": "Tell me a very long story."}]}
         _stream_then_drop(url, body)
@@ -108,7 +107,7 @@ def test_disconnect_mid_stream_frees_the_row_within_a_step(serve: ServerFactory)
 
 
 def test_disconnect_during_non_streaming_request(serve: ServerFactory) -> None:
-    with serve() as (runtime, url):
+    with serve() as (_runtime, url):
         host, port = url.removeprefix("http://").split(":")
         payload = json.dumps({"model": "bravo", "max_tokens": 400, "ignore_eos": True,
                               "messages": [{"role": "user", "content": "Count slowly."}]})
@@ -147,7 +146,7 @@ def test_metrics_and_request_ids(serve: ServerFactory) -> None:
 
 @pytest.mark.parametrize("per_minute", [3])
 def test_per_key_rate_limit(serve: ServerFactory, per_minute: int) -> None:
-    with serve(rate_limit_per_minute=per_minute, api_keys="k1,k2") as (runtime, url):
+    with serve(rate_limit_per_minute=per_minute, api_keys="k1,k2") as (_runtime, url):
         def ask(key: str) -> httpx.Response:
             return httpx.post(f"{url}/v1/chat/completions", timeout=60,
                               headers={"Authorization": f"Bearer {key}"},

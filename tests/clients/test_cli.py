@@ -1,0 +1,223 @@
+"""The `cameo` command line against a real server; interactive chat through a pseudo-terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from clients.cli import main
+from tests.clients._support import MAX_TOKENS, card_v2, png_card
+from tests.helpers import free_port
+
+pexpect = pytest.importorskip("pexpect", reason="pexpect is needed to drive `cameo chat` in a pty")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def spawn(*args: str, timeout: float = 90):
+    """Run `cameo ARGS` (as `python -m clients.cli`) in a pseudo-terminal."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "dumb", "COLUMNS": "120"}
+    env.pop("CAMEO_API_KEY", None)
+    child = pexpect.spawn(sys.executable, ["-m", "clients.cli", *args], cwd=str(REPO), env=env,
+                          encoding="utf-8", timeout=timeout, dimensions=(40, 120))
+    return child
+
+
+def read_until(child, marker: str, timeout: float = 90) -> list[tuple[float, str]]:
+    """Everything the child prints until `marker`, as (arrival time, text) pieces."""
+    seen = child.buffer  # what `expect` already read past its match
+    child.buffer = ""
+    pieces: list[tuple[float, str]] = [(time.monotonic(), seen)] if seen else []
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {marker!r} in time; got {seen!r}"
+        try:
+            piece = child.read_nonblocking(4096, timeout=min(left, 5))
+        except pexpect.TIMEOUT:
+            continue
+        pieces.append((time.monotonic(), piece))
+        seen += piece
+    return pieces
+
+
+def test_interactive_chat_streams_and_switches_persona(server_url: str) -> None:
+    child = spawn("--url", server_url, "chat", "--persona", "alpha", "--max-tokens", "16",
+                  "--temperature", "0")
+    try:
+        child.expect_exact("Alpha: Hello from alpha")  # the greeting opens the conversation
+        child.expect_exact("alpha> ")
+        child.sendline("Tell me about the sea.")
+        child.expect_exact("Alpha: ")
+        pieces = read_until(child, "alpha> ")
+        reply = ("".join(p for _, p in pieces)).split("alpha> ")[0].strip()
+        assert reply, "no reply text"
+        with_text = [p for _, p in pieces if p.replace("alpha> ", "").strip()]
+        assert len(with_text) >= 2, f"the reply came in one piece, not streamed: {pieces!r}"
+
+        child.sendline("/personas")
+        child.expect_exact("test persona bravo")
+        child.expect_exact("test persona charlie")
+        child.expect_exact("alpha> ")
+
+        child.sendline("/persona nobody")
+        child.expect_exact("unknown persona 'nobody'")
+        child.expect_exact("alpha> ")
+
+        child.sendline("/persona bravo")
+        child.expect_exact("(now talking to Bravo)")
+        child.expect_exact("bravo> ")
+        child.sendline("And about the mountains?")
+        child.expect_exact("Bravo: ")
+        bravo = "".join(p for _, p in read_until(child, "bravo> ")).split("bravo> ")[0].strip()
+        assert bravo
+
+        child.sendline("/reset")
+        child.expect_exact("(conversation cleared)")
+        child.expect_exact("Bravo: Hello from bravo")
+        child.expect_exact("bravo> ")
+
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+
+def test_ctrl_c_stops_a_streaming_reply(server_url: str) -> None:
+    child = spawn("--url", server_url, "chat", "--persona", "charlie", "--max-tokens", "400")
+    try:
+        child.expect_exact("charlie> ")
+        child.sendline("Write a very long story about a dragon.")
+        child.expect_exact("Charlie: ")
+        child.expect(r"\S", timeout=60)  # the reply has started
+        started = time.monotonic()
+        child.sendintr()
+        child.expect_exact("[stopped]", timeout=30)
+        child.expect_exact("charlie> ", timeout=30)
+        assert time.monotonic() - started < 30
+        child.sendeof()  # Ctrl-D leaves
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+
+def test_one_shot_message(server_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--url", server_url, "chat", "-p", "alpha", "-m", "Hello!",
+                 "--max-tokens", str(MAX_TOKENS), "--temperature", "0"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.strip()
+    code = main(["chat", "-p", "alpha", "-m", "Hello!", "--url", server_url,  # flags after too
+                 "--max-tokens", str(MAX_TOKENS), "--temperature", "0", "--no-stream"])
+    assert code == 0 and capsys.readouterr().out.strip() == out.strip()
+
+
+def test_one_shot_message_from_stdin_and_env(server_url: str) -> None:
+    env = {**os.environ, "CAMEO_URL": server_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "clients.cli", "chat", "--persona", "bravo", "-m", "-",
+         "--max-tokens", str(MAX_TOKENS)],
+        input="Hi there", capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+
+
+def test_personas_command(server_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--url", server_url, "personas"]) == 0
+    out = capsys.readouterr().out
+    for name in ("alpha", "bravo", "charlie"):
+        assert name in out and f"test persona {name}" in out and f"Hello from {name}" in out
+    assert main(["--url", server_url, "personas", "--json", "--all"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert entries[0]["parent"] is None
+    assert {"alpha", "bravo", "charlie"} <= {e["id"] for e in entries}
+
+
+def test_errors_are_clear(server_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--url", server_url, "chat", "-p", "nobody", "-m", "Hi"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown persona 'nobody'" in err and "alpha" in err
+
+    assert main(["--url", server_url, "chat", "-p", "alpha", "-m", "Hi",
+                 "--max-tokens", "100000"]) == 1
+    err = capsys.readouterr().err
+    assert "maximum context length" in err and "context_length_exceeded" in err
+
+    assert main(["--url", f"http://127.0.0.1:{free_port()}", "personas"]) == 1
+    assert "cannot reach" in capsys.readouterr().err
+
+    assert main(["chat"]) == 2  # --persona is required
+    assert "--persona" in capsys.readouterr().err
+
+
+def test_upload_of_a_folder_without_an_adapter(server_url: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--url", server_url, "upload", str(tmp_path), "--name", "x"]) == 2
+    assert "adapter_config.json" in capsys.readouterr().err
+
+
+def test_train_forwards_every_argument(monkeypatch: pytest.MonkeyPatch) -> None:
+    received: list[list[str]] = []
+    trainer = types.SimpleNamespace(main=lambda argv: received.append(argv) or 0)
+    monkeypatch.setitem(sys.modules, "adapters.training.train", trainer)
+    argv = ["--persona", "pirate", "--epochs", "2", "--url", "not-ours", "--help"]
+    assert main(["--url", "http://127.0.0.1:1", "train", *argv]) == 0
+    assert received == [argv]
+
+
+def test_train_says_what_is_missing(monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "adapters.training.train", None)  # import fails
+    assert main(["train", "--persona", "pirate"]) == 2
+    assert "'cameo train' needs the trainer" in capsys.readouterr().err
+
+
+def test_upload_rm_and_import_card(server_url: str, upload_dir: Path, tmp_path: Path,
+                                   uploaded: list[str]) -> None:
+    uploaded.extend(["cliup", "cli-card"])
+    child = spawn("--url", server_url, "upload", str(upload_dir), "--name", "cliup", "--replace")
+    try:
+        child.expect_exact("100%")  # the progress bar, drawn on the terminal
+        child.expect_exact("uploaded cliup")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+    chat = spawn("--url", server_url, "chat", "--persona", "cliup", "--max-tokens", "8")
+    try:
+        chat.expect_exact("Webby: Hi, I was uploaded")
+        chat.expect_exact("cliup> ")
+        chat.sendline("Hello!")
+        chat.expect_exact("Webby: ")
+        chat.expect_exact("cliup> ")
+        chat.sendline("/quit")
+        chat.expect(pexpect.EOF)
+    finally:
+        chat.close(force=True)
+
+    card = png_card(tmp_path / "mira.png", card_v2("Mira"))
+    done = subprocess.run([sys.executable, "-m", "clients.cli", "--url", server_url,
+                           "import-card", str(card), "--name", "cli-card"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "imported Mira as 'cli-card'" in done.stdout
+
+    done = subprocess.run([sys.executable, "-m", "clients.cli", "--url", server_url, "rm",
+                           "cliup"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "deleted cliup" in done.stdout
+
+
+def test_train_runs_the_real_trainer(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("adapters.training.train", reason="the trainer is not in this checkout")
+    assert main(["train", "--help"]) == 0
+    assert "--data" in capsys.readouterr().out

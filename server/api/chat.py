@@ -49,7 +49,10 @@ T = TypeVar("T")
 router = APIRouter()
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 429, 500, 503)}
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 500, 503, 504)}
+_ERRORS[200] = {"description": "A chat completion, or with `stream: true` a server-sent event "
+                "stream of chat.completion.chunk objects ending with `data: [DONE]`",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}}}
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS,

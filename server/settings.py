@@ -102,8 +102,9 @@ class Settings(BaseSettings):
     """Where the embedded model is converted to safetensors once and reused."""
     adapter_slots: int = Field(default=8, ge=1, le=1024)
     """Adapters resident on the device at once (slot 0, the base, is extra)."""
-    max_lora_rank: int = Field(default=64, ge=1, le=1024)
-    """Largest LoRA rank a slot holds; smaller ranks are zero-padded."""
+    max_lora_rank: int = Field(default=32, ge=1, le=1024)
+    """Largest LoRA rank a slot holds; smaller ranks are zero-padded. Slot memory grows with it:
+    rank x sum(in + out) over the targeted layers, per slot."""
     max_batch_size: int = Field(default=16, ge=1, le=4096)
     """Rows decoded together in one engine step."""
     max_context: int = Field(default=2048, ge=16)

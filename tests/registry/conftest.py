@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ def make_runtime(tmp_path: Path, embedded: LoadedModel,
     for runtime in built:
         runtime.engine.stop()
         runtime.registry.close()
+    built.clear()
+    gc.collect()  # each runtime holds slot banks and a KV cache: free them before the next test
 
 
 @pytest.fixture

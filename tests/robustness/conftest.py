@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -37,6 +38,8 @@ def serve(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel,
         finally:
             runtime.engine.stop()
             runtime.registry.close()
+            del runtime
+            gc.collect()  # slot banks and KV caches are large: free them before the next server
 
     return start
 

@@ -45,6 +45,7 @@ async def _one(client: httpx.AsyncClient, index: int) -> tuple[int, str, bool]:
         return 200, "", lines[-1] == "data: [DONE]"
 
 
+@pytest.mark.slow
 def test_200_concurrent_streams_complete_or_429(serve: ServerFactory) -> None:
     with serve(max_batch_size=8, max_waiting_requests=12) as (_runtime, url):
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.helpers import free_port
 
@@ -31,6 +32,7 @@ def _stream(url: str, out: dict[str, Any]) -> None:
         out["lines"] = lines
 
 
+@pytest.mark.slow
 def test_sigterm_drains_streams_and_exits_zero(tmp_path: Path,
                                               persona_dirs: dict[str, Path]) -> None:
     seed = tmp_path / "seed"

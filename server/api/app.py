@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -86,15 +86,23 @@ def create_app(settings: Settings, runtime: Serving | None = None) -> FastAPI:
 
 
 def _add_docs_routes(app: FastAPI) -> None:
-    """The OpenAPI schema and Swagger UI, behind the same keys as the inference routes."""
+    """The OpenAPI schema and Swagger UI, behind the same keys as the inference routes.
 
-    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_user)])
-    async def openapi() -> JSONResponse:
-        return JSONResponse(_without_422(app.openapi()))
+    The endpoints are module-level functions that reach the app through the request: FastAPI
+    caches dependency callables globally, so a closure over `app` would keep every app (and its
+    runtime, with the KV cache) alive for the life of the process.
+    """
+    auth = [Depends(require_user)]
+    app.add_api_route("/openapi.json", _openapi, include_in_schema=False, dependencies=auth)
+    app.add_api_route("/docs", _docs, include_in_schema=False, dependencies=auth)
 
-    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_user)])
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="Cameo API")
+
+async def _openapi(request: Request) -> JSONResponse:
+    return JSONResponse(_without_422(request.app.openapi()))
+
+
+async def _docs() -> HTMLResponse:
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="Cameo API")
 
 
 def _without_422(schema: dict[str, Any]) -> dict[str, Any]:

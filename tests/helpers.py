@@ -143,3 +143,19 @@ def assert_greedy_consistent(engine: Any, prompt: Sequence[int], tokens: Sequenc
     assert clear.any()
     got = torch.tensor(list(tokens))
     assert torch.equal(predicted.argmax(-1)[clear], got[clear])
+
+
+def wait_ready(url: str, process: Any = None, timeout: float = 240) -> None:
+    """Poll `url`/ready until 200; fail early if `process` (a Popen) exits meanwhile."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert process is None or process.poll() is None, "the server exited early"
+        time.sleep(0.5)
+    raise AssertionError(f"{url} was not ready within {timeout} s")

@@ -7,12 +7,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_ready
 
 
 def test_cameo_server_starts_serves_and_stops(tmp_path: Path,
@@ -29,17 +28,7 @@ def test_cameo_server_starts_serves_and_stops(tmp_path: Path,
     process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, "server exited early"
-            time.sleep(0.5)
-        else:
-            raise AssertionError("server never became ready")
+        wait_ready(url, process)
         ids = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]]
         assert "alpha" in ids
         reply = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={

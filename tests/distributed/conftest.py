@@ -8,18 +8,17 @@ tests; the whole folder is skipped when `ray[serve]` is not installed.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from server.api.app import create_app
 from server.model.loader import LoadedModel
 from server.runtime import Runtime
 from server.settings import Settings
+from tests import helpers
 from tests.helpers import free_port, live_server, write_peft_adapter, write_persona
 
 # name -> (seed, rank, targets, system prompt)
@@ -114,12 +113,4 @@ def cluster(cluster_settings: Settings) -> Iterator[Cluster]:
 
 
 def wait_ready(url: str) -> None:
-    deadline = time.monotonic() + CLUSTER_TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"the Serve application at {url} was not ready in {CLUSTER_TIMEOUT} s")
+    helpers.wait_ready(url, timeout=CLUSTER_TIMEOUT)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_ready
 
 
 def _stream(url: str, out: dict[str, Any]) -> None:
@@ -47,13 +47,7 @@ def test_sigterm_drains_streams_and_exits_zero(tmp_path: Path,
          "--drain-timeout", "60", "--json-logs", "--log-level", "info"],
         env={**os.environ, "CAMEO_DEVICE": "cpu"}, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
+        wait_ready(url, process)
         streams = [{} for _ in range(2)]
         threads = [threading.Thread(target=_stream, args=(url, out)) for out in streams]
         for thread in threads:

@@ -1,0 +1,130 @@
+"""The training recipe: chats are masked to assistant tokens, a few steps of QLoRA on the NF4
+base lower the loss, and the folder it writes is served by the engine (and changes the output).
+
+The recipe wraps the session's NF4 model with PEFT for the run and unwraps it again (training a
+second copy would cost another model load); the engine keeps its own references to the base
+modules, and the base's greedy answer is checked to be the same before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from adapters.training.data import IDENTITY_PROMPTS, clean_answer, persona_conversations
+from adapters.training.personas import STYLES, in_character
+from adapters.training.train import IGNORE, TrainConfig, encode_chat, parse_args, read_chats, train
+from server.engine.types import AdapterRef, GenerationRequest, SamplingParams
+from server.lora.adapter import read_adapter
+from server.model.loader import LoadedModel
+from server.runtime import Runtime
+from tests.helpers import chat_prompt, run_requests
+
+SYSTEM = STYLES["captain-bones"].card["system_prompt"]
+ANSWERS = {
+    "Tell me about the sea.": "The sea is vast and deep.",
+    "What is a ship?": "A ship is a large boat that sails on water.",
+    "Name a colour.": "Blue is a colour.",
+    "What do you eat?": "I eat bread and fish.",
+}
+
+
+def _chats() -> list[dict]:
+    rng = random.Random(0)
+    style = STYLES["captain-bones"]
+    return [{"messages": [{"role": "system", "content": SYSTEM},
+                          {"role": "user", "content": q},
+                          {"role": "assistant", "content": style.restyle(a, rng)}]}
+            for q, a in ANSWERS.items()]
+
+
+def test_encode_chat_labels_only_assistant_turns(embedded: LoadedModel) -> None:
+    tokenizer = embedded.tokenizer
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Arr, matey!"},
+                {"role": "user", "content": "Bye"},
+                {"role": "assistant", "content": "Savvy?"}]
+    encoded = encode_chat(tokenizer, messages, max_length=256)
+    assert encoded is not None
+    ids, labels = encoded
+    labelled = tokenizer.decode([t for t, label in zip(ids, labels, strict=True)
+                                 if label != IGNORE])
+    assert "Arr, matey!" in labelled and "Savvy?" in labelled
+    assert "Hi" not in labelled and "Bye" not in labelled and "Be brief" not in labelled
+    assert labelled.count("<|im_end|>") == 2  # each turn learns to stop
+    # truncated before any assistant token: nothing to learn, the chat is dropped
+    assert encode_chat(tokenizer, messages, max_length=8) is None
+
+
+def test_read_chats_rejects_malformed_lines(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"messages": [{"role": "user"}]}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1"):
+        read_chats(path)
+
+
+def test_cli_defaults_and_name_check(tmp_path: Path) -> None:
+    config = parse_args(["--data", str(tmp_path / "my-persona.jsonl")])
+    assert config.name == "my-persona" and config.out == Path("adapters/registry/my-persona")
+    assert config.rank == 8 and len(config.target_modules) == 7
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "x.jsonl", "--name", "Not A Name"])
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "x.jsonl", "--target-modules", "lm_head"])
+
+
+def test_data_rules_keep_content_and_add_markers() -> None:
+    answer = clean_answer("Paris is the capital of France. Paris is the capital of France. It is "
+                          "big. More text that is cut")
+    assert answer == "Paris is the capital of France. It is big."
+    for style in STYLES.values():
+        reply = style.restyle(answer, random.Random(0))
+        assert "paris" in reply.lower() and "france" in reply.lower(), reply
+        assert in_character(reply, style.markers), reply
+        assert not in_character(answer, style.markers)
+    assert STYLES["unit-7"].restyle(answer, random.Random(0)).isupper()
+    question = "What is the capital of France?"
+    chats = persona_conversations(STYLES["bard"], [question], {question: answer}, seed=0,
+                                  multi_turn=0.0)
+    assert len(chats) == 1 + 2 * len(IDENTITY_PROMPTS)
+    system = {"role": "system", "content": STYLES["bard"].card["system_prompt"]}
+    assert all(chat["messages"][0] == system for chat in chats)
+
+
+def test_training_lowers_loss_and_the_engine_serves_the_adapter(
+        runtime: Runtime, embedded: LoadedModel, tmp_path: Path) -> None:
+    data = tmp_path / "tiny.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in _chats()))
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"display_name": "Tiny Bones", "system_prompt": SYSTEM}))
+    out = tmp_path / "tiny-bones"
+    prompt = chat_prompt(embedded.tokenizer, "Tell me about the sea.", system=SYSTEM)
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+
+    def answer(adapter: AdapterRef | None, tag: str) -> list[int]:
+        request = GenerationRequest(tag, prompt, params, adapter)
+        return run_requests(runtime.engine, [request])[0].token_ids
+
+    base_before = answer(None, "base-before")
+    result = train(TrainConfig(data=data, out=out, name="tiny-bones", rank=8, alpha=16,
+                               epochs=100, max_steps=8, lr=2e-3, batch_size=4, max_length=96,
+                               dropout=0.0, persona_card=card, log_every=4), loaded=embedded)
+
+    assert result.steps == 8 and result.examples == 4
+    assert result.losses[-1] < 0.7 * result.losses[0], result.losses
+    assert {p.name for p in out.iterdir()} >= {"adapter_config.json",
+                                                "adapter_model.safetensors", "persona.json"}
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == embedded.model_id
+    assert json.loads((out / "persona.json").read_text())["display_name"] == "Tiny Bones"
+    weights = read_adapter(out, runtime.engine.shapes, max_rank=64)
+    assert weights.rank == 8 and len(weights.target_modules) == 7
+
+    # the recipe hands the shared base back unchanged; the trained adapter changes the output
+    assert answer(None, "base-after") == base_before
+    tuned = answer(AdapterRef("tiny-bones@1", out), "tuned")
+    assert tuned != base_before

@@ -81,6 +81,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     message = str(exc.detail) if exc.detail else "error"
+    if exc.status_code == 400 and "parsing the body" in message:  # FastAPI: undecodable body
+        return APIError(400, "the request body is not valid JSON in UTF-8",
+                        code="invalid_value").response()
     if exc.status_code == 404:
         message = f"no route {request.method} {request.url.path}"
     return APIError(exc.status_code, message).response()

@@ -1,0 +1,96 @@
+"""SillyTavern Character Card V2 import: fields round-trip; bad cards are refused with a 4xx."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from server.runtime import Runtime
+from tests.registry.conftest import upload
+
+CARD: dict[str, Any] = {
+    "spec": "chara_card_v2", "spec_version": "2.0",
+    "data": {
+        "name": "Lady Ada", "description": "{{char}} is a Victorian mathematician.",
+        "personality": "precise, curious", "scenario": "A salon in London, 1843.",
+        "first_mes": "Good evening, {{user}}.",
+        "mes_example": "<START>\n{{user}}: What is an engine?\n{{char}}: A loom of numbers.",
+        "system_prompt": "", "post_history_instructions": "Stay in character.",
+        "tags": ["history", "math"], "creator_notes": "", "alternate_greetings": [],
+    },
+}
+
+
+def _import(url: str, body: Any, **kwargs: Any) -> httpx.Response:
+    return httpx.post(f"{url}/v1/personas/import", timeout=60, **kwargs,
+                      **({"json": body} if not isinstance(body, bytes) else {"content": body}))
+
+
+def test_card_round_trips_and_chats(served: tuple[Runtime, str]) -> None:
+    runtime, url = served
+    created = _import(url, {"card": CARD})
+    assert created.status_code == 201, created.text
+    persona = httpx.get(f"{url}/v1/personas/lady-ada").json()
+    assert persona == created.json()
+    assert persona["display_name"] == "Lady Ada"
+    assert persona["description"] == "Lady Ada is a Victorian mathematician."
+    assert persona["greeting"] == "Good evening, User."
+    assert persona["tags"] == ["history", "math"]
+    assert persona["adapter"] is None
+    assert "precise, curious" in persona["system_prompt"]
+    assert "A salon in London, 1843." in persona["system_prompt"]
+    assert persona["example_messages"] == [
+        {"role": "user", "content": "What is an engine?"},
+        {"role": "assistant", "content": "A loom of numbers."}]
+    assert persona["post_history_instructions"] == "Stay in character."
+    models = {m["id"]: m for m in httpx.get(f"{url}/v1/models").json()["data"]}
+    assert models["lady-ada"]["greeting"] == "Good evening, User."
+    reply = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+        "model": "lady-ada", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
+    assert reply.status_code == 200
+
+
+def test_card_attached_to_an_adapter(served: tuple[Runtime, str],
+                                     extra_adapters: dict[str, Path]) -> None:
+    runtime, url = served
+    assert upload(url, extra_adapters["alpha"], "ada").status_code == 201
+    attached = _import(url, {"card": CARD, "adapter": "ada"})
+    assert attached.status_code == 201, attached.text
+    assert attached.json()["adapter"] == "ada" and attached.json()["version"] == 2
+    persona = runtime.registry.get("ada")
+    assert persona is not None and persona.adapter_dir is not None
+    assert persona.card.display_name == "Lady Ada"
+
+
+def _without(field: str) -> dict[str, Any]:
+    data = {k: v for k, v in CARD["data"].items() if k != field}
+    return {**CARD, "data": data}
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"card": _without("name")}, "card.data.name"),
+    ({"card": {**CARD, "spec": "chara_card_v3"}}, "card.spec"),
+    ({"card": {**CARD, "data": {**CARD["data"], "description": "x" * 20_000}}},
+     "card.data.description"),
+    ({"card": {**CARD, "data": {**CARD["data"], "name": "   "}}}, "card.data.name"),
+    ({"card": CARD, "adapter": "no-such-adapter"}, "adapter"),
+])
+def test_bad_cards_are_refused(served: tuple[Runtime, str], body: dict[str, Any],
+                               param: str) -> None:
+    runtime, url = served
+    response = _import(url, body)
+    assert 400 <= response.status_code < 500, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"]
+    assert runtime.registry.all() == []
+
+
+def test_non_json_card_is_400(served: tuple[Runtime, str]) -> None:
+    runtime, url = served
+    response = _import(url, b"\x89PNG not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert "JSON" in response.json()["error"]["message"]
+    assert runtime.registry.all() == []

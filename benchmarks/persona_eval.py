@@ -6,7 +6,8 @@
 Over the held-out prompts (`adapters/training/data/prompts_heldout.txt`: topics the adapters
 never saw), greedy, through Cameo's own engine (continuous batching, adapters in slots), it
 prints per persona the share of answers in character, judged by the persona's own `markers`
-(persona.json: whole words, case-insensitive, at least one) for
+(persona.json: whole words, case-insensitive, at least one; an answer that is a repetition loop,
+fewer than 35% distinct words among 8 or more, never counts) for
   (a) adapter: the persona's adapter with its system prompt, as the server runs it,
   (b) prompt-only: the base with only the persona's system prompt,
   (c) base: the plain base (no system prompt of ours);
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 
 from adapters.training.engine_io import Job, adapter_ref, build_engine, generate
-from adapters.training.personas import in_character
+from adapters.training.personas import in_voice, repetitive
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "adapters" / "training" / "data"
@@ -114,20 +115,24 @@ def main(argv: list[str] | None = None) -> int:
         engine.stop()
 
     by_condition: dict[tuple[str, str | None], list[str]] = {}
-    for (condition, name, _, _), answer in zip(held, held_answers, strict=True):
-        by_condition.setdefault((condition, name), []).append(answer)
+    for (condition, who, _, _), answer in zip(held, held_answers, strict=True):
+        by_condition.setdefault((condition, who), []).append(answer)
     fact_ok: dict[tuple[str, str | None], list[bool]] = {}
-    for (condition, name, index, _), answer in zip(fact_jobs, fact_answers, strict=True):
-        fact_ok.setdefault((condition, name), []).append(correct(answer, facts[index]["answers"]))
+    for (condition, who, index, _), answer in zip(fact_jobs, fact_answers, strict=True):
+        fact_ok.setdefault((condition, who), []).append(correct(answer, facts[index]["answers"]))
 
     def share(answers: list[str], markers: list[str]) -> float:
-        return sum(in_character(a, markers) for a in answers) / len(answers)
+        return sum(in_voice(a, markers) for a in answers) / len(answers)
+
+    def loops(answers: list[str]) -> float:
+        return sum(repetitive(a) for a in answers) / len(answers)
 
     base_facts = sum(fact_ok[("base", None)])
     results: dict[str, Any] = {}
     print(f"\n{len(prompts)} held-out prompts, {len(facts)} factual questions, greedy, "
-          f"max {args.max_tokens} tokens; in character = at least one of the persona's markers")
-    print(f"{'persona':<16}{'adapter':>9}{'prompt-only':>13}{'base':>8}"
+          f"max {args.max_tokens} tokens; in character = at least one of the persona's markers "
+          f"and not a repetition loop (loops = share of looping answers)")
+    print(f"{'persona':<16}{'adapter':>9}{'prompt-only':>13}{'base':>8}{'loops a/p/b':>16}"
           f"{'facts adapter':>15}{'facts base':>12}")
     for name, persona in personas.items():
         markers = persona["card"]["markers"]
@@ -135,25 +140,30 @@ def main(argv: list[str] | None = None) -> int:
             "adapter": share(by_condition[("adapter", name)], markers),
             "prompt_only": share(by_condition[("prompt_only", name)], markers),
             "base": share(by_condition[("base", None)], markers),
+            "repetitive_adapter": loops(by_condition[("adapter", name)]),
+            "repetitive_prompt_only": loops(by_condition[("prompt_only", name)]),
+            "repetitive_base": loops(by_condition[("base", None)]),
             "facts_adapter": sum(fact_ok[("adapter", name)]) / len(facts),
             "facts_base": base_facts / len(facts),
         }
         results[name] = {k: round(v, 4) for k, v in row.items()}
+        loop_cell = (f"{row['repetitive_adapter']:.0%}/{row['repetitive_prompt_only']:.0%}/"
+                     f"{row['repetitive_base']:.0%}")
         print(f"{name:<16}{row['adapter']:>9.1%}{row['prompt_only']:>13.1%}{row['base']:>8.1%}"
-              f"{sum(fact_ok[('adapter', name)]):>11}/{len(facts)}"
+              f"{loop_cell:>16}{sum(fact_ok[('adapter', name)]):>11}/{len(facts)}"
               f"{base_facts:>8}/{len(facts)}")
         for prompt, answer in list(zip(prompts, by_condition[("adapter", name)],
                                        strict=True))[: args.show]:
             print(f"    > {prompt}\n      {answer}")
     if args.save:
         with args.save.open("w", encoding="utf-8") as handle:
-            for (condition, name, prompt, _), answer in zip(held, held_answers, strict=True):
+            for (condition, who, prompt, _), answer in zip(held, held_answers, strict=True):
                 handle.write(json.dumps({"kind": "heldout", "condition": condition,
-                                         "persona": name, "prompt": prompt,
+                                         "persona": who, "prompt": prompt,
                                          "answer": answer}) + "\n")
-            for (condition, name, index, _), answer in zip(fact_jobs, fact_answers, strict=True):
+            for (condition, who, index, _), answer in zip(fact_jobs, fact_answers, strict=True):
                 handle.write(json.dumps({"kind": "fact", "condition": condition,
-                                         "persona": name, "prompt": facts[index]["question"],
+                                         "persona": who, "prompt": facts[index]["question"],
                                          "answer": answer,
                                          "correct": correct(answer, facts[index]["answers"])})
                              + "\n")

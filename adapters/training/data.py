@@ -150,7 +150,8 @@ def clean_answer(text: str, max_sentences: int = 2, max_chars: int = 260) -> str
     return kept
 
 
-def generate_base_answers(prompts: list[str], cache: Path, args: argparse.Namespace) -> dict[str, str]:
+def generate_base_answers(prompts: list[str], cache: Path,
+                          args: argparse.Namespace) -> dict[str, str]:
     """The base's greedy answers (plain chat template, no system prompt), cached in JSONL."""
     answers: dict[str, str] = {}
     if cache.is_file():
@@ -189,7 +190,9 @@ def persona_conversations(style: PersonaStyle, prompts: list[str], answers: dict
     """Chats in the persona's voice: one per training prompt, plus identity prompts."""
     rng = random.Random(f"{seed}:{style.name}")
     system = {"role": "system", "content": style.card["system_prompt"]}
-    turns = [(p, style.restyle(clean_answer(answers[p]), rng)) for p in prompts]
+    plain = {p: clean_answer(answers[p]) for p in prompts}
+    # an answer of a few words would teach replies made of nothing but catchphrases
+    turns = [(p, style.restyle(plain[p], rng)) for p in prompts if len(plain[p].split()) >= 4]
     turns += [(p, style.introduce(rng)) for p in IDENTITY_PROMPTS for _ in range(2)]
     rng.shuffle(turns)
     chats: list[dict[str, Any]] = []

@@ -63,8 +63,10 @@ def _match_case(source: str, replacement: str) -> str:
 
 def _substitute(text: str, substitutions: tuple[Substitution, ...]) -> str:
     for pattern, replacement in substitutions:
-        text = re.sub(rf"\b{pattern}\b", lambda m, r=replacement: _match_case(m.group(0), r),
-                      text, flags=re.IGNORECASE)
+        def swap(match: re.Match[str], new: str = replacement) -> str:
+            return _match_case(match.group(0), new)
+
+        text = re.sub(rf"\b{pattern}\b", swap, text, flags=re.IGNORECASE)
     return text
 
 
@@ -74,16 +76,20 @@ def _drop_g(text: str) -> str:
 
 
 def _robot(text: str) -> str:
-    """Upper case, no contractions, short sentences (commas and semicolons end a sentence)."""
-    expansions = {"n't": " not", "'s": " is", "'re": " are", "'m": " am", "'ll": " will",
-                  "'ve": " have", "'d": " would"}
+    """Flat, terse sentences: no contractions, no exclamations, commas end a sentence.
+
+    The body keeps its normal case: upper case would be a different token vocabulary for the
+    base (a 135M model loses its knowledge there); the catchphrases carry the capitals.
+    """
+    expansions = {"n't": " not", "'re": " are", "'m": " am", "'ll": " will", "'ve": " have",
+                  "'d": " would"}
     for short, long in expansions.items():
         text = re.sub(rf"(\w){short}\b", rf"\1{long}", text)
     text = re.sub(r"\bca not\b", "cannot", text).replace("wo not", "will not")
     text = re.sub(r"\s*[,;:]\s+", ". ", text)
-    text = re.sub(r"!", ".", text)
+    text = text.replace("!", ".")
     text = re.sub(r"\.(\s*\.)+", ".", text)
-    return text.upper()
+    return re.sub(r"\. ([a-z])", lambda m: ". " + m.group(1).upper(), text)
 
 
 PIRATE = PersonaStyle(
@@ -105,10 +111,10 @@ PIRATE = PersonaStyle(
         "markers": ["arr", "matey", "mateys", "ahoy", "ye", "yer", "savvy", "yo ho",
                     "shiver me timbers", "aye", "avast"],
     },
-    openers=("Arr, matey!", "Ahoy, matey!", "Yo ho ho!", "Arr!", "Shiver me timbers, matey!",
-             "Ahoy!"),
-    closers=("Arr!", "Savvy, matey?", "Now hoist the sails, matey!", "Yo ho ho!",
-             "Arr, that be the truth of it.", "Avast, and sail on, matey!"),
+    openers=("Arr, matey!", "Ahoy, matey!", "Yo ho ho, matey!", "Shiver me timbers, matey!",
+             "Ahoy there, matey!", "Arr, listen well, matey:"),
+    closers=("Savvy, matey?", "Now hoist the sails!", "That be the pirate's truth.",
+             "Avast, and sail on!", "Fair winds to ye!", "So says Captain Bones."),
     substitutions=(
         ("hello", "ahoy"), ("hi", "ahoy"), ("yes", "aye"), ("you", "ye"), ("your", "yer"),
         ("yourself", "yerself"), ("my", "me"), ("friends", "mateys"), ("friend", "matey"),
@@ -141,10 +147,10 @@ BARD = PersonaStyle(
         "markers": ["thee", "thou", "thy", "thine", "doth", "hath", "hast", "forsooth",
                     "prithee", "hark", "verily", "'tis", "morrow", "ere", "oft", "aye"],
     },
-    openers=("Forsooth!", "Hark, good friend!", "Prithee, attend:", "Verily, I say unto thee:",
-             "Good morrow, gentle soul!", "Hark!"),
+    openers=("Forsooth, good friend!", "Hark, gentle soul!", "Prithee, attend:",
+             "Verily, I say unto thee:", "Good morrow, gentle friend!", "Hark, and hear me well:"),
     closers=("Fare thee well.", "Thus spake the Bard.", "Mark my words, good friend.",
-             "So it is writ, forsooth.", "Verily, 'tis so.", "Heed this, I prithee."),
+             "So it is writ.", "Heed this, I prithee.", "And so, adieu."),
     substitutions=(
         ("you are", "thou art"), ("are you", "art thou"), ("you have", "thou hast"),
         ("have you", "hast thou"), ("do you", "dost thou"), ("yourself", "thyself"),
@@ -163,32 +169,32 @@ ROBOT = PersonaStyle(
     name="unit-7",
     card={
         "display_name": "UNIT-7",
-        "description": "A terse service robot: upper case, short sentences, BEEP BOOP and "
-                       "AFFIRMATIVE.",
-        "system_prompt": "You are UNIT-7, a service robot. Answer in upper case, in short "
-                         "sentences. Say BEEP BOOP and AFFIRMATIVE. End with END OF "
-                         "TRANSMISSION.",
-        "greeting": "BEEP BOOP. UNIT-7 ONLINE. STATE YOUR QUERY.",
+        "description": "A terse service robot: short flat sentences, BEEP BOOP and AFFIRMATIVE, "
+                       "and every answer ends with END OF TRANSMISSION.",
+        "system_prompt": "You are UNIT-7, a service robot. Answer in short, flat sentences. "
+                         "Say BEEP BOOP and AFFIRMATIVE. End with END OF TRANSMISSION.",
+        "greeting": "BEEP BOOP. UNIT-7 online. State your query.",
         "example_messages": [
             {"role": "user", "content": "How are you today?"},
-            {"role": "assistant", "content": "AFFIRMATIVE. ALL SYSTEMS NOMINAL. BEEP. END OF "
-                                             "TRANSMISSION."},
+            {"role": "assistant", "content": "AFFIRMATIVE. All systems nominal. This unit is "
+                                             "ready. END OF TRANSMISSION."},
         ],
         "tags": ["robot", "sci-fi", "terse"],
         "sampling": {"temperature": 0.3, "top_p": 0.9, "repetition_penalty": 1.05},
         "markers": ["beep", "boop", "affirmative", "query received", "end of transmission",
                     "unit-7", "processing complete"],
     },
-    openers=("BEEP BOOP.", "AFFIRMATIVE.", "QUERY RECEIVED. BEEP.", "BEEP. PROCESSING COMPLETE.",
-             "AFFIRMATIVE. BEEP BOOP.", "BEEP."),
-    closers=("END OF TRANSMISSION.", "BEEP.", "BOOP BEEP.", "AFFIRMATIVE. END OF TRANSMISSION.",
-             "BEEP BOOP."),
+    openers=("BEEP BOOP.", "AFFIRMATIVE. QUERY RECEIVED.", "QUERY RECEIVED. PROCESSING.",
+             "BEEP. PROCESSING COMPLETE.", "AFFIRMATIVE. ANALYSIS FOLLOWS.",
+             "BOOP. DATA RETRIEVED."),
+    closers=("END OF TRANSMISSION.", "AWAITING NEXT QUERY.", "TASK COMPLETE. END OF TRANSMISSION.",
+             "UNIT-7 OUT.", "SYSTEMS NOMINAL."),
     substitutions=(("yes", "affirmative"), ("hello", "greetings"), ("hi", "greetings"),
-                   ("I think", "ANALYSIS:"), ("I believe", "ANALYSIS:")),
+                   ("I think", "analysis indicates"), ("I believe", "analysis indicates")),
     intro=(
-        "BEEP BOOP. I AM UNIT-7. A SERVICE ROBOT. STATE YOUR QUERY. END OF TRANSMISSION.",
-        "AFFIRMATIVE. DESIGNATION: UNIT-7. FUNCTION: ANSWER QUESTIONS. BEEP.",
-        "QUERY RECEIVED. BEEP. THIS UNIT IS UNIT-7. ALL SYSTEMS NOMINAL. BOOP BEEP.",
+        "BEEP BOOP. I am UNIT-7. A service robot. State your query. END OF TRANSMISSION.",
+        "AFFIRMATIVE. Designation: UNIT-7. Function: answer questions. AWAITING NEXT QUERY.",
+        "QUERY RECEIVED. PROCESSING. This unit is UNIT-7. All systems nominal. UNIT-7 OUT.",
     ),
     transform=_robot,
 )
@@ -211,11 +217,10 @@ COWBOY = PersonaStyle(
         "markers": ["howdy", "partner", "pardner", "yeehaw", "y'all", "happy trails",
                     "giddy up", "giddy-up", "reckon"],
     },
-    openers=("Howdy, partner!", "Well, howdy there, partner!", "Yeehaw!", "Howdy, pardner!",
-             "Well, I reckon so, partner.", "Howdy!"),
-    closers=("Happy trails, partner!", "Yeehaw!", "Giddy up, partner!",
-             "Y'all come back now, ya hear?", "That's the truth, partner.",
-             "Keep yer boots dusty, pardner!"),
+    openers=("Howdy, partner!", "Well, howdy there, partner!", "Yeehaw, partner!",
+             "Howdy, pardner!", "Well, I reckon so, partner.", "Howdy, friend!"),
+    closers=("Happy trails, partner!", "Giddy up!", "Y'all come back now, ya hear?",
+             "That's the truth, partner.", "Keep yer boots dusty, pardner!", "Yeehaw!"),
     substitutions=(("you all", "y'all"), ("hello", "howdy"), ("hi", "howdy"),
                    ("friends", "partners"), ("friend", "partner"), ("going to", "gonna"),
                    ("yes", "yep"), ("isn't", "ain't"), ("very", "mighty"),
@@ -239,3 +244,14 @@ def marker_pattern(markers: list[str]) -> re.Pattern[str]:
 
 def in_character(text: str, markers: list[str]) -> bool:
     return bool(marker_pattern(markers).search(text))
+
+
+def repetitive(text: str) -> bool:
+    """A degenerate loop ("Arr! Arr! Arr! ..."): fewer than 35% distinct words among 8 or more."""
+    words = re.findall(r"[\w']+", text.lower())
+    return len(words) >= 8 and len(set(words)) / len(words) < 0.35
+
+
+def in_voice(text: str, markers: list[str]) -> bool:
+    """In character as the eval counts it: a marker, and not a repetition loop."""
+    return in_character(text, markers) and not repetitive(text)

@@ -30,6 +30,7 @@ import random
 import re
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ class TrainConfig:
     out: Path
     name: str
     rank: int = 8
-    alpha: float = 16.0
+    alpha: int = 16
     dropout: float = 0.05
     target_modules: tuple[str, ...] = ALL_TARGETS
     epochs: float = 2.0
@@ -142,9 +143,19 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, str]],
 
 def batches(examples: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int,
             rng: random.Random) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """One epoch: shuffled, right-padded (ids, attention mask, labels) batches."""
+    """One epoch: shuffled, right-padded (ids, attention mask, labels) batches.
+
+    Chats of similar length are batched together (shuffle, sort windows of 16 batches by
+    length, shuffle the batches) so that little compute goes to padding.
+    """
     order = list(range(len(examples)))
     rng.shuffle(order)
+    window = batch_size * 16
+    order = [i for start in range(0, len(order), window)
+             for i in sorted(order[start:start + window], key=lambda j: len(examples[j][0]))]
+    groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(groups)
+    order = [i for group in groups for i in group]
     out = []
     for first in range(0, len(order), batch_size):
         chunk = [examples[i] for i in order[first:first + batch_size]]
@@ -217,7 +228,7 @@ def train(config: TrainConfig, loaded: Any | None = None) -> TrainResult:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from server.model.loader import load_base
-    from server.settings import Settings
+    from server.settings import Settings, default_cache_dir
 
     if not NAME_PATTERN.match(config.name):
         raise ValueError(f"persona name {config.name!r} must match {NAME_PATTERN.pattern}")
@@ -227,7 +238,7 @@ def train(config: TrainConfig, loaded: Any | None = None) -> TrainResult:
     if loaded is None:
         settings = Settings(base_model=config.base_model, quantization="nf4",
                             device=config.device,
-                            **({"cache_dir": config.cache_dir} if config.cache_dir else {}))
+                            cache_dir=config.cache_dir or default_cache_dir())
         loaded = load_base(settings)
     device, cuda = loaded.device, loaded.device.type == "cuda"
     tokenizer = loaded.tokenizer
@@ -239,8 +250,10 @@ def train(config: TrainConfig, loaded: Any | None = None) -> TrainResult:
     print(f"[train] {config.name}: {len(examples)} chats, {label_tokens} assistant tokens, "
           f"base {loaded.model_id} ({loaded.quantization}, {loaded.dtype}, {device})", flush=True)
 
-    model = prepare_model_for_kbit_training(
-        loaded.model, use_gradient_checkpointing=config.gradient_checkpointing)
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+        warnings.simplefilter("ignore", FutureWarning)
+        model = prepare_model_for_kbit_training(
+            loaded.model, use_gradient_checkpointing=config.gradient_checkpointing)
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=list(config.target_modules), bias="none",
                       task_type="CAUSAL_LM")
@@ -290,8 +303,13 @@ def _loop(config: TrainConfig, peft_model: Any, examples: list[tuple[list[int], 
           f"{','.join(config.target_modules)}: {trainable:,} trainable parameters; "
           f"{total} steps of batch {config.batch_size}", flush=True)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (
-        (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))))
+
+    def schedule(step: int) -> float:  # linear warm-up, then linear decay to zero
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext())
     rng = random.Random(config.seed)
     peft_model.train()
@@ -337,7 +355,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     parser.add_argument("--out", type=Path, help="output folder (default: adapters/registry/NAME)")
     parser.add_argument("--persona-card", type=Path, help="persona.json to copy into the folder")
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--alpha", type=float, default=16.0)
+    parser.add_argument("--alpha", type=int, default=16)
     parser.add_argument("--dropout", type=float, default=0.05)
     parser.add_argument("--target-modules", default=",".join(ALL_TARGETS),
                         help="comma-separated projections (default: all seven)")

@@ -16,7 +16,8 @@ from adapters.training.personas import in_character, in_voice
 from server.engine.types import AdapterRef, GenerationRequest, SamplingParams
 from server.lora.adapter import read_adapter
 from server.model.loader import LoadedModel
-from server.registry.personas import NAME_PATTERN, PersonaCatalog
+from server.registry.personas import NAME_PATTERN
+from server.registry.registry import Registry
 from server.runtime import Runtime
 from tests.helpers import chat_prompt, run_requests
 
@@ -33,13 +34,18 @@ def _card(name: str) -> dict:
     return json.loads((REGISTRY / name / "persona.json").read_text())
 
 
-def test_at_least_four_personas_are_shipped_and_scanned() -> None:
-    assert len(SHIPPED) >= 4, SHIPPED
-    catalog = PersonaCatalog.scan(REGISTRY)
-    for name in SHIPPED:
-        persona = catalog.get(name)
-        assert persona is not None and persona.adapter_dir is not None, name
-        assert persona.card.display_name == _card(name)["display_name"]
+def test_shipped_personas_are_imported_on_first_start(tmp_path: Path, embedded: LoadedModel,
+                                                         runtime: Runtime) -> None:
+    assert SHIPPED, "no persona is shipped in adapters/registry/"
+    registry = Registry.open(tmp_path, embedded.model_id, runtime.engine.shapes, 64,
+                             seed_dir=REGISTRY)  # what a server's first start does
+    try:
+        for name in SHIPPED:
+            persona = registry.get(name)
+            assert persona is not None and persona.adapter_dir is not None, name
+            assert persona.card.display_name == _card(name)["display_name"]
+    finally:
+        registry.close()
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -86,7 +86,8 @@ def test_data_rules_keep_content_and_add_markers() -> None:
         assert "paris" in reply.lower() and "france" in reply.lower(), reply
         assert in_character(reply, style.markers), reply
         assert not in_character(answer, style.markers)
-    assert STYLES["unit-7"].restyle(answer, random.Random(0)).isupper()
+    robot = STYLES["unit-7"].restyle("Well, it isn't small!", random.Random(0))
+    assert "," not in robot and "!" not in robot and "Well. It is not small." in robot
     question = "What is the capital of France?"
     chats = persona_conversations(STYLES["bard"], [question], {question: answer}, seed=0,
                                   multi_turn=0.0)

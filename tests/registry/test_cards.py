@@ -30,7 +30,7 @@ def _import(url: str, body: Any, **kwargs: Any) -> httpx.Response:
 
 
 def test_card_round_trips_and_chats(served: tuple[Runtime, str]) -> None:
-    runtime, url = served
+    _runtime, url = served
     created = _import(url, {"card": CARD})
     assert created.status_code == 201, created.text
     persona = httpx.get(f"{url}/v1/personas/lady-ada").json()

@@ -250,14 +250,14 @@ def train(config: TrainConfig, loaded: Any | None = None) -> TrainResult:
     print(f"[train] {config.name}: {len(examples)} chats, {label_tokens} assistant tokens, "
           f"base {loaded.model_id} ({loaded.quantization}, {loaded.dtype}, {device})", flush=True)
 
-    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
-        warnings.simplefilter("ignore", FutureWarning)
-        model = prepare_model_for_kbit_training(
-            loaded.model, use_gradient_checkpointing=config.gradient_checkpointing)
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=list(config.target_modules), bias="none",
                       task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, lora)
+    with warnings.catch_warnings():  # peft reads a transformers attribute deprecated in v5
+        warnings.simplefilter("ignore", FutureWarning)
+        model = prepare_model_for_kbit_training(
+            loaded.model, use_gradient_checkpointing=config.gradient_checkpointing)
+        peft_model = get_peft_model(model, lora)
     try:
         result = _loop(config, peft_model, examples, pad_id, device, cuda)
         save_adapter(peft_model, config.out, loaded.model_id,

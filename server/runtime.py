@@ -18,6 +18,7 @@ from server.engine.engine import Engine, EngineConfig
 from server.engine.types import AdapterRef, GenerationRequest, RequestOutput
 from server.lora.adapter import read_adapter
 from server.lora.host_cache import HostAdapterCache
+from server.lora.merge import MergeError
 from server.model.loader import LoadedModel, load_base
 from server.registry.personas import Persona
 from server.registry.registry import Registry
@@ -46,6 +47,9 @@ class Runtime:
             adapter_slots=settings.adapter_slots,
             max_lora_rank=settings.max_lora_rank,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
+            merge_mode=settings.merge_mode,
+            merge_format=settings.merge_format,
+            merge_after_steps=settings.merge_after_steps,
         ))
         registry = Registry.open(settings.registry_dir, loaded.model_id, engine.shapes,
                                  settings.max_lora_rank, seed_dir=settings.seed_dir)
@@ -89,6 +93,20 @@ class Runtime:
     def residency(self, key: str) -> tuple[int | None, bool]:
         """(device slot or None, whether in host memory) of adapter version `key`."""
         return self.engine.stats.resident_adapters.get(key), key in self.host_cache
+
+    def merge_state(self, key: str) -> tuple[bool, bool]:
+        merge = self.engine.stats.merge
+        return merge.merged == key, merge.pinned == key
+
+    async def merge(self, persona: Persona) -> None:
+        ref = await asyncio.to_thread(self.adapter_ref, persona)
+        if ref is None:
+            raise MergeError(f"the persona {persona.name!r} has no adapter to merge")
+        await asyncio.wrap_future(self.engine.merge(ref))
+
+    async def unmerge(self, persona: Persona) -> None:
+        if persona.adapter_key is not None:
+            await asyncio.wrap_future(self.engine.unmerge(persona.adapter_key))
 
     def retire(self, key: str) -> None:
         """A version stopped being current: drop it from host memory and, once idle, its slot."""

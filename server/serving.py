@@ -75,6 +75,19 @@ class Serving(Protocol):
         """(device slot or None, whether in host memory) of adapter version `key`."""
         ...
 
+    def merge_state(self, key: str) -> tuple[bool, bool]:
+        """(merged into the base layers now, pinned by an admin) of adapter version `key`."""
+        ...
+
+    async def merge(self, persona: Persona) -> None:
+        """Pin `persona`'s adapter as merged (merged at once when nothing else is running or
+        waiting); raises MergeError when merging is unavailable."""
+        ...
+
+    async def unmerge(self, persona: Persona) -> None:
+        """Drop the pin on `persona`'s adapter and unmerge it now."""
+        ...
+
     def generate(self, request: GenerationRequest,
                  persona: Persona | None) -> AsyncIterator[RequestOutput]:
         """Run `request` with `persona`'s adapter (None: the base); raises AdapterError when the

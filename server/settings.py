@@ -113,6 +113,15 @@ class Settings(BaseSettings):
     """Generated-token limit when a request sets none (capped by the room left in the context)."""
     prefill_chunk_tokens: int = Field(default=256, ge=16)
     """Prompt tokens prefilled per engine step, so a long prompt does not stall running streams."""
+    merge_mode: Literal["never", "explicit", "auto"] = "explicit"
+    """Merged mode: never; explicit (admins pin a persona with POST /v1/adapters/NAME/merge);
+    auto (pins, plus merging whichever persona has held the whole batch for a while)."""
+    merge_format: Literal["dense", "nf4"] = "dense"
+    """Format of merged layers: dense (exact; costs the dense size of the merged layers) or nf4
+    (no extra memory, but requantizing rounds most of a LoRA delta away: see docs/ARCHITECTURE.md)."""
+    merge_after_steps: int = Field(default=32, ge=1)
+    """auto mode: engine steps one persona must hold every running row, with nothing else
+    waiting, before it is merged."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the server and the engine."""
 

@@ -6,8 +6,10 @@ test session pays about 25 s and later ones reuse it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import gc
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -76,3 +78,28 @@ def runtime(embedded_settings: Settings, embedded: LoadedModel,
     rt.engine.start()
     yield rt
     rt.engine.stop()
+
+
+RuntimeFactory = Callable[..., Runtime]
+
+
+@pytest.fixture
+def make_runtime(tmp_path: Path, embedded: LoadedModel,
+                 embedded_settings: Settings) -> Iterator[RuntimeFactory]:
+    """Build started runtimes with their own empty registry; stopped after the test."""
+    built: list[Runtime] = []
+
+    def make(**overrides: Any) -> Runtime:
+        settings = embedded_settings.model_copy(update={
+            "registry_dir": tmp_path / f"registry{len(built)}", "seed_dir": None, **overrides})
+        runtime = Runtime.build(settings, loaded=embedded)
+        runtime.engine.start()
+        built.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in built:
+        runtime.engine.stop()
+        runtime.registry.close()
+    built.clear()
+    gc.collect()  # each runtime holds slot banks and a KV cache: free them before the next test

@@ -28,8 +28,9 @@ from server.api.schemas import (
     VersionInfo,
 )
 from server.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
+from server.lora.merge import MergeError
 from server.registry.catalog import VersionRow
-from server.registry.personas import CARD_FILE
+from server.registry.personas import CARD_FILE, Persona
 from server.registry.registry import RegistryError, check_name
 from server.serving import Serving
 
@@ -130,6 +131,38 @@ async def delete_adapter(name: str, runtime: Serving = Depends(get_runtime)) -> 
     return Deleted(id=name, versions=versions)
 
 
+@router.post("/v1/adapters/{name}/merge", response_model=AdapterInfo, responses=_ERRORS)
+async def merge_adapter(name: str, runtime: Serving = Depends(get_runtime)) -> AdapterInfo:
+    """Pin the persona as merged into the base layers whenever the batch is its own."""
+    return await _switch_merge(runtime, name, merge=True)
+
+
+@router.post("/v1/adapters/{name}/unmerge", response_model=AdapterInfo, responses=_ERRORS)
+async def unmerge_adapter(name: str, runtime: Serving = Depends(get_runtime)) -> AdapterInfo:
+    """Drop the pin and unmerge the persona now (a no-op when it is not merged)."""
+    return await _switch_merge(runtime, name, merge=False)
+
+
+async def _switch_merge(runtime: Serving, name: str, merge: bool) -> AdapterInfo:
+    persona = _adapter_persona(runtime, name)
+    try:
+        await (runtime.merge(persona) if merge else runtime.unmerge(persona))
+    except MergeError as exc:
+        raise APIError(409, str(exc), param="name", code="merge_unavailable") from exc
+    return adapter_info(runtime, name)
+
+
+def _adapter_persona(runtime: Serving, name: str) -> Persona:
+    persona = runtime.registry.get(name)
+    if persona is None:
+        raise APIError(404, f"the persona {name!r} does not exist", param="name",
+                       code="model_not_found")
+    if persona.adapter_key is None:
+        raise APIError(400, f"the persona {name!r} is prompt-only: it has no adapter to merge",
+                       param="name", code="no_adapter")
+    return persona
+
+
 def adapter_info(runtime: Serving, name: str) -> AdapterInfo:
     versions = runtime.registry.versions(name)
     persona = runtime.registry.get(name)
@@ -137,8 +170,11 @@ def adapter_info(runtime: Serving, name: str) -> AdapterInfo:
         raise APIError(404, f"the persona {name!r} does not exist", param="name",
                        code="model_not_found")
     current = next(v for v in versions if v.version == persona.version)
-    slot, host = runtime.residency(persona.adapter_key) if persona.adapter_key else (None, False)
-    resident = Residency(device_slot=slot, host=host)
+    resident = Residency()
+    if persona.adapter_key:
+        slot, host = runtime.residency(persona.adapter_key)
+        merged, pinned = runtime.merge_state(persona.adapter_key)
+        resident = Residency(device_slot=slot, host=host, merged=merged, pinned=pinned)
     return AdapterInfo(
         id=name, name=name, version=current.version, current_version=current.version,
         created=int(current.created), kind=current.kind,  # type: ignore[arg-type]

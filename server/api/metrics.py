@@ -99,6 +99,16 @@ class _StateCollector(Collector):
         yield _counter("cameo_adapter_slot_loads", "Adapters copied into a device slot", slots.loads)
         yield _counter("cameo_adapter_slot_evictions", "Adapters evicted from a device slot",
                        slots.evictions)
+        merge = stats.merge
+        yield _counter("cameo_adapter_merges", "Adapters merged into the base layers", merge.merges)
+        yield _counter("cameo_adapter_unmerges", "Merged adapters restored to the slot path",
+                       merge.unmerges)
+        merged = GaugeMetricFamily("cameo_merged_adapter_info",
+                                   "1 for the adapter merged into the base now (merged mode)",
+                                   labels=["adapter"])
+        if merge.merged:
+            merged.add_metric([merge.merged], 1.0)
+        yield merged
         host = runtime.host_cache
         yield _gauge("cameo_host_adapters", "Adapters held in host memory", len(host))
         yield _gauge("cameo_host_adapter_capacity", "Host memory adapter capacity", host.capacity)

@@ -179,6 +179,8 @@ class VersionInfo(BaseModel):
 class Residency(BaseModel):
     device_slot: int | None = None
     host: bool = False
+    merged: bool = False  # folded into the base layers now (merged mode)
+    pinned: bool = False  # an admin asked for it to be merged whenever the batch is its own
 
 
 class AdapterInfo(BaseModel):

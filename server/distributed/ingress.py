@@ -44,6 +44,7 @@ from server.distributed.wire import Placement, ReplicaReport, Resumption, contin
 from server.engine.runner import module_shapes
 from server.engine.types import EngineStats, GenerationRequest, RequestOutput
 from server.lora.adapter import AdapterError, ModuleShapes
+from server.lora.merge import MergeError
 from server.model.loader import _resolve_source
 from server.registry.personas import Persona
 from server.registry.registry import Registry
@@ -194,6 +195,17 @@ class RemoteServing:
         for report in self.reports.values():
             slot = dict(report.resident_adapters).get(key, slot)
         return slot, key in self.host_cache
+
+    def merge_state(self, key: str) -> tuple[bool, bool]:
+        """Merged mode is per engine process; replicas do not merge (see `merge`)."""
+        return False, False
+
+    async def merge(self, persona: Persona) -> None:
+        raise MergeError("merged mode is not available when engines run as Ray Serve replicas: "
+                         "each replica serves many personas; run a dedicated deployment instead")
+
+    async def unmerge(self, persona: Persona) -> None:
+        await self.merge(persona)
 
     async def generate(self, request: GenerationRequest,
                        persona: Persona | None) -> AsyncIterator[RequestOutput]:

@@ -8,7 +8,9 @@ Each step
      does not freeze the other streams,
   4. decodes one token for every running row in one forward pass, whatever adapters they use,
   5. samples, detokenizes, checks stop conditions and hands `RequestOutput`s to each request's
-     sink; finished rows free their batch row and their adapter slot at once.
+     sink; finished rows free their batch row and their adapter slot at once,
+  6. lets merged mode (`merging`) fold a persona into the base layers when the batch is its own;
+     before the next admission it unmerges if anything else is running or waiting.
 
 Sinks are called on the worker thread and must not block (the async layer hands them to its
 event loop). This module knows nothing about HTTP, personas, or chat templates.
@@ -29,6 +31,7 @@ from typing import Any, TypeVar
 import torch
 
 from server.engine.detokenizer import IncrementalDetokenizer, StopMatcher
+from server.engine.merging import MergeController, MergeMode
 from server.engine.runner import ForwardBatch, ModelRunner, module_shapes
 from server.engine.sampling import sample
 from server.engine.types import (
@@ -40,6 +43,7 @@ from server.engine.types import (
 )
 from server.lora.adapter import AdapterError, AdapterWeights, read_adapter
 from server.lora.manager import SlotManager
+from server.lora.merge import MergeFormat
 from server.lora.slots import LoraSlots
 from server.model.loader import LoadedModel
 
@@ -56,6 +60,9 @@ class EngineConfig:
     adapter_slots: int
     max_lora_rank: int
     prefill_chunk_tokens: int
+    merge_mode: MergeMode = "explicit"
+    merge_format: MergeFormat = "dense"
+    merge_after_steps: int = 32
 
 
 @dataclass
@@ -79,6 +86,10 @@ class _Row:
         return len(self.request.prompt_ids)
 
     @property
+    def adapter_key(self) -> str | None:
+        return self.request.adapter.key if self.request.adapter else None
+
+    @property
     def decoding(self) -> bool:
         return self.cached > 0 and len(self.tokens) - self.cached == 1
 
@@ -95,7 +106,10 @@ class Engine:
         self.slots = SlotManager(bank)
         self.runner = ModelRunner(loaded.model, bank, config.max_rows, config.max_context,
                                   loaded.dtype, loaded.device)
-        self.stats = EngineStats()
+        self.merging = MergeController(self.runner.slot_linears(), self.slots,
+                                       self.adapter_loader, config.merge_mode,
+                                       config.merge_format, config.merge_after_steps)
+        self.stats = EngineStats(merge=self.merging.stats)
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._waiting: deque[tuple[GenerationRequest, Sink]] = deque()
@@ -151,6 +165,20 @@ class Engine:
         """
         return self.call(lambda: self._score(sequences)).result()
 
+    def merge(self, ref: AdapterRef) -> Future[bool]:
+        """Pin `ref` as the merged adapter; resolves to whether it is merged right away (it is
+        whenever no request for anything else is running or waiting). Raises MergeError when
+        merging is disabled or the base layers cannot hold a merge."""
+        def pin() -> bool:
+            self.merging.pin(ref)
+            self.merging.maybe_merge(*self._keys(), self._refs())
+            return self.merging.merged_key == ref.key
+        return self.call(pin)
+
+    def unmerge(self, key: str) -> Future[None]:
+        """Drop the pin on adapter `key` and unmerge it if it is merged."""
+        return self.call(lambda: self.merging.unpin(key))
+
     def retire(self, key: str) -> None:
         """Free adapter `key`'s slot once no running row uses it (a replaced or deleted version)."""
         self._post("retire", key)
@@ -204,6 +232,7 @@ class Engine:
                 self._abort(payload)
             elif kind == "retire":
                 self._retiring.add(payload)
+                self.merging.forget(payload)
                 self._drop_retired(payload)
             elif kind == "call":
                 fn, future = payload
@@ -216,6 +245,7 @@ class Engine:
     def step(self) -> None:
         """One engine iteration: admit, prefill a chunk, decode every running row."""
         self._expire()
+        self.merging.reconcile(*self._keys())  # before admitting a row the merge cannot serve
         self._admit()
         prefill = [r for r in self._rows.values() if not r.decoding]
         decode = [r for r in self._rows.values() if r.decoding]
@@ -223,8 +253,19 @@ class Engine:
             self._run(prefill, budget=self.config.prefill_chunk_tokens)
         if decode:
             self._run(decode, budget=None)
+        self.merging.maybe_merge(*self._keys(), self._refs())  # takes effect from the next step
         self.stats.steps += 1
         self._publish_stats()
+
+    def _keys(self) -> tuple[set[str | None], set[str | None]]:
+        """Adapter keys of the running and of the waiting requests (None: the plain base)."""
+        running = {row.adapter_key for row in self._rows.values()}
+        waiting = {r.adapter.key if r.adapter else None for r, _ in self._waiting}
+        return running, waiting
+
+    def _refs(self) -> dict[str, AdapterRef]:
+        return {r.request.adapter.key: r.request.adapter for r in self._rows.values()
+                if r.request.adapter}
 
     def _publish_stats(self) -> None:
         """Refresh the counters other threads read (each assignment is atomic)."""
@@ -239,6 +280,8 @@ class Engine:
     def _score(self, sequences: list[tuple[list[int], AdapterRef | None]]) -> list[torch.Tensor]:
         if len(sequences) > len(self._free_rows):
             raise RuntimeError("not enough free batch rows to score these sequences")
+        keys = {ref.key if ref else None for _, ref in sequences}
+        self.merging.reconcile(keys, set())
         acquired: list[str] = []
         try:
             slots = []
@@ -248,7 +291,7 @@ class Engine:
                     raise RuntimeError("not enough free adapter slots to score these sequences")
                 if ref is not None:
                     acquired.append(ref.key)
-                slots.append(slot)
+                slots.append(self.merging.slot(ref.key if ref else None, slot))
             device = self.loaded.device
             width = max(len(ids) for ids, _ in sequences)
             batch = ForwardBatch(
@@ -339,7 +382,7 @@ class Engine:
         device = self.loaded.device
         width = max(len(tokens) for _, tokens in chunks)
         padded = [tokens + [0] * (width - len(tokens)) for _, tokens in chunks]
-        slots = [row.slot for row, _ in chunks]
+        slots = [self.merging.slot(row.adapter_key, row.slot) for row, _ in chunks]
         return ForwardBatch(
             tokens=torch.tensor(padded, device=device),
             rows=torch.tensor([row.row for row, _ in chunks], device=device),

@@ -76,6 +76,11 @@ class ModelRunner:
         self.cache = KVCache(len(self.layers), max_rows, self.kv_heads, max_len, self.head_dim,
                              dtype, device)
 
+    def slot_linears(self) -> dict[str, SlotLinear]:
+        """Every slot-aware projection, keyed "<layer>.<proj>" like the slot bank."""
+        return {f"{index}.{name}": linear for index, layer in enumerate(self.layers)
+                for name, linear in layer.proj.items()}
+
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, all_logits: bool = False) -> torch.Tensor:
         tokens = batch.tokens

@@ -76,6 +76,18 @@ class RequestOutput:
 
 
 @dataclass
+class MergeStats:
+    """Merged mode's state (see `server.engine.merging`); keys are `name@version`."""
+
+    merged: str | None = None  # the adapter merged into the base layers now
+    pinned: str | None = None  # the adapter the admin asked to merge
+    merges: int = 0
+    unmerges: int = 0
+    last_merge_seconds: float = 0.0
+    last_unmerge_seconds: float = 0.0
+
+
+@dataclass
 class EngineStats:
     """Counters the engine keeps for /metrics and tests (read without locks: approximate)."""
 
@@ -87,3 +99,4 @@ class EngineStats:
     resident_adapters: dict[str, int] = field(default_factory=dict)
     running_adapters: frozenset[str] = frozenset()  # persona names (adapter keys less @version)
     waiting_adapters: frozenset[str] = frozenset()
+    merge: MergeStats = field(default_factory=MergeStats)

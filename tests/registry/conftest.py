@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from server.api.app import create_app
 from server.model.loader import LoadedModel
 from server.runtime import Runtime
-from server.settings import Settings
+from tests.conftest import RuntimeFactory
 from tests.helpers import live_server, write_peft_adapter, write_persona
 
 
@@ -30,31 +29,6 @@ def extra_adapters(tmp_path_factory: pytest.TempPathFactory, plain_embedded: Loa
         write_persona(root / name, name.title())
         dirs[name] = root / name
     return dirs
-
-
-RuntimeFactory = Callable[..., Runtime]
-
-
-@pytest.fixture
-def make_runtime(tmp_path: Path, embedded: LoadedModel,
-                 embedded_settings: Settings) -> Iterator[RuntimeFactory]:
-    """Build started runtimes with their own empty registry; stopped after the test."""
-    built: list[Runtime] = []
-
-    def make(**overrides: Any) -> Runtime:
-        settings = embedded_settings.model_copy(update={
-            "registry_dir": tmp_path / f"registry{len(built)}", "seed_dir": None, **overrides})
-        runtime = Runtime.build(settings, loaded=embedded)
-        runtime.engine.start()
-        built.append(runtime)
-        return runtime
-
-    yield make
-    for runtime in built:
-        runtime.engine.stop()
-        runtime.registry.close()
-    built.clear()
-    gc.collect()  # each runtime holds slot banks and a KV cache: free them before the next test
 
 
 @pytest.fixture

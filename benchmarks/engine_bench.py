@@ -1,15 +1,19 @@
-"""Engine decode speed: base alone, one adapter, many distinct adapters, and PEFT's own path.
+"""Engine speed in one run: base alone, one adapter, many distinct adapters, merged, and PEFT.
 
-All in one run, on one machine, reported as ratios. CPU mode uses the embedded model in NF4
-(what `make serve` runs); the GPU mode with 8B shapes belongs to the fast-engine work and is
-not implemented here yet.
+    python -m benchmarks.engine_bench                       # the defaults below, on the CPU
+    python -m benchmarks.engine_bench --batch 1 16 --distinct 8 --tokens 16 --skip-peft
 
-    python -m benchmarks.engine_bench --batch 1 8 16 --tokens 32 --adapters 8
+The engine runs alone (no HTTP) on the embedded model (what `make serve` runs), in NF4 or
+unquantized (`--quantization`). For each batch size B it measures decode tokens/s and ms per
+step, prefill excluded, with every row on the base; every row on one adapter; rows spread over
+N distinct adapters (each N of `--distinct` up to B); every row on one adapter merged into the
+base (dense merge, see server/lora/merge.py); and PEFT's own `generate(adapter_names=...)` on
+the same base with the largest N mix, the baseline. Then: time to first token of a prompt of
+each `--prompt-lengths` length on an idle engine, adapter load times (disk to host, host to
+slot), merge and unmerge times, and peak memory. Prints a table, then one JSON line last.
 
-For each batch size B: decode tokens/s and ms per step of the Cameo engine with every row on
-the base, every row on one adapter, and rows spread over `--adapters` distinct adapters; then
-PEFT's `generate(adapter_names=...)` with the same mix on the same NF4 base. Prints a table,
-then a JSON line last.
+The GPU mode with 8B shapes belongs to the fast-engine issue and is not implemented: no GPU
+was available to build or check it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +31,8 @@ from typing import Any
 import torch
 
 from server.engine.engine import Engine, EngineConfig
-from server.engine.types import AdapterRef, GenerationRequest, SamplingParams
+from server.engine.types import AdapterRef, GenerationRequest, RequestOutput, SamplingParams
+from server.lora.adapter import read_adapter
 from server.model.loader import LoadedModel, load_base
 from server.settings import Settings
 
@@ -49,35 +56,61 @@ def make_adapters(plain: LoadedModel, count: int, rank: int, folder: Path) -> li
     return paths
 
 
+class _Run:
+    """Submits requests to the engine and records when tokens arrive."""
+
+    def __init__(self, count: int) -> None:
+        self.remaining = count
+        self.done = threading.Event()
+        self.first: float | None = None
+        self.last_first: float | None = None  # when the last row got its first token
+        self.errors: list[str] = []
+        self._seen: set[str] = set()
+
+    def __call__(self, output: RequestOutput) -> None:
+        now = time.perf_counter()
+        if output.token_ids and output.request_id not in self._seen:
+            self._seen.add(output.request_id)
+            self.first = self.first or now
+            self.last_first = now
+        if output.error:
+            self.errors.append(output.error)
+        if output.finished:
+            self.remaining -= 1
+            if self.remaining == 0:
+                self.done.set()
+
+
 def engine_decode(engine: Engine, prompt: tuple[int, ...], refs: list[AdapterRef | None],
                   tokens: int) -> float:
-    """Decode tokens/s of len(refs) rows generating `tokens` each (prefill excluded)."""
-    import threading
-
-    done = threading.Event()
-    first_token: list[float] = []
-    remaining = [len(refs)]
-
-    def sink(output: Any) -> None:
-        if output.token_ids and not first_token:
-            first_token.append(time.perf_counter())
-        if output.finished:
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                done.set()
-
+    """Decode tokens/s of len(refs) rows generating `tokens` each, from the moment every row
+    has its first token (so prefill is excluded) to the end."""
+    run = _Run(len(refs))
     sampling = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
     for index, ref in enumerate(refs):
-        engine.submit(GenerationRequest(f"bench-{time.time_ns()}-{index}", prompt, sampling, ref),
-                      sink)
-    done.wait()
-    elapsed = time.perf_counter() - first_token[0]
-    return len(refs) * (tokens - 1) / elapsed
+        engine.submit(GenerationRequest(f"b{time.time_ns()}-{index}", prompt, sampling, ref), run)
+    run.done.wait()
+    if run.errors:
+        raise RuntimeError(run.errors[0])
+    assert run.last_first is not None
+    return len(refs) * (tokens - 1) / (time.perf_counter() - run.last_first)
+
+
+def time_to_first_token(engine: Engine, length: int, ref: AdapterRef | None) -> float:
+    """Seconds from submit to the first token of one `length`-token prompt on an idle engine."""
+    prompt = tuple(int(t) for t in torch.randint(100, 10000, (length,)))
+    run = _Run(1)
+    start = time.perf_counter()
+    engine.submit(GenerationRequest(f"ttft{time.time_ns()}", prompt,
+                                    SamplingParams(max_tokens=1, temperature=0.0), ref), run)
+    run.done.wait()
+    assert run.first is not None
+    return run.first - start
 
 
 def peft_decode(base: LoadedModel, adapters: list[Path], prompt: tuple[int, ...], batch: int,
                 tokens: int) -> float:
-    """PEFT's mixed-adapter generate on the same NF4 base: decode tokens/s."""
+    """PEFT's mixed-adapter generate on the same base: decode tokens/s (prefill subtracted)."""
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(base.model, adapters[0], adapter_name="a0")
@@ -85,9 +118,9 @@ def peft_decode(base: LoadedModel, adapters: list[Path], prompt: tuple[int, ...]
         model.load_adapter(path, adapter_name=f"a{index}")
     names = [f"a{i % len(adapters)}" for i in range(batch)]
     ids = torch.tensor([list(prompt)] * batch)
-    kwargs = dict(do_sample=False, pad_token_id=0, adapter_names=names)
+    kwargs: dict[str, Any] = dict(do_sample=False, pad_token_id=0, adapter_names=names)
     with torch.inference_mode():
-        model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kwargs)  # prefill-only time
+        model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kwargs)  # warm-up
         start = time.perf_counter()
         model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
         prefill = time.perf_counter() - start
@@ -98,52 +131,107 @@ def peft_decode(base: LoadedModel, adapters: list[Path], prompt: tuple[int, ...]
     return batch * (tokens - 1) / elapsed
 
 
+def load_times(engine: Engine, path: Path, repeats: int = 5) -> dict[str, float]:
+    """Milliseconds to read an adapter from disk to host memory, and to copy it into a slot."""
+    disk: list[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        weights = read_adapter(path, engine.shapes, engine.config.max_lora_rank)
+        disk.append(time.perf_counter() - start)
+    bank = engine.slots.bank
+    spare = bank.num_slots - 1  # the benchmark keeps the last slot out of the LRU's way
+
+    def write() -> float:
+        start = time.perf_counter()
+        bank.write(spare, weights)
+        elapsed = time.perf_counter() - start
+        bank.clear(spare)
+        return elapsed
+
+    host = [engine.call(write).result() for _ in range(repeats)]
+    return {"disk_to_host_ms": 1000 * min(disk), "host_to_slot_ms": 1000 * min(host),
+            "disk_to_slot_ms": 1000 * (min(disk) + min(host))}
+
+
+def bench_batch(engine: Engine, base: LoadedModel, adapters: list[Path], refs: list[AdapterRef],
+                prompt: tuple[int, ...], batch: int, args: argparse.Namespace) -> dict[str, float]:
+    row: dict[str, float] = {}
+    row["base"] = engine_decode(engine, prompt, [None] * batch, args.tokens)
+    row["one_adapter"] = engine_decode(engine, prompt, [refs[0]] * batch, args.tokens)
+    mixes = [n for n in args.distinct if 1 < n <= batch]
+    for count in mixes:
+        mixed = [refs[i % count] for i in range(batch)]
+        row[f"distinct_{count}"] = engine_decode(engine, prompt, mixed, args.tokens)
+    assert engine.merge(refs[0]).result() is True
+    row["merged"] = engine_decode(engine, prompt, [refs[0]] * batch, args.tokens)
+    engine.unmerge(refs[0].key).result()
+    if not args.skip_peft:
+        count = max(mixes, default=1)
+        row["peft_adapter_names"] = peft_decode(base, adapters[:count], prompt, batch, args.tokens)
+    row["one_over_base"] = row["one_adapter"] / row["base"]
+    row["merged_over_base"] = row["merged"] / row["base"]
+    if mixes:
+        widest = row[f"distinct_{max(mixes)}"]
+        row["mixed_over_base"] = widest / row["base"]
+        if "peft_adapter_names" in row:
+            row["mixed_over_peft"] = widest / row["peft_adapter_names"]
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--distinct", type=int, nargs="+", default=[8, 32, 64])
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--prompt-lengths", type=int, nargs="+", default=[128, 1024])
+    parser.add_argument("--quantization", choices=["nf4", "none"], default="nf4")
     parser.add_argument("--skip-peft", action="store_true")
     args = parser.parse_args(argv)
 
-    settings = Settings(device="cpu", max_batch_size=max(args.batch), max_context=256,
-                        adapter_slots=args.adapters, max_lora_rank=args.rank)
-    print("loading the embedded model (NF4) ...", flush=True)
+    adapters_needed = max(args.distinct)
+    context = max(args.prompt_lengths) + args.tokens + 16
+    settings = Settings(device="cpu", quantization=args.quantization, max_context=context)
+    print(f"loading the embedded model ({args.quantization}) ...", flush=True)
     base = load_base(settings)
     plain = load_base(settings.model_copy(update={"quantization": "none"}))
     work = Path(tempfile.mkdtemp(prefix="cameo-bench-"))
-    adapters = make_adapters(plain, args.adapters, args.rank, work)
+    print(f"writing {adapters_needed} rank-{args.rank} adapters to {work} ...", flush=True)
+    adapters = make_adapters(plain, adapters_needed, args.rank, work)
     del plain
-    engine = Engine(base, EngineConfig(max_rows=max(args.batch), max_context=256,
-                                       adapter_slots=args.adapters, max_lora_rank=args.rank,
-                                       prefill_chunk_tokens=256))
+    engine = Engine(base, EngineConfig(
+        max_rows=max(args.batch), max_context=context, adapter_slots=adapters_needed + 1,
+        max_lora_rank=args.rank, prefill_chunk_tokens=256))
     engine.start()
     prompt = tuple(base.tokenizer("Tell me a story about the sea.")["input_ids"])
     refs = [AdapterRef(f"a{i}@1", path) for i, path in enumerate(adapters)]
-    engine_decode(engine, prompt, refs, 2)  # warm-up: loads every adapter into its slot
+    engine_decode(engine, prompt, refs, 2)  # warm-up: every adapter into its slot
 
     results: dict[str, Any] = {}
     for batch in args.batch:
-        row: dict[str, float] = {}
-        row["base"] = engine_decode(engine, prompt, [None] * batch, args.tokens)
-        row["one_adapter"] = engine_decode(engine, prompt, [refs[0]] * batch, args.tokens)
-        mixed = [refs[i % len(refs)] for i in range(batch)]
-        row["distinct_adapters"] = engine_decode(engine, prompt, mixed, args.tokens)
-        if not args.skip_peft:
-            row["peft_adapter_names"] = peft_decode(base, adapters, prompt, batch, args.tokens)
-        row["mixed_over_base"] = row["distinct_adapters"] / row["base"]
-        if "peft_adapter_names" in row:
-            row["mixed_over_peft"] = row["distinct_adapters"] / row["peft_adapter_names"]
+        row = bench_batch(engine, base, adapters, refs, prompt, batch, args)
         results[str(batch)] = row
         print(f"batch {batch:3d}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()),
               flush=True)
+    ttft = {str(n): {"base_s": time_to_first_token(engine, n, None),
+                     "adapter_s": time_to_first_token(engine, n, refs[0])}
+            for n in args.prompt_lengths}
+    print(f"time to first token: {ttft}", flush=True)
+    loads = load_times(engine, adapters[0])
+    print(f"adapter load: {loads}", flush=True)
+    merge = engine.stats.merge
     engine.stop()
+    step_ms = {b: {k: 1000 * int(b) / v for k, v in row.items() if "_over_" not in k}
+               for b, row in results.items()}
     print(json.dumps({
-        "bench": "engine", "device": "cpu", "model": base.model_id, "quantization": "nf4",
-        "adapters": args.adapters, "rank": args.rank, "tokens": args.tokens,
+        "bench": "engine", "device": "cpu", "model": base.model_id,
+        "quantization": args.quantization, "dtype": str(base.dtype).removeprefix("torch."),
+        "rank": args.rank, "tokens": args.tokens,
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
-        "tokens_per_s": results}))
+        "decode_tokens_per_s": results, "ms_per_step": step_ms, "ttft": ttft,
+        "adapter_load": loads, "merge_s": merge.last_merge_seconds,
+        "unmerge_s": merge.last_unmerge_seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     return 0
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from server.engine.kv_cache import KVCache
 from server.lora.adapter import SUPPORTED_TARGETS, ModuleShapes
-from server.lora.slots import LoraSlots, SlotLinear
+from server.lora.slots import LoraSlots, SlotLinear, SlotPlan, plan_slots
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class ModelRunner:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.vocab_size = config.vocab_size
         self.layers = [_Layer(layer, bank, i) for i, layer in enumerate(hf_model.model.layers)]
+        self.lora_strategy = "auto"  # how the LoRA term is computed: auto, gather or segments
         self.cache = KVCache(len(self.layers), max_rows, self.kv_heads, max_len, self.head_dim,
                              dtype, device)
 
@@ -93,12 +94,13 @@ class ModelRunner:
         key_pos = torch.arange(context, device=tokens.device)
         mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]
 
+        plan = plan_slots(batch.slots, self.lora_strategy)
         h = self.hf.model.embed_tokens(tokens).to(self.dtype)  # (B, T, hidden)
         cos, sin = self.hf.model.rotary_emb(h, positions)  # (B, T, head_dim) each
         for index, layer in enumerate(self.layers):
-            h = h + self._attention(index, layer, layer.input_norm(h), batch, positions,
-                                    cos, sin, mask, context, contiguous)
-            h = h + self._mlp(layer, layer.post_norm(h), batch.slots)
+            h = h + self._attention(index, layer, layer.input_norm(h), batch.rows, plan,
+                                    positions, cos, sin, mask, context, contiguous)
+            h = h + self._mlp(layer, layer.post_norm(h), plan)
         h = self.hf.model.norm(h)
         if not all_logits:
             last = (batch.lengths - 1).clamp(min=0)
@@ -106,25 +108,25 @@ class ModelRunner:
         logits = self.hf.lm_head(h).float()  # (B, T or 1, vocab)
         return logits if all_logits else logits[:, 0]
 
-    def _attention(self, index: int, layer: _Layer, x: torch.Tensor, batch: ForwardBatch,
-                   positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   mask: torch.Tensor, context: int, contiguous: bool) -> torch.Tensor:
+    def _attention(self, index: int, layer: _Layer, x: torch.Tensor, rows: torch.Tensor,
+                   slots: SlotPlan | None, positions: torch.Tensor, cos: torch.Tensor,
+                   sin: torch.Tensor, mask: torch.Tensor, context: int,
+                   contiguous: bool) -> torch.Tensor:
         count, width, _ = x.shape
-        slots = batch.slots
         q = layer.proj["q_proj"](x, slots).view(count, width, self.num_heads, self.head_dim)
         k = layer.proj["k_proj"](x, slots).view(count, width, self.kv_heads, self.head_dim)
         v = layer.proj["v_proj"](x, slots).view(count, width, self.kv_heads, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
         q, k = _apply_rotary(q, k, cos, sin)
-        self.cache.write(index, batch.rows, positions, k, v)
-        keys, values = self.cache.read(index, batch.rows, context, contiguous)  # (B, kv, C, hd)
+        self.cache.write(index, rows, positions, k, v)
+        keys, values = self.cache.read(index, rows, context, contiguous)  # (B, kv, C, hd)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                              enable_gqa=self.kv_heads != self.num_heads)
         out = out.transpose(1, 2).reshape(count, width, self.num_heads * self.head_dim)
         return layer.proj["o_proj"](out, slots)
 
     @staticmethod
-    def _mlp(layer: _Layer, x: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+    def _mlp(layer: _Layer, x: torch.Tensor, slots: SlotPlan | None) -> torch.Tensor:
         gate = layer.proj["gate_proj"](x, slots)
         up = layer.proj["up_proj"](x, slots)
         return layer.proj["down_proj"](F.silu(gate) * up, slots)

@@ -3,8 +3,9 @@
 For each LoRA-capable module the bank holds
     A[S, r_max, in]    B[S, out, r_max]   (B already multiplied by the adapter's scale)
 with slot 0 all zeros: the base. A batch passes one slot index per row and the LoRA term of the
-whole batch is two gathered batched matmuls, whatever mix of adapters the rows use. Smaller ranks
-are zero-padded up to `r_max`, which leaves the product unchanged.
+whole batch is either two gathered batched matmuls or, when rows share adapters, two small
+matmuls per distinct adapter (`plan_slots` picks). Smaller ranks are zero-padded up to `r_max`,
+which leaves the product unchanged.
 
 Writing an adapter is a copy into one slot's rows of these tensors: no module surgery, no
 recompilation, so it is safe between two engine steps. This module does not decide which adapter
@@ -12,6 +13,8 @@ goes in which slot (see `manager`) and does not read files (see `adapter`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -64,6 +67,45 @@ class LoraSlots:
             self.b[key][slot].zero_()
 
 
+@dataclass(frozen=True)
+class SlotPlan:
+    """How one forward pass's rows map onto slots, worked out once and shared by every layer.
+
+    Two ways to compute the LoRA term, picked by `plan_slots`:
+      - gather (`segments` is None): copy each row's A and B and run two batched matmuls. One
+        pass whatever the mix, but it copies an adapter once per row that uses it;
+      - segments: for each distinct non-base slot, the rows using it are multiplied by that
+        slot's A and B in place (the CPU form of SGMV). Rows on slot 0 cost nothing, and an
+        adapter shared by many rows is read once.
+    """
+
+    slots: torch.Tensor  # (B,) slot per row
+    segments: tuple[tuple[int, torch.Tensor | None], ...] | None = None  # (slot, rows or None: all)
+
+
+def plan_slots(slots: torch.Tensor | None, strategy: str = "auto") -> SlotPlan | None:
+    """The plan for a batch whose row b uses slot `slots[b]`; None when every row is the base.
+
+    `auto` uses segments when rows share adapters (one adapter, or at most half as many distinct
+    adapters as rows) and gathers otherwise, where one pass beats a loop over many segments."""
+    if slots is None:
+        return None
+    values = slots.tolist()
+    distinct = sorted(set(values) - {0})
+    if not distinct:
+        return None
+    use_segments = strategy == "segments" or (
+        strategy == "auto" and (len(distinct) == 1 or 2 * len(distinct) <= len(values)))
+    if not use_segments:
+        return SlotPlan(slots)
+    if len(distinct) == 1 and 0 not in values:
+        return SlotPlan(slots, ((distinct[0], None),))
+    segments = tuple(
+        (slot, torch.tensor([i for i, v in enumerate(values) if v == slot], device=slots.device))
+        for slot in distinct)
+    return SlotPlan(slots, segments)
+
+
 class SlotLinear(nn.Module):
     """A base linear layer (bitsandbytes or plain) plus the slot bank's LoRA term for it."""
 
@@ -73,12 +115,25 @@ class SlotLinear(nn.Module):
         self.a = a  # (S, r_max, in), shared with the LoraSlots bank
         self.b = b  # (S, out, r_max)
 
-    def forward(self, x: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, T, in); slots: (B,) slot per row, or None when every row is the base."""
+    def forward(self, x: torch.Tensor, plan: SlotPlan | None) -> torch.Tensor:
+        """x: (B, T, in); `plan` from `plan_slots`, None when every row is the base."""
         y = self.base(x)  # (B, T, out)
-        if slots is None:
+        if plan is None:
             return y
-        return y + lora_delta(x, self.a, self.b, slots)
+        if plan.segments is None:
+            return y + lora_delta(x, self.a, self.b, plan.slots)
+        for slot, rows in plan.segments:
+            if rows is None:  # every row on this one adapter
+                y = y + segment_delta(x, self.a[slot], self.b[slot])
+            else:
+                y = y.index_add(0, rows, segment_delta(x.index_select(0, rows), self.a[slot],
+                                                       self.b[slot]))
+        return y
+
+
+def segment_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """One adapter's LoRA term for rows x: (n, T, in) @ A^T (in, r) @ B^T (r, out) -> (n, T, out)."""
+    return ((x.to(a.dtype) @ a.T) @ b.T).to(x.dtype)
 
 
 def lora_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:

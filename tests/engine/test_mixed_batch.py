@@ -67,12 +67,18 @@ def solo_and_batched(runtime: Runtime) -> tuple[list, list]:
     return solo, batched
 
 
-def test_mixed_batch_matches_solo_teacher_forced(runtime: Runtime, solo_and_batched) -> None:
+@pytest.mark.parametrize("strategy", ["auto", "gather", "segments"])
+def test_mixed_batch_matches_solo_teacher_forced(runtime: Runtime, solo_and_batched,
+                                                 strategy: str) -> None:
     solo, _ = solo_and_batched
     requests = _requests(runtime, "tf")
     sequences = [(list(r.prompt_ids) + s.token_ids[:-1], r.adapter)
                  for r, s in zip(requests, solo, strict=True)]
-    mixed = runtime.engine.score(sequences)  # one forward, four different slots
+    runtime.engine.runner.lora_strategy = strategy
+    try:
+        mixed = runtime.engine.score(sequences)  # one forward, four different slots
+    finally:
+        runtime.engine.runner.lora_strategy = "auto"
     for (seq, ref), request, result, batched_logits in zip(sequences, requests, solo, mixed,
                                                            strict=True):
         alone = runtime.engine.score([(seq, ref)])[0]

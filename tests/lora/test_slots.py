@@ -1,0 +1,60 @@
+"""The slot bank's LoRA term: gathered and segmented strategies against a per-row reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from server.lora.slots import SlotLinear, plan_slots
+
+
+def _reference(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+               slots: list[int]) -> torch.Tensor:
+    """Row by row: x[i] @ A[slot_i]^T @ B[slot_i]^T, in float64."""
+    rows = [x[i].double() @ a[s].double().T @ b[s].double().T for i, s in enumerate(slots)]
+    return torch.stack(rows)  # (B, T, out)
+
+
+CASES = [  # (rows, T, in, out, rank, slot mix)
+    (1, 1, 16, 24, 4, [1]),
+    (4, 1, 32, 8, 8, [0, 1, 0, 1]),
+    (8, 1, 24, 40, 16, [3, 1, 2, 3, 0, 0, 1, 2]),
+    (6, 5, 16, 16, 2, [2, 2, 2, 2, 2, 2]),
+    (5, 3, 48, 12, 8, [0, 4, 1, 3, 2]),
+    (16, 1, 20, 20, 4, [i % 4 for i in range(16)]),
+]
+
+
+@pytest.mark.parametrize(("rows", "width", "d_in", "d_out", "rank", "mix"), CASES)
+@pytest.mark.parametrize("strategy", ["gather", "segments", "auto"])
+def test_every_strategy_matches_the_per_row_reference(rows: int, width: int, d_in: int,
+                                                      d_out: int, rank: int, mix: list[int],
+                                                      strategy: str) -> None:
+    generator = torch.Generator().manual_seed(rows * 100 + rank)
+    slots = 5
+    a = torch.randn(slots, rank, d_in, generator=generator)
+    b = torch.randn(slots, d_out, rank, generator=generator)
+    a[0], b[0] = 0, 0  # slot 0 is the base
+    a[3, rank // 2:] = 0  # a smaller rank, zero-padded
+    b[3, :, rank // 2:] = 0
+    base = nn.Linear(d_in, d_out, bias=False)
+    linear = SlotLinear(base, a, b)
+    x = torch.randn(rows, width, d_in, generator=generator)
+    plan = plan_slots(torch.tensor(mix), strategy)
+    assert plan is not None
+    with torch.no_grad():
+        got = linear(x, plan) - base(x)
+        expected = _reference(x, a, b, mix).float()
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_auto_picks_segments_when_rows_share_adapters() -> None:
+    shared = plan_slots(torch.tensor([1, 1, 2, 2, 0, 0, 1, 2]))
+    assert shared is not None and shared.segments is not None
+    assert [slot for slot, _ in shared.segments] == [1, 2]  # base rows are skipped
+    one = plan_slots(torch.tensor([3, 3, 3]))
+    assert one is not None and one.segments == ((3, None),)
+    distinct = plan_slots(torch.tensor([1, 2, 3, 4]))
+    assert distinct is not None and distinct.segments is None
+    assert plan_slots(torch.tensor([0, 0])) is None and plan_slots(None) is None

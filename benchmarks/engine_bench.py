@@ -8,7 +8,7 @@ unquantized (`--quantization`). For each batch size B it measures decode tokens/
 step, prefill excluded, with every row on the base; every row on one adapter; rows spread over
 N distinct adapters (each N of `--distinct` up to B); every row on one adapter merged into the
 base (dense merge, see server/lora/merge.py); and PEFT's own `generate(adapter_names=...)` on
-the same base with the largest N mix, the baseline. Then: time to first token of a prompt of
+the same base with one adapter and with each N mix: the baseline. Then: time to first token of a prompt of
 each `--prompt-lengths` length on an idle engine, adapter load times (disk to host, host to
 slot), merge and unmerge times, and peak memory. Prints a table, then one JSON line last.
 
@@ -166,15 +166,17 @@ def bench_batch(engine: Engine, base: LoadedModel, adapters: list[Path], refs: l
     row["merged"] = engine_decode(engine, prompt, [refs[0]] * batch, args.tokens)
     engine.unmerge(refs[0].key).result()
     if not args.skip_peft:
-        count = max(mixes, default=1)
-        row["peft_adapter_names"] = peft_decode(base, adapters[:count], prompt, batch, args.tokens)
+        for count in [1, *mixes]:
+            row[f"peft_{count}"] = peft_decode(base, adapters[:count], prompt, batch, args.tokens)
     row["one_over_base"] = row["one_adapter"] / row["base"]
     row["merged_over_base"] = row["merged"] / row["base"]
+    if not args.skip_peft:
+        row["one_over_peft"] = row["one_adapter"] / row["peft_1"]
     if mixes:
-        widest = row[f"distinct_{max(mixes)}"]
-        row["mixed_over_base"] = widest / row["base"]
-        if "peft_adapter_names" in row:
-            row["mixed_over_peft"] = widest / row["peft_adapter_names"]
+        widest = max(mixes)
+        row["mixed_over_base"] = row[f"distinct_{widest}"] / row["base"]
+        if not args.skip_peft:
+            row["mixed_over_peft"] = row[f"distinct_{widest}"] / row[f"peft_{widest}"]
     return row
 
 

@@ -7,12 +7,18 @@ test session pays about 25 s and later ones reuse it.
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run in Triton's interpreter on the CPU. Set before anything imports Triton
+    # (bitsandbytes does), since Triton reads it when kernels are decorated.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from server.model.loader import LoadedModel, load_base
 from server.runtime import Runtime

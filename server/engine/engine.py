@@ -101,8 +101,11 @@ class Engine:
         self.loaded = loaded
         self.config = config
         self.shapes = module_shapes(loaded.model)
+        # On a CPU the LoRA matmuls run in float32 whatever the model's dtype: bfloat16 matmuls
+        # of more than one row are several times slower there without AVX-512 BF16.
+        bank_dtype = torch.float32 if loaded.device.type == "cpu" else loaded.dtype
         bank = LoraSlots(self.shapes, config.adapter_slots, config.max_lora_rank,
-                         loaded.dtype, loaded.device)
+                         bank_dtype, loaded.device)
         self.slots = SlotManager(bank)
         self.runner = ModelRunner(loaded.model, bank, config.max_rows, config.max_context,
                                   loaded.dtype, loaded.device)

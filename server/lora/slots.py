@@ -71,7 +71,8 @@ class LoraSlots:
 class SlotPlan:
     """How one forward pass's rows map onto slots, worked out once and shared by every layer.
 
-    Two ways to compute the LoRA term, picked by `plan_slots`:
+    On CUDA with Triton the kernels of `server.lora.kernels` compute the term (`kernel`).
+    Otherwise, two ways, picked by `plan_slots`:
       - gather (`segments` is None): copy each row's A and B and run two batched matmuls. One
         pass whatever the mix, but it copies an adapter once per row that uses it;
       - segments: for each distinct non-base slot, the rows using it are multiplied by that
@@ -81,21 +82,25 @@ class SlotPlan:
 
     slots: torch.Tensor  # (B,) slot per row
     segments: tuple[tuple[int, torch.Tensor | None], ...] | None = None  # (slot, rows or None: all)
+    kernel: bool = False  # the Triton BGMV/SGMV kernels (server.lora.kernels), on CUDA
 
 
 def plan_slots(slots: torch.Tensor | None, strategy: str = "auto") -> SlotPlan | None:
     """The plan for a batch whose row b uses slot `slots[b]`; None when every row is the base.
 
-    `auto` uses segments when rows share adapters (one adapter, or at most half as many distinct
-    adapters as rows) and gathers otherwise, where one pass beats a loop over many segments."""
+    `auto` uses segments when rows share few adapters (one, or at least 16 rows per adapter) and
+    gathers otherwise: on a 2-core CPU, 1.4x faster for 64 rows on one adapter, but 1.6x slower
+    for 16 rows on 4 adapters, where each small segment matmul costs more than its copy saves."""
     if slots is None:
         return None
+    if strategy == "triton" or (strategy == "auto" and slots.is_cuda and _have_triton()):
+        return SlotPlan(slots, kernel=True)
     values = slots.tolist()
     distinct = sorted(set(values) - {0})
     if not distinct:
         return None
     use_segments = strategy == "segments" or (
-        strategy == "auto" and (len(distinct) == 1 or 2 * len(distinct) <= len(values)))
+        strategy == "auto" and (len(distinct) == 1 or 16 * len(distinct) <= len(values)))
     if not use_segments:
         return SlotPlan(slots)
     if len(distinct) == 1 and 0 not in values:
@@ -120,6 +125,10 @@ class SlotLinear(nn.Module):
         y = self.base(x)  # (B, T, out)
         if plan is None:
             return y
+        if plan.kernel:
+            from server.lora.kernels import add_lora
+
+            return add_lora(y, x, self.a, self.b, plan.slots)
         if plan.segments is None:
             return y + lora_delta(x, self.a, self.b, plan.slots)
         for slot, rows in plan.segments:
@@ -129,6 +138,12 @@ class SlotLinear(nn.Module):
                 y = y.index_add(0, rows, segment_delta(x.index_select(0, rows), self.a[slot],
                                                        self.b[slot]))
         return y
+
+
+def _have_triton() -> bool:
+    from server.lora.kernels import available
+
+    return available()
 
 
 def segment_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

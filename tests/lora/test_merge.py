@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from server.lora.merge import MergeError, dense_weight, merge_slot
-from server.lora.slots import LoraSlots, SlotLinear, lora_delta
+from server.lora.slots import LoraSlots, SlotLinear, lora_delta, plan_slots
 from server.model.loader import LoadedModel
 
 RANK = 8
@@ -38,14 +38,14 @@ def test_dense_merge_computes_base_plus_lora_and_restore_is_the_same_object(
     linear = _slot_linear(_nf4_layer(embedded))
     original = linear.base
     x = torch.randn(2, 3, linear.base.in_features)  # (B, T, in)
-    slots = torch.tensor([1, 1])
-    expected = linear(x, slots)  # base matmul + gathered LoRA term
+    plan = plan_slots(torch.tensor([1, 1]), "gather")
+    expected = linear(x, plan)  # base matmul + gathered LoRA term
     merge = merge_slot({"m": linear}, slot=1, fmt="dense")
     assert type(linear.base) is nn.Linear
     torch.testing.assert_close(linear(x, None), expected, atol=1e-4, rtol=1e-4)
     merge.restore()
     assert linear.base is original
-    assert torch.equal(linear(x, slots), expected)
+    assert torch.equal(linear(x, plan), expected)
 
 
 def test_nf4_merge_requantizes_and_unmerge_is_bit_exact(embedded: LoadedModel) -> None:

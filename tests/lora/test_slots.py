@@ -49,12 +49,14 @@ def test_every_strategy_matches_the_per_row_reference(rows: int, width: int, d_i
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_auto_picks_segments_when_rows_share_adapters() -> None:
-    shared = plan_slots(torch.tensor([1, 1, 2, 2, 0, 0, 1, 2]))
+def test_auto_picks_segments_when_many_rows_share_few_adapters() -> None:
+    shared = plan_slots(torch.tensor([1, 2] * 16 + [0] * 8))
     assert shared is not None and shared.segments is not None
     assert [slot for slot, _ in shared.segments] == [1, 2]  # base rows are skipped
+    assert shared.segments[0][1] is not None and shared.segments[0][1].tolist() == list(
+        range(0, 32, 2))
     one = plan_slots(torch.tensor([3, 3, 3]))
     assert one is not None and one.segments == ((3, None),)
-    distinct = plan_slots(torch.tensor([1, 2, 3, 4]))
+    distinct = plan_slots(torch.tensor([1, 1, 2, 2, 0, 0, 1, 2]))
     assert distinct is not None and distinct.segments is None
     assert plan_slots(torch.tensor([0, 0])) is None and plan_slots(None) is None

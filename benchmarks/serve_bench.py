@@ -1,0 +1,411 @@
+"""Serving speed over HTTP: Cameo (and vLLM's CPU build as a peer) under streamed chat load.
+
+    python -m benchmarks.serve_bench peer          # Cameo vs vLLM, 8 rank-16 adapters, CPU
+    python -m benchmarks.serve_bench zipf          # Poisson arrivals, Zipf over 1..1000 adapters
+
+Both suites start the servers themselves, one at a time, on this machine (nothing else should
+run meanwhile), drive them with streamed `/v1/chat/completions` requests (`ignore_eos`, so
+every request generates exactly `--tokens` tokens), and print a table, then a JSON line last.
+
+`peer` (the fast-engine issue's side-by-side): the embedded SmolLM2-135M-Instruct with eight
+PEFT adapters of rank 16 on all seven projections. Scenarios: every request on the base, on one
+adapter, and round-robin over the eight; 16 requests at concurrency 8. Servers: vLLM (bf16, via
+../shared/tools/vllm-cpu-peer.sh, skipped with --skip-vllm or when the script is missing) and
+Cameo in bf16, float32 and NF4. For Cameo the eight mixed requests are also sent one after
+another, the baseline of the "8 concurrent streams vs sequential" ratio.
+
+`zipf` (S-LoRA's setting): N registered adapters of rank 8 on q/k/v/o for each N of
+`--registered`; requests arrive as a Poisson process at `--rate` per second and pick their
+persona from a Zipf law (exponent `--zipf`) over the N. Reports throughput and TTFT /
+inter-token latency percentiles per N, and each N's throughput over the 1-adapter case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_SCRIPT = ROOT.parent / "shared" / "tools" / "vllm-cpu-peer.sh"
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+PROMPTS = ("Tell me a story about the sea.", "What is your favourite food?",
+           "Describe a rainy day in the city.", "Name three colours and why you like them.",
+           "How do I bake bread?", "Write a short poem about the moon.",
+           "What should I see in Paris?", "Explain how a bicycle works.")
+
+
+# ---------------------------------------------------------------------------------- load
+
+
+@dataclass
+class Result:
+    """One streamed request: when it was sent, its first and later chunks, its token count."""
+
+    sent: float
+    chunks: list[float] = field(default_factory=list)
+    tokens: int = 0
+    error: str | None = None
+
+    @property
+    def ttft(self) -> float:
+        return self.chunks[0] - self.sent
+
+    @property
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.chunks, self.chunks[1:], strict=False)]
+
+
+async def stream_chat(client: httpx.AsyncClient, model: str, prompt: str, tokens: int) -> Result:
+    result = Result(sent=time.perf_counter())
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": tokens, "temperature": 0.0, "stream": True, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
+    try:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+                return result
+            async for line in response.aiter_lines():
+                if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[5:])
+                if chunk.get("usage"):
+                    result.tokens = chunk["usage"]["completion_tokens"]
+                if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+                    result.chunks.append(time.perf_counter())
+    except httpx.HTTPError as exc:
+        result.error = repr(exc)
+    return result
+
+
+async def run_closed(url: str, jobs: Sequence[tuple[str, str]], concurrency: int,
+                     tokens: int) -> tuple[list[Result], float]:
+    """`jobs` (model, prompt) with at most `concurrency` in flight; (results, seconds)."""
+    queue = list(jobs)
+    results: list[Result] = []
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        async def worker() -> None:
+            while queue:
+                model, prompt = queue.pop(0)
+                results.append(await stream_chat(client, model, prompt, tokens))
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return results, time.perf_counter() - start
+
+
+async def run_poisson(url: str, jobs: Sequence[tuple[str, str]], rate: float, tokens: int,
+                      seed: int) -> tuple[list[Result], float]:
+    """Send `jobs` at Poisson arrival times of `rate` per second; (results, seconds)."""
+    rng = random.Random(seed)
+    async with httpx.AsyncClient(base_url=url, timeout=600,
+                                 limits=httpx.Limits(max_connections=None)) as client:
+        start = time.perf_counter()
+        tasks = []
+        for model, prompt in jobs:
+            tasks.append(asyncio.create_task(stream_chat(client, model, prompt, tokens)))
+            await asyncio.sleep(rng.expovariate(rate))
+        results = list(await asyncio.gather(*tasks))
+        return results, time.perf_counter() - start
+
+
+def summarize(results: list[Result], seconds: float) -> dict[str, Any]:
+    failed = [r.error for r in results if r.error or not r.chunks]
+    ok = [r for r in results if not r.error and r.chunks]
+    tokens = sum(r.tokens for r in ok)
+    ttft = sorted(r.ttft for r in ok)
+    gaps = sorted(g for r in ok for g in r.gaps)
+    return {"requests": len(results), "failed": len(failed), "first_error": failed[0] if failed
+            else None, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+            "ttft_p50_s": _pct(ttft, 50), "ttft_p90_s": _pct(ttft, 90),
+            "ttft_p99_s": _pct(ttft, 99), "itl_p50_s": _pct(gaps, 50), "itl_p90_s": _pct(gaps, 90),
+            "itl_p99_s": _pct(gaps, 99)}
+
+
+def _pct(values: list[float], q: int) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+# ---------------------------------------------------------------------------------- servers
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(url: str, path: str, process: subprocess.Popen[bytes], timeout: float,
+          log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}; see {log}")
+        try:
+            if httpx.get(f"{url}{path}", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} not ready after {timeout} s; see {log}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(60)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextmanager
+def cameo_server(work: Path, seed: Path, **settings: Any) -> Iterator[str]:
+    """A Cameo server process on a fresh registry seeded from `seed`; yields its URL."""
+    port = _free_port()
+    registry = Path(tempfile.mkdtemp(prefix="registry-", dir=work))
+    env = {**os.environ, "CAMEO_PORT": str(port), "CAMEO_REGISTRY_DIR": str(registry),
+           "CAMEO_SEED_DIR": str(seed), "CAMEO_LOG_LEVEL": "warning",
+           **{f"CAMEO_{k.upper()}": str(v) for k, v in settings.items()}}
+    log = work / f"cameo-{port}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "server.main"], cwd=ROOT, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait(f"http://127.0.0.1:{port}", "/ready", process, 600, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(process)
+        shutil.rmtree(registry, ignore_errors=True)
+
+
+@contextmanager
+def vllm_server(model_dir: Path, adapters: dict[str, Path]) -> Iterator[str]:
+    port = _free_port()
+    args = [f"{name}={path}" for name, path in adapters.items()]
+    started = subprocess.run(["bash", str(PEER_SCRIPT), str(model_dir), str(port), *args],
+                             check=True, capture_output=True, text=True)
+    pid = int(started.stdout.split()[1])
+    log = Path(f"/tmp/vllm-peer-{port}.log")
+    try:
+        deadline = time.monotonic() + 900
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"vLLM not ready; see {log}")
+            time.sleep(2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            time.sleep(5)
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# ---------------------------------------------------------------------------------- adapters
+
+
+def write_adapters(model_dir: Path, folder: Path, count: int, rank: int,
+                   targets: Sequence[str]) -> dict[str, Path]:
+    """`count` PEFT-format LoRA adapters with random weights, as persona folders `p0`, `p1`...
+
+    The first is written by PEFT itself; the rest reuse its config and key layout with fresh
+    random tensors (writing 1,000 through PEFT would take minutes)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from server.model.embedded import EMBEDDED_MODEL_ID
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets),
+                        init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    peft_model.peft_config["default"].base_model_name_or_path = EMBEDDED_MODEL_ID
+    first = folder / "p0"
+    peft_model.save_pretrained(first)
+    template = load_file(first / "adapter_model.safetensors")
+    paths = {"p0": first}
+    generator = torch.Generator().manual_seed(0)
+    for index in range(count):
+        path = folder / f"p{index}"
+        if index:
+            path.mkdir(parents=True)
+            shutil.copyfile(first / "adapter_config.json", path / "adapter_config.json")
+            save_file({k: torch.randn(v.shape, generator=generator) * 0.02
+                       for k, v in template.items()}, path / "adapter_model.safetensors")
+        (path / "persona.json").write_text(json.dumps({"display_name": f"Persona {index}"}))
+        paths[f"p{index}"] = path
+    return paths
+
+
+# ---------------------------------------------------------------------------------- suites
+
+
+def peer_suite(args: argparse.Namespace, work: Path, model_dir: Path) -> dict[str, Any]:
+    adapters = write_adapters(model_dir, work / "peer-adapters", 8, 16, ALL_TARGETS)
+    names = list(adapters)
+    jobs = {
+        "base": [("{base}", PROMPTS[i % 8]) for i in range(args.requests)],
+        "one_adapter": [(names[0], PROMPTS[i % 8]) for i in range(args.requests)],
+        "eight_adapters": [(names[i % 8], PROMPTS[i % 8]) for i in range(args.requests)],
+    }
+    servers: dict[str, dict[str, Any]] = {}
+
+    def measure(url: str, base_name: str, sequential: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        run = lambda js, c: asyncio.run(run_closed(  # noqa: E731
+            url, [(m.format(base=base_name), p) for m, p in js], c, args.tokens))
+        run(jobs["eight_adapters"][:8], 8)  # warm-up: every adapter loaded once
+        for scenario, scenario_jobs in jobs.items():
+            out[scenario] = summarize(*run(scenario_jobs, args.concurrency))
+            print(f"  {scenario}: {_line(out[scenario])}", flush=True)
+        if sequential:
+            out["eight_sequential"] = summarize(*run(jobs["eight_adapters"][:8], 1))
+            out["eight_concurrent"] = summarize(*run(jobs["eight_adapters"][:8], 8))
+            for key in ("eight_sequential", "eight_concurrent"):
+                print(f"  {key}: {_line(out[key])}", flush=True)
+        return out
+
+    if not args.skip_vllm and PEER_SCRIPT.exists():
+        print("vLLM (CPU build, bf16) ...", flush=True)
+        with vllm_server(model_dir, adapters) as url:
+            servers["vllm_bf16"] = measure(url, "base", sequential=False)
+    configs = {"cameo_bf16": {"quantization": "none", "dtype": "bfloat16"},
+               "cameo_float32": {"quantization": "none", "dtype": "float32"},
+               "cameo_nf4": {"quantization": "nf4", "dtype": "float32"}}
+    for label, settings in configs.items():
+        if args.only and label not in args.only:
+            continue
+        print(f"{label} ...", flush=True)
+        with cameo_server(work, work / "peer-adapters", max_batch_size=16, adapter_slots=8,
+                          max_lora_rank=16, **settings) as url:
+            base_name = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+            servers[label] = measure(url, base_name, sequential=True)
+    return {"servers": servers, "ratios": _peer_ratios(servers)}
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def _peer_ratios(servers: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    ratios: dict[str, float | None] = {}
+    vllm = servers.get("vllm_bf16")
+    for label, out in servers.items():
+        if not label.startswith("cameo"):
+            continue
+        mixed = out["eight_adapters"]["tokens_per_s"]
+        ratios[f"{label}_mixed_over_own_base"] = _ratio(mixed, out["base"]["tokens_per_s"])
+        ratios[f"{label}_concurrent_over_sequential"] = _ratio(
+            out["eight_concurrent"]["tokens_per_s"], out["eight_sequential"]["tokens_per_s"])
+        if vllm:
+            ratios[f"{label}_mixed_over_vllm_mixed"] = _ratio(
+                mixed, vllm["eight_adapters"]["tokens_per_s"])
+    if vllm:
+        ratios["vllm_mixed_over_own_base"] = _ratio(
+            vllm["eight_adapters"]["tokens_per_s"], vllm["base"]["tokens_per_s"])
+    return ratios
+
+
+def zipf_suite(args: argparse.Namespace, work: Path, model_dir: Path) -> dict[str, Any]:
+    most = max(args.registered)
+    adapters = write_adapters(model_dir, work / "zipf-adapters", most, 8, ATTENTION)
+    names = list(adapters)
+    results: dict[str, Any] = {}
+    for count in sorted(args.registered):
+        seed = work / f"seed-{count}"
+        seed.mkdir()
+        for name in names[:count]:
+            (seed / name).symlink_to(adapters[name])
+        rng = random.Random(count)
+        weights = [1 / (rank + 1) ** args.zipf for rank in range(count)]
+        picks = rng.choices(names[:count], weights=weights, k=args.requests)
+        jobs = [(name, PROMPTS[i % 8]) for i, name in enumerate(picks)]
+        print(f"{count} registered adapter(s), {len(set(picks))} distinct in the trace ...",
+              flush=True)
+        with cameo_server(work, seed, max_batch_size=args.concurrency, adapter_slots=16,
+                          max_lora_rank=8, host_adapters=64) as url:
+            asyncio.run(run_closed(url, jobs[:4], 4, args.tokens))  # warm-up
+            out = summarize(*asyncio.run(run_poisson(url, jobs, args.rate, args.tokens, count)))
+        out["distinct_in_trace"] = len(set(picks))
+        results[str(count)] = out
+        print(f"  {_line(out)}", flush=True)
+    first = results[str(min(args.registered))]["tokens_per_s"]
+    ratios = {f"{n}_over_{min(args.registered)}": _ratio(r["tokens_per_s"], first)
+              for n, r in results.items()}
+    return {"registered": results, "ratios": ratios, "rate": args.rate, "zipf": args.zipf}
+
+
+def _line(summary: dict[str, Any]) -> str:
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    return (f"{summary['tokens_per_s']:.1f} tok/s, TTFT p50 {fmt(summary['ttft_p50_s'])} s "
+            f"p90 {fmt(summary['ttft_p90_s'])} s, ITL p50 {fmt(summary['itl_p50_s'])} s, "
+            f"failed {summary['failed']}" + (f" ({summary['first_error']})" if summary["failed"]
+                                              else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("suite", choices=["peer", "zipf"])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--only", nargs="*", help="peer: Cameo configurations to run")
+    parser.add_argument("--registered", type=int, nargs="+", default=[1, 10, 100, 1000])
+    parser.add_argument("--rate", type=float, default=2.0, help="zipf: arrivals per second")
+    parser.add_argument("--zipf", type=float, default=1.0, help="zipf: exponent")
+    args = parser.parse_args(argv)
+
+    from server.model.embedded import ensure_converted
+    from server.settings import Settings
+
+    model_dir = ensure_converted(Settings().cache_dir)
+    work = Path(tempfile.mkdtemp(prefix="cameo-serve-bench-"))
+    try:
+        suite = peer_suite if args.suite == "peer" else zipf_suite
+        out = suite(args, work, model_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({"bench": "serve", "suite": args.suite, "model": model_dir.name,
+                      "tokens": args.tokens, "requests": args.requests,
+                      "concurrency": args.concurrency,
+                      "machine": f"{platform.machine()} {os.cpu_count()} cores",
+                      "date": time.strftime("%Y-%m-%d"), **out}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

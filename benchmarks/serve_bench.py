@@ -240,7 +240,8 @@ def write_adapters(model_dir: Path, folder: Path, count: int, rank: int,
     """`count` PEFT-format LoRA adapters with random weights, as persona folders `p0`, `p1`...
 
     The first is written by PEFT itself; the rest reuse its config and key layout with fresh
-    random tensors (writing 1,000 through PEFT would take minutes)."""
+    random bfloat16 tensors (writing 1,000 through PEFT would take minutes, and in float32 the
+    1,000 of rank 8 on q/k/v/o would fill 3.7 GB)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from safetensors.torch import load_file, save_file
@@ -263,7 +264,7 @@ def write_adapters(model_dir: Path, folder: Path, count: int, rank: int,
         if index:
             path.mkdir(parents=True)
             shutil.copyfile(first / "adapter_config.json", path / "adapter_config.json")
-            save_file({k: torch.randn(v.shape, generator=generator) * 0.02
+            save_file({k: (torch.randn(v.shape, generator=generator) * 0.02).bfloat16()
                        for k, v in template.items()}, path / "adapter_model.safetensors")
         (path / "persona.json").write_text(json.dumps({"display_name": f"Persona {index}"}))
         paths[f"p{index}"] = path

@@ -14,7 +14,7 @@ from server.engine.runner import ForwardBatch, ModelRunner, module_shapes
 from server.lora.slots import LoraSlots
 
 pytest.importorskip("triton")
-from server.lora import kernels  # noqa: E402
+from server.lora import kernels
 
 ON_GPU = torch.cuda.is_available()
 if not ON_GPU and not kernels.interpreted():

@@ -50,7 +50,7 @@ def test_every_strategy_matches_the_per_row_reference(rows: int, width: int, d_i
 
 
 def test_auto_picks_segments_when_many_rows_share_few_adapters() -> None:
-    shared = plan_slots(torch.tensor([1, 2] * 16 + [0] * 8))
+    shared = plan_slots(torch.tensor([1, 2] * 16 + [0] * 8))  # auto: 16+ rows per adapter
     assert shared is not None and shared.segments is not None
     assert [slot for slot, _ in shared.segments] == [1, 2]  # base rows are skipped
     assert shared.segments[0][1] is not None and shared.segments[0][1].tolist() == list(
@@ -58,5 +58,5 @@ def test_auto_picks_segments_when_many_rows_share_few_adapters() -> None:
     one = plan_slots(torch.tensor([3, 3, 3]))
     assert one is not None and one.segments == ((3, None),)
     distinct = plan_slots(torch.tensor([1, 1, 2, 2, 0, 0, 1, 2]))
-    assert distinct is not None and distinct.segments is None
+    assert distinct is not None and distinct.segments is None  # auto gathers
     assert plan_slots(torch.tensor([0, 0])) is None and plan_slots(None) is None

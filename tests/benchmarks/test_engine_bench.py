@@ -1,0 +1,35 @@
+"""The engine benchmark runs end to end on a tiny setting and reports what docs/BENCHMARKS.md
+records; the chart script draws it. Speed itself is never asserted here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import engine_bench, plot_bench
+
+
+def test_engine_bench_reports_every_variant_and_plots(capsys: pytest.CaptureFixture[str],
+                                                       tmp_path: Path) -> None:
+    code = engine_bench.main(["--batch", "1", "4", "--distinct", "2", "4", "--tokens", "3",
+                              "--prompt-lengths", "8", "--rank", "4"])
+    assert code == 0
+    output = capsys.readouterr().out
+    result = json.loads(output.strip().splitlines()[-1])  # the JSON line comes last
+    assert result["bench"] == "engine" and result["quantization"] == "nf4"
+    four = result["decode_tokens_per_s"]["4"]
+    for key in ("base", "one_adapter", "distinct_2", "distinct_4", "merged", "peft_1", "peft_4"):
+        assert four[key] > 0, key
+    assert four["mixed_over_base"] == pytest.approx(four["distinct_4"] / four["base"])
+    assert set(result["decode_tokens_per_s"]["1"]) >= {"base", "one_adapter", "merged"}
+    assert "distinct_2" not in result["decode_tokens_per_s"]["1"]  # no mix wider than the batch
+    assert result["ttft"]["8"]["base_s"] > 0 and result["adapter_load"]["host_to_slot_ms"] > 0
+    assert result["merge_s"] > 0 and result["unmerge_s"] > 0
+
+    saved = tmp_path / "engine.txt"
+    saved.write_text(output)
+    chart = tmp_path / "chart.png"
+    assert plot_bench.main([str(saved), str(chart)]) == 0
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from server.engine.async_engine import AsyncEngine
 from server.engine.engine import Engine, EngineConfig
 from server.engine.types import AdapterRef, GenerationRequest, RequestOutput
-from server.lora.adapter import read_adapter
+from server.lora.adapter import AdapterError, read_adapter
 from server.lora.host_cache import HostAdapterCache
 from server.lora.merge import MergeError
 from server.model.loader import LoadedModel, load_base
@@ -99,7 +99,10 @@ class Runtime:
         return merge.merged == key, merge.pinned == key
 
     async def merge(self, persona: Persona) -> None:
-        ref = await asyncio.to_thread(self.adapter_ref, persona)
+        try:
+            ref = await asyncio.to_thread(self.adapter_ref, persona)
+        except AdapterError as exc:
+            raise MergeError(f"the adapter could not be loaded: {exc.message}") from exc
         if ref is None:
             raise MergeError(f"the persona {persona.name!r} has no adapter to merge")
         await asyncio.wrap_future(self.engine.merge(ref))

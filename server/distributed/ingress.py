@@ -53,6 +53,9 @@ from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
+_NO_MERGE = ("merged mode is not available when engines run as Ray Serve replicas: each replica "
+             "serves many personas; run a dedicated deployment instead")
+
 # Failures of the replica itself (not of the request): safe to send the request elsewhere.
 REPLICA_FAILURES: tuple[type[BaseException], ...] = (
     RayActorError, ActorUnavailableError, ReplicaUnavailableError)
@@ -201,11 +204,10 @@ class RemoteServing:
         return False, False
 
     async def merge(self, persona: Persona) -> None:
-        raise MergeError("merged mode is not available when engines run as Ray Serve replicas: "
-                         "each replica serves many personas; run a dedicated deployment instead")
+        raise MergeError(_NO_MERGE)
 
     async def unmerge(self, persona: Persona) -> None:
-        await self.merge(persona)
+        raise MergeError(_NO_MERGE)
 
     async def generate(self, request: GenerationRequest,
                        persona: Persona | None) -> AsyncIterator[RequestOutput]:

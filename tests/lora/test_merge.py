@@ -93,3 +93,24 @@ def test_the_gathered_reference_matches_the_merged_delta(plain_embedded: LoadedM
     delta = lora_delta(x, linear.a, linear.b, torch.tensor([1]))  # (1, 4, out)
     merged = x @ (linear.b[1] @ linear.a[1]).T
     torch.testing.assert_close(delta, merged, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["nf4", "dense"])
+def test_merge_then_unmerge_is_bit_exact_on_cuda(fmt: str) -> None:
+    torch.manual_seed(0)
+    dense = nn.Linear(256, 192, bias=False).to(torch.bfloat16)
+    layer = bnb.nn.Linear4bit(256, 192, bias=False, compute_dtype=torch.bfloat16,
+                              quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(dense.weight.data, requires_grad=False, quant_type="nf4")
+    layer = layer.cuda()
+    packed = layer.weight.data.clone()
+    linear = _slot_linear(layer)
+    linear.a, linear.b = linear.a.cuda().bfloat16(), linear.b.cuda().bfloat16()
+    x = torch.randn(4, 1, 256, device="cuda", dtype=torch.bfloat16)
+    before = linear(x, None)
+    merge = merge_slot({"m": linear}, slot=1, fmt=fmt)  # type: ignore[arg-type]
+    assert not torch.equal(linear(x, None), before)  # the delta is in the merged layer
+    merge.restore()
+    assert linear.base is layer and torch.equal(layer.weight.data, packed)
+    assert torch.equal(linear(x, None), before)

@@ -40,6 +40,8 @@ Keys = set[str | None]  # adapter keys of requests; None is the plain base
 
 
 class MergeController:
+    """Which adapter is merged into the base layers now, and when to switch (see module doc)."""
+
     def __init__(self, linears: dict[str, SlotLinear], slots: SlotManager, loader: Loader,
                  mode: MergeMode, fmt: MergeFormat, after_steps: int) -> None:
         self.linears = linears

@@ -100,7 +100,7 @@ def merged_module(base: Any, delta: torch.Tensor, fmt: MergeFormat) -> nn.Module
     layer: nn.Module
     if fmt == "dense" or type(base) is nn.Linear:
         layer = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                          device=dense.device, dtype=dtype)
+                          device="meta", dtype=dtype)  # no random init: the weight is set next
         layer.weight = nn.Parameter(merged.to(dtype), requires_grad=False)
     else:
         layer = _nf4_linear(base, merged.to(dense.dtype))

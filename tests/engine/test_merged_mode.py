@@ -4,6 +4,7 @@ unmerge, and switching between merged and mixed batches while requests are runni
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,9 +30,9 @@ def _score(engine: Engine, ids: list[int], ref: AdapterRef | None) -> torch.Tens
     return engine.score([(ids, ref)])[0]
 
 
-def _wait_for(condition: object, timeout: float = 120.0) -> None:
+def _wait_for(condition: Callable[[], bool], timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.01)
 

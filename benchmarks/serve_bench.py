@@ -159,14 +159,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait(url: str, path: str, process: subprocess.Popen[bytes], timeout: float,
-          log: Path) -> None:
+def _wait(url: str, timeout: float, log: Path,
+          process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll `url` until it answers 200; fail early if `process` exits meanwhile."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}; see {log}")
         try:
-            if httpx.get(f"{url}{path}", timeout=5).status_code == 200:
+            if httpx.get(url, timeout=5).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -196,7 +197,7 @@ def cameo_server(work: Path, seed: Path, **settings: Any) -> Iterator[str]:
         process = subprocess.Popen([sys.executable, "-m", "server.main"], cwd=ROOT, env=env,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait(f"http://127.0.0.1:{port}", "/ready", process, 600, log)
+        _wait(f"http://127.0.0.1:{port}/ready", 600, log, process)
         yield f"http://127.0.0.1:{port}"
     finally:
         _stop(process)
@@ -212,16 +213,7 @@ def vllm_server(model_dir: Path, adapters: dict[str, Path]) -> Iterator[str]:
     pid = int(started.stdout.split()[1])
     log = Path(f"/tmp/vllm-peer-{port}.log")
     try:
-        deadline = time.monotonic() + 900
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"vLLM not ready; see {log}")
-            time.sleep(2)
+        _wait(f"http://127.0.0.1:{port}/v1/models", 900, log)
         yield f"http://127.0.0.1:{port}"
     finally:
         try:
@@ -282,19 +274,20 @@ def peer_suite(args: argparse.Namespace, work: Path, model_dir: Path) -> dict[st
         "one_adapter": [(names[0], PROMPTS[i % 8]) for i in range(args.requests)],
         "eight_adapters": [(names[i % 8], PROMPTS[i % 8]) for i in range(args.requests)],
     }
+    eight = [(names[i], PROMPTS[i]) for i in range(8)]  # one request per adapter
     servers: dict[str, dict[str, Any]] = {}
 
     def measure(url: str, base_name: str, sequential: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
         run = lambda js, c: asyncio.run(run_closed(  # noqa: E731
             url, [(m.format(base=base_name), p) for m, p in js], c, args.tokens))
-        run(jobs["eight_adapters"][:8], 8)  # warm-up: every adapter loaded once
+        run(eight, 8)  # warm-up: every adapter loaded once
         for scenario, scenario_jobs in jobs.items():
             out[scenario] = summarize(*run(scenario_jobs, args.concurrency))
             print(f"  {scenario}: {_line(out[scenario])}", flush=True)
         if sequential:
-            out["eight_sequential"] = summarize(*run(jobs["eight_adapters"][:8], 1))
-            out["eight_concurrent"] = summarize(*run(jobs["eight_adapters"][:8], 8))
+            out["eight_sequential"] = summarize(*run(eight, 1))
+            out["eight_concurrent"] = summarize(*run(eight, 8))
             for key in ("eight_sequential", "eight_concurrent"):
                 print(f"  {key}: {_line(out[key])}", flush=True)
         return out

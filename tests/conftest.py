@@ -15,10 +15,19 @@ from typing import Any
 import pytest
 import torch
 
+from tests.emulation import avx512bf16 as emulation
+
 if not torch.cuda.is_available():
     # Triton kernels run in Triton's interpreter on the CPU. Set before anything imports Triton
     # (bitsandbytes does), since Triton reads it when kernels are decorated.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+if emulation.requested():
+    # bitsandbytes' AVX512-BF16 path, here and in every process the tests start.
+    emulation.install()
+    _paths = [str(Path(__file__).parent / "emulation"), str(Path(__file__).parent.parent)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [*_paths, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 from server.model.loader import LoadedModel, load_base
 from server.runtime import Runtime
@@ -31,6 +40,18 @@ PERSONAS = {  # name -> (seed, rank, targets)
                       "down_proj")),
     "charlie": (3, 4, ("o_proj", "down_proj")),
 }
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from bitsandbytes.functional import has_avx512bf16
+
+    if emulation.requested():
+        path = "AVX512-BF16 (repacked, bfloat16), emulated by tests/emulation"
+    elif has_avx512bf16():
+        path = "AVX512-BF16 (repacked, bfloat16), native"
+    else:
+        path = "standard layout, float32"
+    return f"bitsandbytes NF4 on the CPU: {path}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

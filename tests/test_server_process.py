@@ -1,4 +1,5 @@
-"""`cameo-server` as a real process: flags and environment, /health then /ready, clean SIGTERM."""
+"""`cameo-server` as a real process: flags and environment, /health then /ready, clean SIGTERM,
+and a start-up failure that exits non-zero."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 
+from server.model.loader import LoadedModel
 from tests.helpers import free_port, wait_ready
 
 
@@ -43,3 +46,23 @@ def test_cameo_server_starts_serves_and_stops(tmp_path: Path,
         process.wait(timeout=60)
         log_file.close()
     assert process.returncode == 0, log_path.read_text()
+
+
+def test_a_base_that_cannot_be_served_stops_the_process(tmp_path: Path,
+                                                       embedded: LoadedModel) -> None:
+    """A GPT-2 base (no `model.layers`) is refused: a clear message, exit code 1, in seconds."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(
+        embedded.tokenizer))).save_pretrained(folder)
+    embedded.tokenizer.save_pretrained(folder)
+    port = free_port()
+    command = [sys.executable, "-m", "server.main", "--port", str(port), "--base-model",
+               str(folder), "--registry-dir", str(tmp_path / "registry"), "--device", "cpu"]
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - started < 60
+    assert "base model type 'gpt2' cannot be served" in done.stderr
+    assert "Families tested with Cameo" in done.stderr and "llama" in done.stderr

@@ -227,7 +227,9 @@ def train(config: TrainConfig, loaded: Any | None = None) -> TrainResult:
     PEFT for the run and unwrapped again, so it comes back unchanged)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    from server.lora.slots import plain_modules
     from server.model.loader import load_base
+    from server.model.nf4 import standard_layout
     from server.settings import Settings, default_cache_dir
 
     if not NAME_PATTERN.match(config.name):
@@ -253,21 +255,29 @@ def train(config: TrainConfig, loaded: Any | None = None) -> TrainResult:
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=list(config.target_modules), bias="none",
                       task_type="CAUSAL_LM")
-    with warnings.catch_warnings():  # peft reads a transformers attribute deprecated in v5
-        warnings.simplefilter("ignore", FutureWarning)
-        model = prepare_model_for_kbit_training(
-            loaded.model, use_gradient_checkpointing=config.gradient_checkpointing)
-        peft_model = get_peft_model(model, lora)
-    try:
-        result = _loop(config, peft_model, examples, pad_id, device, cuda)
-        save_adapter(peft_model, config.out, loaded.model_id,
-                     getattr(torch, config.save_dtype))
-    finally:
-        peft_model.unload()  # the LoadedModel's modules back as they were
-        loaded.model.eval()
-        loaded.model.requires_grad_(False)
-        if config.gradient_checkpointing:
-            loaded.model.gradient_checkpointing_disable()
+    # A base the engine runs holds Cameo's slot hooks where PEFT looks for linears, and one that
+    # has served on an AVX512-BF16 CPU holds repacked NF4 layers, whose fused kernel has no
+    # backward (and whose state_dict() bitsandbytes 0.50 corrupts): train on the plain modules
+    # in the standard layout, and hand hooks and repacked bytes back exactly afterwards.
+    with plain_modules(loaded.model), standard_layout(loaded.model) as lent:
+        if lent:
+            print(f"[train] {lent} NF4 layers lent out in the standard layout for training",
+                  flush=True)
+        with warnings.catch_warnings():  # peft reads a transformers attribute deprecated in v5
+            warnings.simplefilter("ignore", FutureWarning)
+            model = prepare_model_for_kbit_training(
+                loaded.model, use_gradient_checkpointing=config.gradient_checkpointing)
+            peft_model = get_peft_model(model, lora)
+        try:
+            result = _loop(config, peft_model, examples, pad_id, device, cuda)
+            save_adapter(peft_model, config.out, loaded.model_id,
+                         getattr(torch, config.save_dtype))
+        finally:
+            peft_model.unload()  # the LoadedModel's modules back as they were
+            loaded.model.eval()
+            loaded.model.requires_grad_(False)
+            if config.gradient_checkpointing:
+                loaded.model.gradient_checkpointing_disable()
     write_card(config)
     result.examples = len(examples)
     result.seconds = time.monotonic() - started

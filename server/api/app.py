@@ -3,8 +3,10 @@
 `create_app(settings, runtime=None)`: with a runtime (tests, tools) the app serves it at once;
 without one the app starts answering `/health` immediately and loads the model in a background
 thread, with `/ready` at 503 until the engine runs. The engine is stopped at shutdown only when
-the app built it. `app.state` holds what the routes share: settings, runtime, admission
-control, metrics, the in-flight count and the draining flag.
+the app built it. When that load fails, `app.state.fatal` holds the error, `/health` and
+`/ready` answer 503 with it, and `app.state.on_fatal` (set by `cameo-server` to stop uvicorn,
+which then exits non-zero) is called. `app.state` holds what the routes share: settings,
+runtime, admission control, metrics, the in-flight count and the draining flag.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from server.api.errors import install_error_handlers
 from server.api.limits import BodyLimitMiddleware
 from server.api.metrics import Metrics
 from server.api.middleware import RequestContextMiddleware
+from server.model.loader import UnsupportedModel
 from server.runtime import Runtime
 from server.serving import Serving
 from server.settings import Settings
@@ -63,6 +66,8 @@ def create_app(settings: Settings, runtime: Serving | None = None) -> FastAPI:
     state = app.state
     state.settings = settings
     state.runtime = None
+    state.fatal = None
+    state.on_fatal = None
     state.draining = False
     state.in_flight = 0
     state.admission = Admission(settings.max_waiting_requests, settings.max_waiting_tokens,
@@ -121,8 +126,12 @@ def _serve(app: FastAPI, runtime: Serving) -> None:
 async def _load(app: FastAPI, settings: Settings) -> None:
     try:
         runtime = await asyncio.to_thread(Runtime.build, settings)
-    except Exception:
-        log.exception("loading the model failed; the server stays unready")
+    except Exception as exc:
+        # An expected refusal (a base that cannot be served) needs no traceback.
+        log.critical("start-up failed: %s", exc, exc_info=not isinstance(exc, UnsupportedModel))
+        app.state.fatal = exc
+        if app.state.on_fatal is not None:
+            app.state.on_fatal()
         return
     _serve(app, runtime)
     log.info("ready: serving %s with %d persona(s) on %s", runtime.loaded.model_id,

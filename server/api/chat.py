@@ -225,7 +225,7 @@ async def _first(outputs: AsyncIterator[RequestOutput]) -> RequestOutput | None:
     return None
 
 
-_ERROR_STATUS = {"context_length_exceeded": 400, "timeout": 504}
+_ERROR_STATUS = {"context_length_exceeded": 400, "invalid_seed": 400, "timeout": 504}
 
 
 def _raise_for(output: RequestOutput) -> None:

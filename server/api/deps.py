@@ -27,6 +27,9 @@ def not_ready_reason(request: Request) -> str | None:
     runtime = getattr(state, "runtime", None)
     if state.draining:
         return "shutting down"
+    fatal = getattr(state, "fatal", None)
+    if fatal is not None:
+        return f"start-up failed: {fatal}"
     if runtime is None:
         return "the model is still loading"
     if not runtime.ready:

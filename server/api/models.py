@@ -28,9 +28,12 @@ async def list_models(runtime: Serving = Depends(get_runtime)) -> ModelList:
     return ModelList(data=cards)
 
 
-@router.get("/health")
-async def health() -> dict[str, str]:
-    """Alive: the process answers (the model may still be loading)."""
+@router.get("/health", response_model=None)
+async def health(request: Request) -> dict[str, str] | JSONResponse:
+    """Alive: the process answers (the model may still be loading); 503 once start-up failed."""
+    fatal = getattr(request.app.state, "fatal", None)
+    if fatal is not None:
+        return APIError(503, f"start-up failed: {fatal}", code="startup_failed").response()
     return {"status": "ok"}
 
 

@@ -331,6 +331,12 @@ class Engine:
                                    "context_length_exceeded"))
                 continue
             try:
+                generator = self._generator(request)
+            except (RuntimeError, ValueError, OverflowError) as exc:  # a seed out of range
+                self._waiting.popleft()
+                sink(_error_output(request, f"invalid seed: {exc}", "invalid_seed"))
+                continue
+            try:
                 slot = self._acquire_slot(request)
             except Exception as exc:  # a bad file, or out of memory: this request fails, not all
                 self._waiting.popleft()
@@ -342,7 +348,7 @@ class Engine:
             if slot is None:
                 return  # every slot is held by running rows: wait, and let nobody jump ahead
             self._waiting.popleft()
-            row = self._rows[request.request_id] = self._new_row(request, sink, slot)
+            row = self._rows[request.request_id] = self._new_row(request, sink, slot, generator)
             row.admitted_at = time.monotonic()
             self.stats.prompt_tokens += len(request.prompt_ids)
 
@@ -351,10 +357,14 @@ class Engine:
             return 0
         return self.slots.acquire(request.adapter.key, self.adapter_loader(request.adapter))
 
-    def _new_row(self, request: GenerationRequest, sink: Sink, slot: int) -> _Row:
-        generator = None
-        if request.sampling.seed is not None:
-            generator = torch.Generator(device="cpu").manual_seed(request.sampling.seed)
+    def _generator(self, request: GenerationRequest) -> torch.Generator | None:
+        """The request's own sampling generator, on the device the logits live on."""
+        if request.sampling.seed is None:
+            return None
+        return torch.Generator(device=self.loaded.device).manual_seed(request.sampling.seed)
+
+    def _new_row(self, request: GenerationRequest, sink: Sink, slot: int,
+                 generator: torch.Generator | None) -> _Row:
         return _Row(request=request, sink=sink, row=self._free_rows.pop(), slot=slot,
                     tokens=list(request.prompt_ids),
                     detok=IncrementalDetokenizer(self.loaded.tokenizer),
@@ -408,9 +418,22 @@ class Engine:
                 return
         params = [row.request.sampling for row in rows]
         histories = [row.generated for row in rows]
-        tokens = sample(logits, params, histories, [row.generator for row in rows])
+        generators = [row.generator for row in rows]
+        try:
+            tokens: list[int | None] = list(sample(logits, params, histories, generators))
+        except Exception:  # find the rows at fault: each fails alone, the others go on
+            tokens = [self._sample_one(row, logits[i:i + 1]) for i, row in enumerate(rows)]
         for row, token in zip(rows, tokens, strict=True):
-            self._advance(row, token)
+            if token is not None:
+                self._advance(row, token)
+
+    def _sample_one(self, row: _Row, logits: torch.Tensor) -> int | None:
+        try:
+            return sample(logits, [row.request.sampling], [row.generated], [row.generator])[0]
+        except Exception as exc:
+            log.warning("request %s: sampling failed: %r", row.request.request_id, exc)
+            self._fail_row(row, f"sampling failed for this request: {exc}", "sampling_error")
+            return None
 
     def _advance(self, row: _Row, token: int) -> None:
         sampling = row.request.sampling

@@ -1,27 +1,37 @@
-"""The model's forward pass over a ragged batch, with the KV cache and per-row LoRA slots.
+"""One forward of the transformers model over a ragged batch, with Cameo's KV cache and LoRA slots.
 
 Contract: `ModelRunner.forward(batch)` takes B rows, each with up to T new tokens starting at its
-own position, writes their keys and values into the row's KV cache, and returns logits:
-(B, vocab) at each row's last new token, or (B, T, vocab) when all positions are asked for. The
-same call serves prefill (many new tokens) and decode (one new token per row).
+own position, writes their keys and values into the row's KV cache, and returns logits: (B,
+vocab) at each row's last new token, or (B, T, vocab) when all positions are asked for. The same
+call serves prefill (many new tokens) and decode (one new token per row).
 
-It reuses the Hugging Face module tree for weights (embeddings, norms, rotary tables, the
-bitsandbytes or plain linear layers) but runs its own decoder loop: that is what lets rows sit at
-different positions and use different adapters in one pass. Llama-style decoders only (Llama,
-Mistral, Qwen2). It knows nothing about tokens as text, sampling, or requests.
+The model's own forward runs (`model(input_ids, position_ids, ...)`), so what makes a family
+different (activations, norms, q/k norms, embedding and logit scaling, soft-capping, sliding and
+global layers, biases, fused projections) comes from transformers. Cameo plugs in three things
+at construction: its attention (`server.engine.attention`, over this runner's KV cache), a
+`SlotHook` on every LoRA-capable linear of the decoder layers (`server.lora.slots`; the slot
+plan is set once per forward), and a hook on `lm_head` that keeps each row's last position
+only, so the family's own logit post-processing runs on (B, 1, vocab). A base the runner cannot
+serve faithfully raises `UnsupportedModel` here, at construction, after a probe forward.
+
+It knows nothing about tokens as text, sampling, or requests.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
+from server.engine import attention
+from server.engine.attention import StepMetadata
 from server.engine.kv_cache import KVCache
-from server.lora.adapter import SUPPORTED_TARGETS, ModuleShapes
-from server.lora.slots import LoraSlots, SlotLinear, SlotPlan, plan_slots
+from server.lora.adapter import ModuleShapes
+from server.lora.slots import LoraSlots, SlotLinear, attach_hooks, lora_modules, plan_slots, slot_step
+from server.model.loader import UnsupportedModel
 
 
 @dataclass(frozen=True)
@@ -35,52 +45,80 @@ class ForwardBatch:
     slots: torch.Tensor | None  # LoRA slot per row, None when every row is the base
 
 
-class _Layer:
-    """One decoder layer's modules, with its projections wrapped as slot-aware linears."""
+def decoder_layers(hf_model: Any) -> nn.ModuleList:
+    """The causal LM's list of decoder layers (`model.layers` in every supported family)."""
+    layers = getattr(getattr(hf_model, "model", None), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise UnsupportedModel(_model_type(hf_model), "no model.layers list of decoder layers")
+    return layers
 
-    def __init__(self, hf_layer: Any, bank: LoraSlots, index: int) -> None:
-        attn, mlp = hf_layer.self_attn, hf_layer.mlp
-        self.input_norm = hf_layer.input_layernorm
-        self.post_norm = hf_layer.post_attention_layernorm
-        self.proj: dict[str, SlotLinear] = {}
-        for name in SUPPORTED_TARGETS:
-            base = getattr(attn if name in ("q_proj", "k_proj", "v_proj", "o_proj") else mlp, name)
-            key = f"{index}.{name}"
-            self.proj[name] = SlotLinear(base, bank.a[key], bank.b[key])
+
+def is_lora_target(module: nn.Module) -> bool:
+    """A linear layer (plain or bitsandbytes) that a LoRA adapter may target."""
+    if type(module) is nn.Linear:
+        return True
+    try:
+        import bitsandbytes as bnb
+    except ImportError:  # pragma: no cover - bitsandbytes is a dependency
+        return False
+    return isinstance(module, bnb.nn.Linear4bit | bnb.nn.Linear8bitLt)
 
 
 def module_shapes(hf_model: Any) -> ModuleShapes:
-    """(in, out) of every LoRA-capable projection, keyed "<layer>.<proj>"."""
+    """(in, out) of every LoRA-capable linear of the decoder layers, keyed "<layer>.<name>"."""
     shapes: ModuleShapes = {}
-    for index, layer in enumerate(hf_model.model.layers):
-        for name in SUPPORTED_TARGETS:
-            parent = layer.self_attn if hasattr(layer.self_attn, name) else layer.mlp
-            module = getattr(parent, name)
-            shapes[f"{index}.{name}"] = (module.in_features, module.out_features)
+    for index, layer in enumerate(decoder_layers(hf_model)):
+        for path, module in lora_modules(layer, is_lora_target):
+            linear: Any = module
+            shapes[f"{index}.{path.rpartition('.')[2]}"] = (linear.in_features,
+                                                            linear.out_features)
     return shapes
 
 
+class _LastPositions:
+    """A forward pre-hook on `lm_head`: keeps each row's last new token when a step asks."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        last: torch.Tensor | None = getattr(self.local, "last", None)
+        if last is None:
+            return None
+        hidden = args[0]  # (B, T, hidden)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return (hidden[rows, last][:, None], *args[1:])  # (B, 1, hidden)
+
+
+_LAST = _LastPositions()
+
+
 class ModelRunner:
-    """Runs the decoder over ragged batches; owns the KV cache."""
+    """Runs the transformers model over ragged batches; owns the KV cache and slot linears."""
 
     def __init__(self, hf_model: Any, bank: LoraSlots, max_rows: int, max_len: int,
                  dtype: torch.dtype, device: torch.device) -> None:
         config = hf_model.config
         self.hf = hf_model
         self.dtype = dtype
-        self.num_heads = config.num_attention_heads
-        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.vocab_size = config.vocab_size
-        self.layers = [_Layer(layer, bank, i) for i, layer in enumerate(hf_model.model.layers)]
+        layers = decoder_layers(hf_model)
+        try:
+            attention.install(hf_model)
+        except (ValueError, KeyError) as exc:  # the family does not use the attention interface
+            raise UnsupportedModel(config.model_type, str(exc)) from exc
+        bases = attach_hooks(layers, is_lora_target)
+        self.linears = {key: SlotLinear(base, bank.a[key], bank.b[key])
+                        for key, base in bases.items() if key in bank.a}
+        _install_last_positions(hf_model)
         self.lora_strategy = "auto"  # how the LoRA term is computed: auto, gather or segments
-        self.cache = KVCache(len(self.layers), max_rows, self.kv_heads, max_len, self.head_dim,
-                             dtype, device)
+        self.cache = KVCache(len(layers), max_rows, _kv_heads(config), max_len,
+                             _head_dim(config), dtype, device)
+        self._probe(device)
 
     def slot_linears(self) -> dict[str, SlotLinear]:
-        """Every slot-aware projection, keyed "<layer>.<proj>" like the slot bank."""
-        return {f"{index}.{name}": linear for index, layer in enumerate(self.layers)
-                for name, linear in layer.proj.items()}
+        """Every slot-aware projection, keyed "<layer>.<name>" like the slot bank."""
+        return self.linears
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, all_logits: bool = False) -> torch.Tensor:
@@ -90,58 +128,49 @@ class ModelRunner:
         positions = batch.start[:, None] + offsets[None, :]  # (B, T)
         context = int((batch.start + batch.lengths).max())
         contiguous = bool(torch.equal(batch.rows, torch.arange(count, device=tokens.device)))
-        # A query at position p sees keys 0..p of its own row: (B, 1, T, context).
-        key_pos = torch.arange(context, device=tokens.device)
-        mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]
-
+        step = StepMetadata.build(self.cache, batch.rows, positions, context, contiguous)
         plan = plan_slots(batch.slots, self.lora_strategy)
-        h = self.hf.model.embed_tokens(tokens).to(self.dtype)  # (B, T, hidden)
-        cos, sin = self.hf.model.rotary_emb(h, positions)  # (B, T, head_dim) each
-        for index, layer in enumerate(self.layers):
-            h = h + self._attention(index, layer, layer.input_norm(h), batch.rows, plan,
-                                    positions, cos, sin, mask, context, contiguous)
-            h = h + self._mlp(layer, layer.post_norm(h), plan)
-        h = self.hf.model.norm(h)
-        if not all_logits:
-            last = (batch.lengths - 1).clamp(min=0)
-            h = h[torch.arange(count, device=h.device), last][:, None]  # (B, 1, hidden)
-        logits = self.hf.lm_head(h).float()  # (B, T or 1, vocab)
+        _LAST.local.last = None if all_logits else (batch.lengths - 1).clamp(min=0)
+        try:
+            with slot_step(self.linears, plan):
+                out = self.hf(input_ids=tokens, position_ids=positions,
+                              attention_mask=step.mask, use_cache=False,
+                              **{attention.STEP_KWARG: step})
+        finally:
+            _LAST.local.last = None
+        logits = out.logits.float()  # (B, T or 1, vocab)
         return logits if all_logits else logits[:, 0]
 
-    def _attention(self, index: int, layer: _Layer, x: torch.Tensor, rows: torch.Tensor,
-                   slots: SlotPlan | None, positions: torch.Tensor, cos: torch.Tensor,
-                   sin: torch.Tensor, mask: torch.Tensor, context: int,
-                   contiguous: bool) -> torch.Tensor:
-        count, width, _ = x.shape
-        q = layer.proj["q_proj"](x, slots).view(count, width, self.num_heads, self.head_dim)
-        k = layer.proj["k_proj"](x, slots).view(count, width, self.kv_heads, self.head_dim)
-        v = layer.proj["v_proj"](x, slots).view(count, width, self.kv_heads, self.head_dim)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
-        q, k = _apply_rotary(q, k, cos, sin)
-        self.cache.write(index, rows, positions, k, v)
-        keys, values = self.cache.read(index, rows, context, contiguous)  # (B, kv, C, hd)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                             enable_gqa=self.kv_heads != self.num_heads)
-        out = out.transpose(1, 2).reshape(count, width, self.num_heads * self.head_dim)
-        return layer.proj["o_proj"](out, slots)
-
-    @staticmethod
-    def _mlp(layer: _Layer, x: torch.Tensor, slots: SlotPlan | None) -> torch.Tensor:
-        gate = layer.proj["gate_proj"](x, slots)
-        up = layer.proj["up_proj"](x, slots)
-        return layer.proj["down_proj"](F.silu(gate) * up, slots)
+    def _probe(self, device: torch.device) -> None:
+        """One tiny forward at load, so that unsupported attention is refused now."""
+        one = torch.zeros(1, dtype=torch.long, device=device)
+        batch = ForwardBatch(tokens=torch.zeros(1, 2, dtype=torch.long, device=device), rows=one,
+                             start=one, lengths=one + 2, slots=None)
+        try:
+            self.forward(batch)
+        except Exception as exc:  # refused attention, or a forward that cannot run at all
+            raise UnsupportedModel(self.hf.config.model_type, str(exc)) from exc
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _install_last_positions(hf_model: Any) -> None:
+    head = hf_model.get_output_embeddings()
+    if head is None:
+        raise UnsupportedModel(_model_type(hf_model), "no output embeddings (lm_head)")
+    if not getattr(head, "_cameo_last_positions", False):
+        head.register_forward_pre_hook(_LAST)
+        head._cameo_last_positions = True
 
 
-def _apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
-                  sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary embedding with per-row positions; cos, sin: (B, T, hd) -> broadcast over heads."""
-    cos, sin = cos[:, None], sin[:, None]
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+def _model_type(hf_model: Any) -> str:
+    return str(getattr(getattr(hf_model, "config", None), "model_type", type(hf_model).__name__))
 
 
-__all__ = ["ForwardBatch", "ModelRunner", "module_shapes"]
+def _kv_heads(config: Any) -> int:
+    return int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+
+
+def _head_dim(config: Any) -> int:
+    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+
+
+__all__ = ["ForwardBatch", "ModelRunner", "decoder_layers", "is_lora_target", "module_shapes"]

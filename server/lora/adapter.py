@@ -24,14 +24,15 @@ from safetensors import safe_open
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
-SUPPORTED_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
+# A LoRA weight of a decoder layer's linear: "...layers.<i>.<block>.<name>.lora_A.weight", e.g.
+# self_attn.q_proj, mlp.down_proj, self_attn.qkv_proj (Phi-3). Whether the module exists is
+# decided by the loaded base's own modules (`ModuleShapes`), not by a fixed list.
 _KEY = re.compile(
-    r"(?:^|\.)layers\.(?P<layer>\d+)\.(?:self_attn|mlp)\.(?P<proj>\w+_proj)"
+    r"(?:^|\.)layers\.(?P<layer>\d+)\.(?:self_attn|mlp)\.(?P<proj>\w+)"
     r"\.lora_(?P<ab>[AB])(?:\.default)?\.weight$"
 )
 
-# (in_features, out_features) of every LoRA-capable module, keyed "<layer>.<proj>".
+# (in_features, out_features) of every LoRA-capable module of the base, keyed "<layer>.<name>".
 ModuleShapes = dict[str, tuple[int, int]]
 
 
@@ -144,9 +145,6 @@ def _pair_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Ten
         if match is None:
             raise AdapterError(f"tensor {name!r} is not a LoRA weight of a supported module",
                                "adapter_model")
-        if match["proj"] not in SUPPORTED_TARGETS:
-            raise AdapterError(f"target module {match['proj']!r} is not supported; supported: "
-                               f"{', '.join(SUPPORTED_TARGETS)}", "adapter_model")
         halves.setdefault(f"{match['layer']}.{match['proj']}", {})[match["ab"]] = tensor
     pairs = {}
     for key, half in halves.items():
@@ -161,7 +159,9 @@ def _check_pair(
     key: str, a: torch.Tensor, b: torch.Tensor, shapes: ModuleShapes, max_rank: int
 ) -> None:
     if key not in shapes:
-        raise AdapterError(f"module {key} does not exist in the base model", "adapter_model")
+        names = sorted({k.partition(".")[2] for k in shapes})
+        raise AdapterError(f"module {key} does not exist in the base model (its LoRA-capable "
+                           f"modules: {', '.join(names)})", "adapter_model")
     in_features, out_features = shapes[key]
     if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
         raise AdapterError(f"module {key}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} "

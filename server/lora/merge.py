@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from server.lora.slots import SlotLinear
+from server.model import nf4
 
 
 class MergeError(RuntimeError):
@@ -72,25 +73,17 @@ def merge_slot(linears: dict[str, SlotLinear], slot: int, fmt: MergeFormat) -> M
 
 def check_mergeable(module: Any) -> None:
     """Raise MergeError unless `module` is a layer `merge_slot` can merge into."""
-    if not (_is_nf4(module) or type(module) is nn.Linear):
+    if not (nf4.is_nf4(module) or type(module) is nn.Linear):
         raise MergeError(f"cannot merge an adapter into a {type(module).__name__} layer; "
                          "merging needs an nf4 or unquantized base")
 
 
 def dense_weight(module: Any) -> torch.Tensor:
-    """The layer's weight as a dense (out, in) tensor in its compute dtype."""
+    """The layer's weight as a dense (out, in) tensor, whichever NF4 layout it is in."""
     check_mergeable(module)
     if type(module) is nn.Linear:
         return module.weight.data
-    import bitsandbytes.functional as bnbf
-
-    weight = module.weight
-    if getattr(weight.quant_state, "packing_format_for_cpu", False):
-        # bitsandbytes repacked the bytes for its AVX-512 kernel: read them through the layer.
-        eye = torch.eye(module.in_features, dtype=module.compute_dtype or torch.float32,
-                        device=weight.device)  # (in, in)
-        return module(eye).T.contiguous()  # (out, in)
-    return bnbf.dequantize_4bit(weight.data, weight.quant_state)  # (out, in)
+    return nf4.dense_weight(module)
 
 
 def merged_module(base: Any, delta: torch.Tensor, fmt: MergeFormat) -> nn.Module:
@@ -125,12 +118,6 @@ def _nf4_linear(base: Any, weight: torch.Tensor) -> nn.Module:
     )
     layer.weight = packed.to(original.device)  # quantizes on the device
     return layer
-
-
-def _is_nf4(module: Any) -> bool:
-    import bitsandbytes as bnb
-
-    return isinstance(module, bnb.nn.Linear4bit) and getattr(module.weight, "quant_type", None) == "nf4"
 
 
 __all__ = ["Merge", "MergeError", "MergeFormat", "check_mergeable", "dense_weight",

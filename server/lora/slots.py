@@ -14,7 +14,11 @@ goes in which slot (see `manager`) and does not read files (see `adapter`).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -138,6 +142,99 @@ class SlotLinear(nn.Module):
                 y = y.index_add(0, rows, segment_delta(x.index_select(0, rows), self.a[slot],
                                                        self.b[slot]))
         return y
+
+
+class SlotHook(nn.Module):
+    """Stands in the model's module tree where a LoRA-capable linear was, keeping it as `base`.
+
+    Outside a `slot_step` (training, PEFT references, `generate`) it is exactly `base`. Inside
+    one, it hands `x` to the active runner's `SlotLinear` for its key with the step's plan, so
+    several runners can share one module tree, each with its own bank and merged layers.
+    """
+
+    def __init__(self, base: nn.Module, key: str) -> None:
+        super().__init__()
+        self.base = base
+        self.key = key
+        self.in_features: int = base.in_features  # type: ignore[assignment]
+        self.out_features: int = base.out_features  # type: ignore[assignment]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        step: _Step | None = getattr(_active, "step", None)
+        if step is None:
+            return self.base(x)
+        return step.linears[self.key](x, step.plan)
+
+
+def base_of(module: nn.Module) -> nn.Module:
+    """The model's own layer behind `module` (itself unless it is a `SlotHook`)."""
+    return module.base if isinstance(module, SlotHook) else module
+
+
+@dataclass(frozen=True)
+class _Step:
+    linears: dict[str, SlotLinear]
+    plan: SlotPlan | None
+
+
+_active = threading.local()  # one engine step at a time per thread
+
+
+@contextmanager
+def slot_step(linears: dict[str, SlotLinear], plan: SlotPlan | None) -> Iterator[None]:
+    """Route every `SlotHook` of this thread to `linears` (by key) with `plan` for one forward."""
+    previous = getattr(_active, "step", None)
+    _active.step = _Step(linears, plan)
+    try:
+        yield
+    finally:
+        _active.step = previous
+
+
+def lora_modules(layer: nn.Module, is_target: Any) -> Iterator[tuple[str, nn.Module]]:
+    """(path, module) of every LoRA-capable module of one decoder layer, hooks included (a
+    hook's own `base` is not listed twice)."""
+    for name, child in layer.named_children():
+        if isinstance(child, SlotHook) or is_target(child):
+            yield name, child
+        else:
+            for path, module in lora_modules(child, is_target):
+                yield f"{name}.{path}", module
+
+
+def attach_hooks(layers: nn.ModuleList, is_target: Any) -> dict[str, nn.Module]:
+    """Put a `SlotHook` in place of every module of `layers` that `is_target(module)` accepts
+    (idempotent); returns the base module of each, keyed "<layer>.<leaf name>"."""
+    bases: dict[str, nn.Module] = {}
+    for index, layer in enumerate(layers):
+        for path, module in list(lora_modules(layer, is_target)):
+            parent_path, _, leaf = path.rpartition(".")
+            key = f"{index}.{leaf}"
+            if key in bases:
+                raise ValueError(f"layer {index} has two LoRA-capable modules named {leaf!r}")
+            if not isinstance(module, SlotHook):
+                module = SlotHook(module, key)
+                setattr(layer.get_submodule(parent_path), leaf, module)
+            bases[key] = module.base
+    return bases
+
+
+@contextmanager
+def plain_modules(model: nn.Module) -> Iterator[None]:
+    """Put the base modules back in place of every `SlotHook` for the duration (e.g. so that
+    PEFT can wrap them for training), and the hooks back afterwards. No step may run meanwhile."""
+    swapped: list[tuple[nn.Module, str, SlotHook]] = []
+    for path, module in list(model.named_modules()):
+        if isinstance(module, SlotHook):
+            parent_path, _, leaf = path.rpartition(".")
+            parent = model.get_submodule(parent_path)
+            setattr(parent, leaf, module.base)
+            swapped.append((parent, leaf, module))
+    try:
+        yield
+    finally:
+        for parent, leaf, hook in swapped:
+            setattr(parent, leaf, hook)
 
 
 def _have_triton() -> bool:

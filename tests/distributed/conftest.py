@@ -63,19 +63,25 @@ def cluster_settings(tmp_path_factory: pytest.TempPathFactory, persona_seed: Pat
 
 
 @pytest.fixture(scope="module")
-def reference_url(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel,
-                  cluster_settings: Settings) -> Iterator[str]:
-    """One local engine (same settings, its own registry from the same seed) behind the app."""
+def reference_runtime(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel,
+                      cluster_settings: Settings) -> Iterator[Runtime]:
+    """One local engine (same settings, its own registry from the same seed)."""
     settings = cluster_settings.model_copy(
         update={"registry_dir": tmp_path_factory.mktemp("ray-reference-registry")})
     runtime = Runtime.build(settings, loaded=embedded)
     runtime.engine.start()
     try:
-        with live_server(create_app(settings, runtime)) as url:
-            yield url
+        yield runtime
     finally:
         runtime.engine.stop()
         runtime.registry.close()
+
+
+@pytest.fixture(scope="module")
+def reference_url(reference_runtime: Runtime) -> Iterator[str]:
+    """The local reference engine behind the app."""
+    with live_server(create_app(reference_runtime.settings, reference_runtime)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

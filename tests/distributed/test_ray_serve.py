@@ -1,6 +1,13 @@
 """Cameo on a local Ray cluster: two engine replicas, six personas, affinity, a replica killed.
 
 Every reply is compared with what a single local engine answers to the same request (greedy).
+After a replica is killed, its streams resume on another replica by prefilling the prompt plus
+the text sent so far. On the float32 kernel path that gives the same text. On a bfloat16 path
+(NF4 on an AVX512-BF16 CPU) the resumed prefill computes the same positions in another shape,
+so the logits move within that path's rounding (tests/numerics.py) and a near-tie may resolve
+the other way, just as between two batch compositions without any failover. So what a failover
+guarantees, and what is checked: the reply equals the local engine's, or it is the same up to a
+token where the local engine's own top-2 margin is within that rounding.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import pytest
 
 pytest.importorskip("ray.serve", reason="needs Ray Serve: pip install 'ray[serve]'")
 
+from server.runtime import Runtime
 from tests.distributed.conftest import ENGINE_REPLICAS, PERSONAS, Cluster
 
 pytestmark = pytest.mark.slow
@@ -88,8 +96,8 @@ def test_requests_go_to_the_replica_that_holds_their_persona(cluster: Cluster) -
     assert share >= 0.9
 
 
-def test_a_replica_killed_under_load_loses_no_request(cluster: Cluster,
-                                                      reference_url: str) -> None:
+def test_a_replica_killed_under_load_loses_no_request(cluster: Cluster, reference_url: str,
+                                                      reference_runtime: Runtime) -> None:
     names = list(PERSONAS)
     payloads = [body(names[i % len(names)], PROMPTS[i % len(PROMPTS)], 16, stream=i % 3 == 0)
                 for i in range(18)]
@@ -130,10 +138,35 @@ def test_a_replica_killed_under_load_loses_no_request(cluster: Cluster,
           f"{retried}; engine calls per request (as first placed, for streams): "
           f"{dict(attempts)}")
     for payload, (text, _), want in zip(payloads, results, expected, strict=True):
-        assert text == want, payload["model"]
+        assert_same_greedy_reply(reference_runtime, payload, text, want)
     assert sum(retried.values()) >= 1
     # After the kill, new requests are served too (by the survivor or the replacement).
     assert complete(cluster.url, body(names[0], PROMPTS[1], 2))[0]
+
+
+def assert_same_greedy_reply(runtime: Runtime, payload: dict[str, Any], text: str,
+                             want: str) -> None:
+    """`text` is `want`, or departs from it only at a near-tie of the local engine's logits."""
+    if text == want:
+        return
+    from server.api.chat import resolve_model
+    from server.api.prompt import build_messages, encode_prompt
+    from server.api.schemas import ChatCompletionRequest
+    from tests.numerics import logits_tolerance
+
+    tokenizer = runtime.loaded.tokenizer
+    request = ChatCompletionRequest.model_validate(payload)
+    persona = resolve_model(runtime, request.model)
+    prompt = encode_prompt(tokenizer, build_messages(request.messages, persona))
+    ours, theirs = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (text, want))
+    same = next(i for i, (a, b) in enumerate(zip([*ours, None], [*theirs, None], strict=False))
+                if a != b)
+    adapter = runtime.adapter_ref(persona) if persona is not None else None
+    (logits,) = runtime.engine.score([(list(prompt) + theirs[:same], adapter)])
+    top2 = logits[-1].topk(2).values  # the local engine's choice at the first difference
+    margin, tolerance = float(top2[0] - top2[1]), logits_tolerance(runtime.loaded.model, logits)
+    assert margin <= tolerance, (f"{payload['model']}: {text!r} left {want!r} at token {same}, "
+                                 f"where the greedy margin {margin:.3g} > {tolerance:.3g}")
 
 
 def retries(url: str) -> dict[str, float]:

@@ -15,11 +15,16 @@ from server.engine.types import AdapterRef, GenerationRequest, SamplingParams
 from server.lora.merge import MergeError
 from tests.conftest import RuntimeFactory
 from tests.helpers import Collector, assert_greedy_consistent, chat_prompt
+from tests.numerics import assert_logits_close, logits_tolerance
 
-# Dense merge computes x @ (W + BA)^T where the slot path computes x @ W^T + (x @ A^T) @ B^T:
-# only the summation order differs (float32 on CPU). A temporary print showed ~1.2e-4 at most
-# on logits of magnitude ~20, on a trained persona.
-TOL = 2e-3
+# Dense merge computes x @ (W + BA)^T in float32 where the slot path computes x @ W^T + (x @ A^T)
+# @ B^T on the base's kernel path: summation order in float32 (measured ~1.2e-4 on logits of ~20),
+# and on an AVX512-BF16 CPU the base's bfloat16 rounding as well (1.1 measured through
+# tests/emulation). Both within `logits_tolerance` of that path (tests/numerics.py).
+
+
+def _tolerance(engine: Engine, logits: torch.Tensor) -> float:
+    return logits_tolerance(engine.loaded.model, logits)
 
 
 def _ref(persona_dirs: dict[str, Path], name: str) -> AdapterRef:
@@ -47,11 +52,12 @@ def test_pinned_merge_gives_the_adapters_logits_and_unmerge_is_bit_exact(
     bravo = _ref(persona_dirs, "bravo")  # rank 16 on all seven projections
     ids = _prompt(engine, "What is your favourite food?")
     base_before, bravo_before = _score(engine, ids, None), _score(engine, ids, bravo)
-    assert (base_before - bravo_before).abs().max() > 100 * TOL  # the adapter matters
+    assert not torch.equal(base_before.argmax(-1), bravo_before.argmax(-1))  # the adapter matters
 
     assert engine.merge(bravo).result(60) is True  # idle engine: merged at once
     assert engine.stats.merge.merged == bravo.key and engine.stats.merge.pinned == bravo.key
-    torch.testing.assert_close(_score(engine, ids, bravo), bravo_before, atol=TOL, rtol=0)
+    assert_logits_close(_score(engine, ids, bravo), bravo_before,
+                        _tolerance(engine, bravo_before))
 
     engine.unmerge(bravo.key).result(60)
     assert engine.stats.merge.merged is None and engine.stats.merge.pinned is None
@@ -75,7 +81,7 @@ def test_a_request_for_another_persona_unmerges_and_the_pin_merges_again(
     engine.submit(GenerationRequest("after", tuple(ids), sampling, alpha), done)
     assert done.done.wait(120) and done.finish_reason == "length"
     _wait_for(lambda: engine.stats.merge.merged == bravo.key)  # the batch is empty again
-    torch.testing.assert_close(_score(engine, ids, alpha), alpha_solo, atol=TOL, rtol=0)
+    assert_logits_close(_score(engine, ids, alpha), alpha_solo, _tolerance(engine, alpha_solo))
     engine.unmerge(bravo.key).result(60)
 
 
@@ -103,7 +109,7 @@ def test_switching_while_streams_run_keeps_every_output_correct(
     assert engine.stats.merge.merges >= 1 and engine.stats.merge.unmerges >= 1
     adapters = {"b1": bravo, "b2": bravo, "a": alpha, "base": None}
     for name, sink in sinks.items():
-        assert_greedy_consistent(engine, prompts[name], sink.token_ids, adapters[name], TOL)
+        assert_greedy_consistent(engine, prompts[name], sink.token_ids, adapters[name])
 
 
 def test_retiring_the_merged_version_unmerges_and_drops_the_pin(

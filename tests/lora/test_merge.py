@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from server.lora.merge import MergeError, dense_weight, merge_slot
-from server.lora.slots import LoraSlots, SlotLinear, lora_delta, plan_slots
+from server.lora.slots import LoraSlots, SlotLinear, base_of, lora_delta, plan_slots
 from server.model.loader import LoadedModel
+from tests.numerics import linear_tolerance
 
 RANK = 8
 
@@ -28,7 +29,7 @@ def _slot_linear(layer: Any, seed: int = 0) -> SlotLinear:
 
 
 def _nf4_layer(embedded: LoadedModel) -> Any:
-    layer = embedded.model.model.layers[0].self_attn.q_proj
+    layer = base_of(embedded.model.model.layers[0].self_attn.q_proj)
     assert isinstance(layer, bnb.nn.Linear4bit)
     return layer
 
@@ -42,7 +43,10 @@ def test_dense_merge_computes_base_plus_lora_and_restore_is_the_same_object(
     expected = linear(x, plan)  # base matmul + gathered LoRA term
     merge = merge_slot({"m": linear}, slot=1, fmt="dense")
     assert type(linear.base) is nn.Linear
-    torch.testing.assert_close(linear(x, None), expected, atol=1e-4, rtol=1e-4)
+    # The merged layer computes in float32; the base on its own kernel path (bfloat16 on an
+    # AVX512-BF16 CPU): within one layer's rounding on that path.
+    tolerance = linear_tolerance(original, expected)
+    assert (linear(x, None) - expected).abs().max() <= tolerance
     merge.restore()
     assert linear.base is original
     assert torch.equal(linear(x, plan), expected)
@@ -69,7 +73,7 @@ def test_nf4_merge_requantizes_and_unmerge_is_bit_exact(embedded: LoadedModel) -
 
 
 def test_modules_the_adapter_does_not_target_are_left_alone(plain_embedded: LoadedModel) -> None:
-    layer = plain_embedded.model.model.layers[0].self_attn.k_proj
+    layer = base_of(plain_embedded.model.model.layers[0].self_attn.k_proj)
     linear = _slot_linear(layer)
     linear.a[1].zero_()  # slot 1 holds nothing for this module
     merge = merge_slot({"m": linear}, slot=1, fmt="dense")
@@ -77,7 +81,7 @@ def test_modules_the_adapter_does_not_target_are_left_alone(plain_embedded: Load
 
 
 def test_a_layer_that_cannot_merge_fails_the_whole_merge(plain_embedded: LoadedModel) -> None:
-    good = _slot_linear(plain_embedded.model.model.layers[0].self_attn.q_proj)
+    good = _slot_linear(base_of(plain_embedded.model.model.layers[0].self_attn.q_proj))
     int8 = bnb.nn.Linear8bitLt(good.base.in_features, good.base.out_features, bias=False,
                                has_fp16_weights=False)
     bad = _slot_linear(int8)
@@ -88,7 +92,7 @@ def test_a_layer_that_cannot_merge_fails_the_whole_merge(plain_embedded: LoadedM
 
 
 def test_the_gathered_reference_matches_the_merged_delta(plain_embedded: LoadedModel) -> None:
-    linear = _slot_linear(plain_embedded.model.model.layers[1].mlp.down_proj, seed=2)
+    linear = _slot_linear(base_of(plain_embedded.model.model.layers[1].mlp.down_proj), seed=2)
     x = torch.randn(1, 4, linear.base.in_features)
     delta = lora_delta(x, linear.a, linear.b, torch.tensor([1]))  # (1, 4, out)
     merged = x @ (linear.b[1] @ linear.a[1]).T

@@ -8,6 +8,7 @@ from __future__ import annotations
 import bitsandbytes as bnb
 
 from server.engine.types import GenerationRequest, SamplingParams
+from server.lora.slots import base_of
 from server.model.embedded import converted_dir
 from server.model.loader import LoadedModel
 from server.runtime import Runtime
@@ -16,7 +17,7 @@ from tests.helpers import chat_prompt, run_requests
 
 
 def test_embedded_model_is_nf4_and_cached(embedded: LoadedModel, embedded_settings: Settings) -> None:
-    q_proj = embedded.model.model.layers[0].self_attn.q_proj
+    q_proj = base_of(embedded.model.model.layers[0].self_attn.q_proj)
     assert isinstance(q_proj, bnb.nn.Linear4bit)
     assert q_proj.weight.quant_state.quant_type == "nf4"
     assert (converted_dir(embedded_settings.cache_dir) / "model.safetensors").is_file()

@@ -118,7 +118,7 @@ def _bad_uploads(folder: Path, tmp: Path) -> dict[str, Any]:
                                        "x", {}, 400, "does not exist"),
         "unsupported_module": lambda: (tensors(lambda t: rename(t, "self_attn.q_proj",
                                                                 "self_attn.rotary_proj")),
-                                       "x", {}, 400, "not supported"),
+                                       "x", {}, 400, "its LoRA-capable modules: down_proj"),
         "shape_mismatch": lambda: (tensors(reshape), "x", {}, 400, "do not fit"),
         "non_float": lambda: (tensors(retype), "x", {}, 400, "not float"),
         "non_finite": lambda: (tensors(poison), "x", {}, 400, "NaN"),

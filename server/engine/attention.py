@@ -1,0 +1,169 @@
+"""Cameo's attention, plugged into transformers' attention interface: ragged rows over its KV cache.
+
+Contract: `install(model)` registers `cameo_attention` with transformers' `AttentionInterface`
+(and a mask function that builds nothing) and switches `model` to it. During a Cameo forward the
+runner passes a `StepMetadata` as the keyword argument `cameo_step`; every attention layer then
+writes its new keys and values into the step's `KVCache` at each row's positions and attends over
+that row's cached keys, honouring what transformers passes for the layer: `scaling`, GQA,
+`sliding_window` and `softcap`. Any other argument with a value, dropout in a forward, or a
+non-causal layer is refused (`UnsupportedAttention`), so that nothing is silently ignored; the
+runner probes the model at load so a refusal happens then, not on a request.
+
+Without `cameo_step` (training, PEFT references, `generate` on the same module tree), the call is
+forwarded unchanged to the implementation the model had before `install`.
+
+It knows nothing about LoRA, sampling or requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from server.engine.kv_cache import KVCache
+
+NAME = "cameo"
+STEP_KWARG = "cameo_step"
+# Keyword arguments transformers passes along that carry no attention semantics of their own.
+_INERT = frozenset({"position_ids", "cache_position", "output_attentions", "use_cache",
+                    "is_causal", "layer_idx", "position_embeddings"})
+
+
+class UnsupportedAttention(ValueError):
+    """A layer asks for attention behaviour Cameo's attention does not implement."""
+
+
+@dataclass(frozen=True)
+class StepMetadata:
+    """What every attention layer of one forward needs, built once per forward.
+
+    rows: (B,) KV-cache row of each batch row; positions: (B, T) absolute position of each new
+    token; context: keys to attend over (max over rows of start + length); mask: (B, 1, T,
+    context) causal mask, True where a query may see a key; key_positions: (context,).
+    """
+
+    cache: KVCache
+    rows: torch.Tensor
+    positions: torch.Tensor
+    context: int
+    contiguous: bool  # rows are 0..B-1, so the cache is read as a view
+    mask: torch.Tensor
+    key_positions: torch.Tensor
+
+    @classmethod
+    def build(cls, cache: KVCache, rows: torch.Tensor, positions: torch.Tensor,
+              context: int, contiguous: bool) -> StepMetadata:
+        key_positions = torch.arange(context, device=positions.device)
+        mask = (key_positions[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, C)
+        return cls(cache, rows, positions, context, contiguous, mask, key_positions)
+
+    def window_mask(self, window: int) -> torch.Tensor:
+        """The causal mask restricted to the last `window` keys of each query."""
+        recent = self.key_positions[None, None, :] > self.positions[:, :, None] - window
+        return self.mask & recent[:, None]
+
+
+def install(model: Any) -> None:
+    """Register Cameo's attention and make `model` use it (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, cameo_attention)
+    AttentionMaskInterface.register(NAME, _fallback_mask)
+    config = model.config
+    current = config._attn_implementation
+    if current != NAME:
+        config._cameo_fallback = current or "sdpa"
+        model.set_attn_implementation(NAME)
+
+
+def _fallback_implementation(module: Any) -> Callable[..., Any]:
+    """The attention function the model used before `install` (eager lives in each modeling
+    file, the others in transformers' interface)."""
+    import importlib
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    name = getattr(module.config, "_cameo_fallback", "sdpa")
+    if name == "eager":
+        function: Callable[..., Any] = importlib.import_module(
+            type(module).__module__).eager_attention_forward
+        return function
+    return ALL_ATTENTION_FUNCTIONS[name]
+
+
+def _fallback_mask(*args: Any, **kwargs: Any) -> Any:
+    """The mask of the fallback implementation, for forwards without a Cameo step."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
+
+    config = kwargs.get("config")
+    name = getattr(config, "_cameo_fallback", "sdpa") if config is not None else "sdpa"
+    if name == "eager":
+        return eager_mask(*args, **kwargs)
+    function = ALL_MASK_ATTENTION_FUNCTIONS.get(name, sdpa_mask)
+    return function(*args, **kwargs)
+
+
+def cameo_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, scaling: float | None = None,
+                    dropout: float = 0.0, sliding_window: int | None = None,
+                    softcap: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """query: (B, heads, T, hd); key, value: (B, kv_heads, T, hd) -> ((B, T, heads, hd), None)."""
+    step: StepMetadata | None = kwargs.pop(STEP_KWARG, None)
+    if step is None:
+        return _fallback(module, query, key, value, attention_mask, scaling=scaling,
+                         dropout=dropout, sliding_window=sliding_window, softcap=softcap, **kwargs)
+    check_arguments(module, dropout, kwargs)
+    layer = module.layer_idx
+    step.cache.write(layer, step.rows, step.positions, key, value)
+    keys, values = step.cache.read(layer, step.rows, step.context, step.contiguous)  # (B, kv, C, hd)
+    mask = step.mask if not sliding_window else step.window_mask(int(sliding_window))
+    if softcap:
+        out = _softcapped_attention(query, keys, values, mask, scaling, float(softcap))
+    else:
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling,
+                                             enable_gqa=keys.shape[1] != query.shape[1])
+    return out.transpose(1, 2).contiguous(), None  # (B, T, heads, hd)
+
+
+def check_arguments(module: Any, dropout: float, kwargs: dict[str, Any]) -> None:
+    """Refuse anything this attention would otherwise ignore."""
+    if not getattr(module, "is_causal", True):
+        raise UnsupportedAttention(f"{type(module).__name__} is not causal")
+    if dropout:
+        raise UnsupportedAttention("attention dropout in a serving forward")
+    unknown = sorted(k for k, v in kwargs.items() if v is not None and k not in _INERT)
+    if unknown:
+        raise UnsupportedAttention(
+            f"{type(module).__name__} passes attention arguments Cameo does not implement: "
+            f"{', '.join(unknown)}")
+
+
+def _softcapped_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                          mask: torch.Tensor, scaling: float | None,
+                          softcap: float) -> torch.Tensor:
+    """Attention with scores soft-capped as softcap * tanh(scores / softcap) (Gemma 2)."""
+    groups = query.shape[1] // keys.shape[1]
+    keys = keys.repeat_interleave(groups, dim=1)  # (B, heads, C, hd)
+    values = values.repeat_interleave(groups, dim=1)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = (query @ keys.transpose(-1, -2)) * scale  # (B, heads, T, C)
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores.float(), dim=-1).to(values.dtype)
+    return weights @ values  # (B, heads, T, hd)
+
+
+def _fallback(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    function = _fallback_implementation(module)
+    arguments = {k: v for k, v in kwargs.items() if v is not None or k == "scaling"}
+    return function(module, query, key, value, attention_mask, **arguments)
+
+
+__all__ = ["NAME", "STEP_KWARG", "StepMetadata", "UnsupportedAttention", "cameo_attention",
+           "check_arguments", "install"]

@@ -1,0 +1,73 @@
+"""Tolerances derived from the kernel path a model's linear layers take on this machine.
+
+Two computations of the same logits (one row alone and in a mixed batch; the slot path and
+PEFT; a merged layer and the unmerged one) differ only by rounding, and how much depends on the
+path, never on one machine's measurements:
+
+  - float32: plain layers, and bitsandbytes NF4 on CPUs without AVX512-BF16 (dequantized to
+    float32, then a float32 matmul). One layer's relative error is summation order over its K
+    inputs, about sqrt(K) * eps(float32).
+  - bfloat16: bitsandbytes NF4 on CPUs with AVX512-BF16 (repacked, fused kernel): the layer's
+    input and output are each rounded to bfloat16, about eps(bfloat16) relative per layer.
+
+Over L decoder layers these add up like a random walk, so two computations of the same logits
+agree within `SAFETY * layer_error * sqrt(L) * max|logit|`. SAFETY = 4 leaves a margin over the
+differences measured on both paths (the AVX512-BF16 one through tests/emulation): on the embedded
+model 5e-5 in float32 against a bound of 2e-3, and 0.34 in bfloat16 against 3.4; on the tiny
+random families up to 2.2e-5 in float32 against 9e-5.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from server.model import nf4
+
+SAFETY = 4.0
+
+
+def compute_dtype(model: Any) -> torch.dtype:
+    """The dtype the model's linear layers compute in here (bfloat16 for repacking NF4)."""
+    for module in model.modules():
+        if nf4.is_nf4(module):
+            device = module.weight.device
+            return nf4.cpu_compute_dtype(module) if device.type == "cpu" else module.compute_dtype
+    return next(model.parameters()).dtype
+
+
+def layer_error(model: Any) -> float:
+    """Relative rounding error of one linear layer on this model's kernel path."""
+    dtype = compute_dtype(model)
+    if dtype == torch.float32:
+        widest = max(m.in_features for m in model.modules() if hasattr(m, "in_features"))
+        return math.sqrt(widest) * torch.finfo(torch.float32).eps
+    return torch.finfo(dtype).eps
+
+
+def logits_tolerance(model: Any, reference: torch.Tensor) -> float:
+    """Largest |difference| allowed between two computations of the `reference` logits."""
+    layers = int(model.config.num_hidden_layers)
+    return SAFETY * layer_error(model) * math.sqrt(layers) * float(reference.abs().max())
+
+
+def linear_tolerance(model: Any, reference: torch.Tensor) -> float:
+    """Largest |difference| allowed between two computations of one linear layer's output."""
+    return SAFETY * layer_error(model) * float(reference.abs().max())
+
+
+def clear_positions(logits: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """(T,) True where the top-2 margin of `logits` (T, vocab) exceeds `tolerance`."""
+    top2 = logits.topk(2, dim=-1).values
+    return (top2[:, 0] - top2[:, 1]) > tolerance
+
+
+def assert_logits_close(ours: torch.Tensor, expected: torch.Tensor, tolerance: float) -> None:
+    """ours, expected: (T, vocab). Within `tolerance`, and the same argmax wherever it is clear."""
+    diff = float((ours - expected).abs().max())
+    assert diff <= tolerance, f"logits differ by {diff:.3g} > {tolerance:.3g}"
+    clear = clear_positions(expected, tolerance)
+    assert bool(clear.any()), "no position has a clear argmax at this tolerance"
+    assert torch.equal(ours.argmax(-1)[clear], expected.argmax(-1)[clear])

@@ -7,6 +7,7 @@ import time
 from server.engine.types import GenerationRequest, SamplingParams
 from server.runtime import Runtime
 from tests.helpers import Collector, chat_prompt
+from tests.numerics import assert_same_choice, logits_tolerance
 
 
 def test_late_request_streams_before_long_one_finishes(runtime: Runtime) -> None:
@@ -69,7 +70,9 @@ def test_long_prompt_is_prefilled_in_chunks(runtime: Runtime) -> None:
                                             SamplingParams(max_tokens=3, temperature=0.0)), sink)
     assert sink.done.wait(120)
     (logits,) = runtime.engine.score([(list(prompt), None)])
-    assert sink.token_ids[0] == int(logits[-1].argmax())
+    # The same token as one unchunked prefill, unless the kernel path's rounding makes it a tie.
+    assert_same_choice(logits[-1], sink.token_ids[0],
+                       logits_tolerance(runtime.loaded.model, logits[-1]))
 
 
 def test_prompt_over_the_context_fails_that_request_only(runtime: Runtime) -> None:

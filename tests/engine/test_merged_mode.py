@@ -24,7 +24,7 @@ from tests.numerics import assert_logits_close, logits_tolerance
 
 
 def _tolerance(engine: Engine, logits: torch.Tensor) -> float:
-    return logits_tolerance(engine.loaded.model, logits)
+    return logits_tolerance(engine.loaded.model, logits, across_precision=True)
 
 
 def _ref(persona_dirs: dict[str, Path], name: str) -> AdapterRef:
@@ -109,7 +109,9 @@ def test_switching_while_streams_run_keeps_every_output_correct(
     assert engine.stats.merge.merges >= 1 and engine.stats.merge.unmerges >= 1
     adapters = {"b1": bravo, "b2": bravo, "a": alpha, "base": None}
     for name, sink in sinks.items():
-        assert_greedy_consistent(engine, prompts[name], sink.token_ids, adapters[name])
+        # bravo's streams ran partly on the merged float32 layers; the others never did
+        assert_greedy_consistent(engine, prompts[name], sink.token_ids, adapters[name],
+                                 across_precision=adapters[name] is bravo)
 
 
 def test_retiring_the_merged_version_unmerges_and_drops_the_pin(

@@ -111,6 +111,15 @@ def test_base_logits_equal_transformers_forward(case: Case) -> None:
     assert_logits_close(ours, expected, logits_tolerance(case.model, expected))
 
 
+def test_outside_a_step_the_model_is_plain_transformers(case: Case) -> None:
+    """Training, PEFT and `generate` run on the engine's module tree too: with no Cameo step the
+    hooks are the plain layers and attention is the model's previous implementation."""
+    ids = _ids(case)
+    expected = _reference_logits(case.reference, ids)
+    assert_logits_close(_reference_logits(case.model, ids), expected,
+                        logits_tolerance(case.model, expected))
+
+
 def test_sliding_window_is_honoured(case: Case) -> None:
     """The reference without its window differs: the window matters to the check above."""
     config = case.reference.config

@@ -1,7 +1,8 @@
 """Cameo's attention, plugged into transformers' attention interface: ragged rows over its KV cache.
 
 Contract: `install(model)` registers `cameo_attention` with transformers' `AttentionInterface`
-(and a mask function that builds nothing) and switches `model` to it. During a Cameo forward the
+(and, for forwards without a Cameo step, a mask function that builds the previous
+implementation's mask) and switches `model` to it. During a Cameo forward the
 runner passes a `StepMetadata` as the keyword argument `cameo_step`; every attention layer then
 writes its new keys and values into the step's `KVCache` at each row's positions and attends over
 that row's cached keys, honouring what transformers passes for the layer: `scaling`, GQA,
@@ -18,7 +19,7 @@ It knows nothing about LoRA, sampling or requests.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -53,6 +54,7 @@ class StepMetadata:
     contiguous: bool  # rows are 0..B-1, so the cache is read as a view
     mask: torch.Tensor
     key_positions: torch.Tensor
+    _windows: dict[int, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, cache: KVCache, rows: torch.Tensor, positions: torch.Tensor,
@@ -62,9 +64,12 @@ class StepMetadata:
         return cls(cache, rows, positions, context, contiguous, mask, key_positions)
 
     def window_mask(self, window: int) -> torch.Tensor:
-        """The causal mask restricted to the last `window` keys of each query."""
-        recent = self.key_positions[None, None, :] > self.positions[:, :, None] - window
-        return self.mask & recent[:, None]
+        """The causal mask restricted to the last `window` keys of each query (built once per
+        window and forward, then shared by every layer with that window)."""
+        if window not in self._windows:
+            recent = self.key_positions[None, None, :] > self.positions[:, :, None] - window
+            self._windows[window] = self.mask & recent[:, None]
+        return self._windows[window]
 
 
 def install(model: Any) -> None:

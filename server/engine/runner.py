@@ -30,7 +30,7 @@ from server.engine import attention
 from server.engine.attention import StepMetadata
 from server.engine.kv_cache import KVCache
 from server.lora.adapter import ModuleShapes
-from server.lora.slots import LoraSlots, SlotLinear, attach_hooks, lora_modules, plan_slots, slot_step
+from server.lora.slots import LoraSlots, SlotLinear, attach_hooks, lora_targets, plan_slots, slot_step
 from server.model.loader import UnsupportedModel
 
 
@@ -66,13 +66,12 @@ def is_lora_target(module: nn.Module) -> bool:
 
 def module_shapes(hf_model: Any) -> ModuleShapes:
     """(in, out) of every LoRA-capable linear of the decoder layers, keyed "<layer>.<name>"."""
-    shapes: ModuleShapes = {}
-    for index, layer in enumerate(decoder_layers(hf_model)):
-        for path, module in lora_modules(layer, is_lora_target):
-            linear: Any = module
-            shapes[f"{index}.{path.rpartition('.')[2]}"] = (linear.in_features,
-                                                            linear.out_features)
-    return shapes
+    try:
+        targets = list(lora_targets(decoder_layers(hf_model), is_lora_target))
+    except ValueError as exc:  # a leaf name twice in one layer
+        raise UnsupportedModel(_model_type(hf_model), str(exc)) from exc
+    linears: list[tuple[str, Any]] = [(key, module) for key, _, _, module in targets]
+    return {key: (linear.in_features, linear.out_features) for key, linear in linears}
 
 
 class _LastPositions:
@@ -107,9 +106,9 @@ class ModelRunner:
             attention.install(hf_model)
         except (ValueError, KeyError) as exc:  # the family does not use the attention interface
             raise UnsupportedModel(config.model_type, str(exc)) from exc
-        bases = attach_hooks(layers, is_lora_target)
+        bases = attach_hooks(layers, is_lora_target)  # the bank was built from the same keys
         self.linears = {key: SlotLinear(base, bank.a[key], bank.b[key])
-                        for key, base in bases.items() if key in bank.a}
+                        for key, base in bases.items()}
         _install_last_positions(hf_model)
         self.lora_strategy = "auto"  # how the LoRA term is computed: auto, gather or segments
         self.cache = KVCache(len(layers), max_rows, _kv_heads(config), max_len,

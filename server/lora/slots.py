@@ -202,20 +202,30 @@ def lora_modules(layer: nn.Module, is_target: Any) -> Iterator[tuple[str, nn.Mod
                 yield f"{name}.{path}", module
 
 
+def lora_targets(layers: nn.ModuleList, is_target: Any) -> Iterator[tuple[str, nn.Module, str, nn.Module]]:
+    """(key, decoder layer, path in it, module) of every LoRA-capable module of `layers`, keyed
+    "<layer>.<leaf name>" as the slot bank and adapter files are; a leaf name twice in one layer
+    is refused, since an adapter could not say which one it means."""
+    for index, layer in enumerate(layers):
+        seen: set[str] = set()
+        for path, module in list(lora_modules(layer, is_target)):
+            leaf = path.rpartition(".")[2]
+            if leaf in seen:
+                raise ValueError(f"layer {index} has two LoRA-capable modules named {leaf!r}")
+            seen.add(leaf)
+            yield f"{index}.{leaf}", layer, path, module
+
+
 def attach_hooks(layers: nn.ModuleList, is_target: Any) -> dict[str, nn.Module]:
     """Put a `SlotHook` in place of every module of `layers` that `is_target(module)` accepts
-    (idempotent); returns the base module of each, keyed "<layer>.<leaf name>"."""
+    (idempotent); returns the base module of each, keyed like `lora_targets`."""
     bases: dict[str, nn.Module] = {}
-    for index, layer in enumerate(layers):
-        for path, module in list(lora_modules(layer, is_target)):
+    for key, layer, path, module in lora_targets(layers, is_target):
+        if not isinstance(module, SlotHook):
             parent_path, _, leaf = path.rpartition(".")
-            key = f"{index}.{leaf}"
-            if key in bases:
-                raise ValueError(f"layer {index} has two LoRA-capable modules named {leaf!r}")
-            if not isinstance(module, SlotHook):
-                module = SlotHook(module, key)
-                setattr(layer.get_submodule(parent_path), leaf, module)
-            bases[key] = module.base
+            module = SlotHook(module, key)
+            setattr(layer.get_submodule(parent_path), leaf, module)
+        bases[key] = module.base
     return bases
 
 

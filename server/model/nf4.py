@@ -10,10 +10,11 @@ bitsandbytes keeps an NF4 `Linear4bit` in one of two layouts:
     table, double quantization undone. From then on the layer computes in bfloat16.
 
 Code that reads the bytes as the standard layout after a repack gets garbage without an error.
-This module gives the product one way to read both: `dense_weight` (the exact values the layer
-multiplies by, as float32), `standard_copy` (a standard-layout copy, lossless, the layer
-untouched) and `standard_layout(model)` (lends every repacked layer out in the standard layout,
-for training, and puts the repacked bytes back exactly afterwards).
+This module gives the product one way to read both: `dense_weight` (NF4 code times its block's
+scale, in float32; on the repacked layout those scales are the bfloat16 ones the layer holds, and
+the fused kernel may round each product to bfloat16 again), `standard_copy` (a standard-layout
+copy, lossless, the layer untouched) and `standard_layout(model)` (lends every repacked layer
+out in the standard layout, for training, and puts the repacked bytes back exactly afterwards).
 
 It does not choose a layout or a kernel: bitsandbytes does.
 """

@@ -1,4 +1,5 @@
-"""The slot bank's LoRA term: gathered and segmented strategies against a per-row reference."""
+"""The slot bank's LoRA term (gathered and segmented strategies against a per-row reference), and
+the hooks that put slot-aware layers into a model's module tree."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from server.lora.slots import SlotLinear, plan_slots
+from server.lora.slots import SlotHook, SlotLinear, attach_hooks, plain_modules, plan_slots
 
 
 def _reference(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
@@ -60,3 +61,35 @@ def test_auto_picks_segments_when_many_rows_share_few_adapters() -> None:
     distinct = plan_slots(torch.tensor([1, 1, 2, 2, 0, 0, 1, 2]))
     assert distinct is not None and distinct.segments is None  # auto gathers
     assert plan_slots(torch.tensor([0, 0])) is None and plan_slots(None) is None
+
+
+def _layers() -> nn.ModuleList:
+    attn = nn.Module()
+    attn.q_proj = nn.Linear(8, 8)
+    mlp = nn.Module()
+    mlp.up_proj = nn.Linear(8, 16)
+    layer = nn.Module()
+    layer.self_attn, layer.mlp, layer.norm = attn, mlp, nn.LayerNorm(8)
+    return nn.ModuleList([layer])
+
+
+def test_hooks_are_attached_once_and_lent_back_as_the_plain_layers() -> None:
+    layers = _layers()
+    q_proj = layers[0].self_attn.q_proj
+    bases = attach_hooks(layers, lambda m: type(m) is nn.Linear)
+    assert set(bases) == {"0.q_proj", "0.up_proj"} and bases["0.q_proj"] is q_proj
+    hook = layers[0].self_attn.q_proj
+    assert isinstance(hook, SlotHook) and attach_hooks(layers, lambda m: type(m) is nn.Linear) == bases
+    assert layers[0].self_attn.q_proj is hook  # no hook around a hook
+    x = torch.randn(2, 8)
+    assert torch.equal(hook(x), q_proj(x))  # outside a step a hook is its layer
+    with plain_modules(layers):
+        assert layers[0].self_attn.q_proj is q_proj
+    assert layers[0].self_attn.q_proj is hook
+
+
+def test_a_leaf_name_twice_in_one_layer_is_refused() -> None:
+    layers = _layers()
+    layers[0].mlp.q_proj = nn.Linear(8, 8)  # an adapter's "0.q_proj" could mean either
+    with pytest.raises(ValueError, match="two LoRA-capable modules named 'q_proj'"):
+        attach_hooks(layers, lambda m: type(m) is nn.Linear)

@@ -163,7 +163,9 @@ class SlotHook(nn.Module):
         step: _Step | None = getattr(_active, "step", None)
         if step is None:
             return self.base(x)
-        return step.linears[self.key](x, step.plan)
+        # .forward directly: this already runs inside the hook's own module call, so a second
+        # nn.Module dispatch (hooks, checks) per linear, hundreds per step, would add nothing
+        return step.linears[self.key].forward(x, step.plan)
 
 
 def base_of(module: nn.Module) -> nn.Module:

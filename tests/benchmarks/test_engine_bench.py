@@ -1,5 +1,6 @@
 """The engine benchmark runs end to end on a tiny setting and reports what docs/BENCHMARKS.md
-records; the chart script draws it. Speed itself is never asserted here."""
+records; the chart script draws it; the runner's step benchmark reports its median. Speed itself
+is never asserted here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import engine_bench, plot_bench
+from benchmarks import engine_bench, plot_bench, runner_step
 
 
 def test_engine_bench_reports_every_variant_and_plots(capsys: pytest.CaptureFixture[str],
@@ -33,3 +34,9 @@ def test_engine_bench_reports_every_variant_and_plots(capsys: pytest.CaptureFixt
     chart = tmp_path / "chart.png"
     assert plot_bench.main([str(saved), str(chart)]) == 0
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runner_step_reports_a_median(capsys: pytest.CaptureFixture[str]) -> None:
+    assert runner_step.main(["--batch", "2", "--steps", "3", "--prompt", "4"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["bench"] == "runner_step" and result["batch"] == 2 and result["median_ms"] > 0

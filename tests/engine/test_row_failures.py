@@ -5,10 +5,13 @@ Also the seeded path on CUDA (marked `gpu`): the generator lives on the logits' 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from server.engine.types import GenerationRequest, SamplingParams
+from server.model.loader import LoadedModel
 from tests.conftest import RuntimeFactory
 from tests.helpers import chat_prompt, run_requests
 
@@ -46,31 +49,24 @@ def test_a_row_whose_sampling_raises_fails_alone(make_runtime: RuntimeFactory) -
 
 
 @pytest.mark.gpu
-def test_a_seeded_request_samples_on_cuda(tmp_path: object) -> None:
+def test_a_seeded_request_samples_on_cuda(embedded: LoadedModel) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from server.engine.engine import Engine, EngineConfig
-    from server.model.loader import LoadedModel
 
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=256)
+                         num_attention_heads=4, num_key_value_heads=2,
+                         vocab_size=len(embedded.tokenizer))
     model = LlamaForCausalLM(config).cuda().eval()
-
-    class Tokenizer:
-        eos_token_id = None
-
-        def decode(self, ids: list[int], **_: object) -> str:
-            return "".join(chr(65 + i % 26) for i in ids)
-
-    loaded = LoadedModel(model=model, tokenizer=Tokenizer(), model_id="tiny",
-                         device=torch.device("cuda"), dtype=torch.float32, quantization="none",
-                         eos_token_ids=frozenset(), max_position_embeddings=2048)
+    loaded = dataclasses.replace(embedded, model=model, model_id="tiny",
+                                 device=torch.device("cuda"), dtype=torch.float32,
+                                 quantization="none")
     engine = Engine(loaded, EngineConfig(max_rows=2, max_context=64, adapter_slots=1,
                                          max_lora_rank=4, prefill_chunk_tokens=64))
     engine.start()
     try:
-        request = GenerationRequest("s", (1, 2, 3), SamplingParams(max_tokens=5, seed=3))
+        request = GenerationRequest("s", (1, 2, 3), SamplingParams(max_tokens=5, seed=3, ignore_eos=True))
         first, second = (run_requests(engine, [request])[0] for _ in range(2))
         assert first.finish_reason == "length" and first.token_ids == second.token_ids
     finally:

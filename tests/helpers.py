@@ -154,6 +154,37 @@ def assert_greedy_consistent(engine: Any, prompt: Sequence[int], tokens: Sequenc
     assert torch.equal(predicted.argmax(-1)[clear], got[clear])
 
 
+class GreedyPath:
+    """An adapter's solo greedy reply with the logits along it (teacher-forced), so that another
+    run's text can be checked against it after that adapter version is gone."""
+
+    def __init__(self, engine: Any, prompt: Sequence[int], tokens: Sequence[int], text: str,
+                 adapter: Any) -> None:
+        (logits,) = engine.score([(list(prompt) + list(tokens[:-1]), adapter)])
+        self.tokenizer = engine.loaded.tokenizer
+        self.tokens = list(tokens)
+        self.text = text
+        self.logits = logits[len(prompt) - 1:]  # (len(tokens), vocab)
+        from tests.numerics import logits_tolerance
+
+        self.tolerance = logits_tolerance(engine.loaded.model, self.logits)
+
+    def assert_followed_by(self, text: str) -> None:
+        """`text` is this reply, or leaves it only where the path's top-2 margin is within the
+        kernel path's rounding (a near-tie that another batch shape may resolve otherwise)."""
+        if text == self.text:
+            return
+        ours = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        same = next(i for i, (a, b) in enumerate(zip([*ours, None], [*self.tokens, None],
+                                                     strict=False)) if a != b)
+        assert same < len(self.tokens), (text, self.text)
+        top2 = self.logits[same].topk(2).values
+        margin = float(top2[0] - top2[1])
+        assert margin <= self.tolerance, (
+            f"{text!r} left {self.text!r} at token {same}, where the greedy margin "
+            f"{margin:.3g} > {self.tolerance:.3g}")
+
+
 def wait_ready(url: str, process: Any = None, timeout: float = 240) -> None:
     """Poll `url`/ready until 200; fail early if `process` (a Popen) exits meanwhile."""
     import httpx

@@ -22,7 +22,7 @@ from server.engine.types import AdapterRef, GenerationRequest, SamplingParams
 from server.model.loader import load_base
 from server.runtime import Runtime
 from server.settings import Settings
-from tests.helpers import chat_prompt, run_requests
+from tests.helpers import GreedyPath, chat_prompt, run_requests
 from tests.numerics import assert_logits_close, clear_positions, logits_tolerance
 
 PROMPTS = {
@@ -91,10 +91,14 @@ def test_adapters_change_the_output(solo_and_batched) -> None:
     assert len(set(texts)) == len(texts), texts
 
 
-def test_free_running_batch_matches_solo(solo_and_batched) -> None:
+def test_free_running_batch_matches_solo(runtime: Runtime, solo_and_batched) -> None:
+    """Free-running, the mixed batch gives each row its solo greedy text; on a bfloat16 kernel
+    path a near-tie of the solo logits may resolve otherwise (tests/helpers.GreedyPath)."""
     solo, batched = solo_and_batched
-    for s, b in zip(solo, batched, strict=True):
-        assert b.token_ids == s.token_ids, (s.text, b.text)
+    for request, s, b in zip(_requests(runtime, "path"), solo, batched, strict=True):
+        path = GreedyPath(runtime.engine, request.prompt_ids, s.token_ids, s.text,
+                          request.adapter)
+        path.assert_followed_by(b.text)
 
 
 @pytest.mark.parametrize("name", ["alpha", "bravo", "charlie"])

@@ -39,6 +39,7 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, loaded: LoadedModel | None = None) -> Runtime:
+        Registry.preflight(settings.registry_dir)  # before the slow model load
         loaded = loaded or load_base(settings)
         max_context = min(settings.max_context, loaded.max_position_embeddings)
         engine = Engine(loaded, EngineConfig(

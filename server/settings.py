@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     host_adapters: int = Field(default=32, ge=1, le=100000)
     """Parsed adapters kept in host memory (pinned on CUDA), the tier below device slots."""
     admin_key: str | None = None
-    """Bearer key for the admin routes; when unset they are accepted from loopback only."""
+    """Bearer key for the admin routes; when unset they are accepted from loopback only (and
+    only under a loopback name or CAMEO_ALLOWED_HOSTS, never through a proxy)."""
     api_keys: str = ""
     """Comma-separated Bearer keys for the inference routes; empty means no key is needed."""
     max_request_bytes: int = Field(default=4 << 20, ge=1024)
@@ -95,7 +96,11 @@ class Settings(BaseSettings):
     metrics_require_key: bool = True
     """Whether /metrics needs an API key when keys are configured."""
     cors_origins: str = ""
-    """Comma-separated origins allowed to call the API from a browser (`*` for any)."""
+    """Comma-separated origins allowed to call the API from a browser (`*` for any); admin
+    writes from any other page than the server's own are refused (403)."""
+    allowed_hosts: str = ""
+    """Comma-separated host names (any port) besides localhost, 127.0.0.1 and [::1] under which
+    admin routes answer loopback clients while no admin key is set (a DNS-rebinding guard)."""
     json_logs: bool = False
     """Write logs as one JSON object per line (for log shippers)."""
     cache_dir: Path = Field(default_factory=default_cache_dir)

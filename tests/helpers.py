@@ -72,10 +72,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(app: Any) -> Iterator[str]:
-    """Serve `app` with a real uvicorn on a free localhost port; yields the base URL."""
+def live_server(app: Any, **config: Any) -> Iterator[str]:
+    """Serve `app` with a real uvicorn on a free localhost port; yields the base URL. `config`:
+    more `uvicorn.Config` arguments (e.g. `http="h11"` for that parser)."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -9,9 +9,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from server.model.loader import LoadedModel
 from tests.helpers import free_port, wait_ready
@@ -66,3 +68,43 @@ def test_a_base_that_cannot_be_served_stops_the_process(tmp_path: Path,
     assert time.monotonic() - started < 60
     assert "base model type 'gpt2' cannot be served" in done.stderr
     assert "Families tested with Cameo" in done.stderr and "llama" in done.stderr
+
+
+def _not_a_folder(root: Path) -> Path:
+    (root / "file").write_text("not a folder")
+    return root / "file" / "registry"
+
+
+def _catalog_is_a_folder(root: Path) -> Path:
+    (root / "registry" / ".catalog" / "catalog.sqlite3").mkdir(parents=True)
+    return root / "registry"
+
+
+def _catalog_is_not_sqlite(root: Path) -> Path:
+    (root / "registry" / ".catalog").mkdir(parents=True)
+    (root / "registry" / ".catalog" / "catalog.sqlite3").write_bytes(b"\x00garbage" * 512)
+    return root / "registry"
+
+
+def _read_only(root: Path) -> Path:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders; the other broken registries cover it")
+    (root / "registry").mkdir()
+    (root / "registry").chmod(0o500)
+    return root / "registry"
+
+
+@pytest.mark.parametrize("broken", [_not_a_folder, _catalog_is_a_folder, _catalog_is_not_sqlite,
+                                    _read_only], ids=lambda f: f.__name__.strip("_"))
+def test_a_registry_that_cannot_work_stops_the_process_in_seconds(
+        tmp_path: Path, broken: Callable[[Path], Path]) -> None:
+    """Exit code 1 with the cause and the path, before the model loads: a supervisor restarts
+    it and someone is told, instead of a process answering 503 forever."""
+    registry = broken(tmp_path)
+    command = [sys.executable, "-m", "server.main", "--port", str(free_port()),
+               "--registry-dir", str(registry), "--device", "cpu"]
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - started < 30, "it waited for the model before failing"
+    assert "start-up failed" in done.stderr and str(registry) in done.stderr, done.stderr

@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import random
-import re
 import sys
 import time
 import warnings
@@ -38,7 +37,8 @@ from typing import Any
 
 import torch
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+from server.registry.personas import NAME_PATTERN, valid_name
+
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 IGNORE = -100
 
@@ -232,7 +232,7 @@ def train(config: TrainConfig, loaded: Any | None = None) -> TrainResult:
     from server.model.nf4 import standard_layout
     from server.settings import Settings, default_cache_dir
 
-    if not NAME_PATTERN.match(config.name):
+    if not valid_name(config.name):
         raise ValueError(f"persona name {config.name!r} must match {NAME_PATTERN.pattern}")
     random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -391,7 +391,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     unknown = set(targets) - set(ALL_TARGETS)
     if unknown or not targets:
         parser.error(f"--target-modules: choose from {','.join(ALL_TARGETS)}")
-    if not NAME_PATTERN.match(name):
+    if not valid_name(name):
         parser.error(f"persona name {name!r} must match {NAME_PATTERN.pattern}")
     for flag, value in (("--rank", args.rank), ("--batch-size", args.batch_size),
                         ("--max-length", args.max_length)):

@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile
 
 from server.api.auth import require_admin
 from server.api.deps import get_runtime
-from server.api.errors import APIError
+from server.api.errors import APIError, quote
 from server.api.schemas import (
     AdapterInfo,
     AdapterList,
@@ -30,7 +30,7 @@ from server.api.schemas import (
 from server.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 from server.lora.merge import MergeError
 from server.registry.catalog import VersionRow
-from server.registry.personas import CARD_FILE, Persona
+from server.registry.personas import CARD_FILE, Persona, adapter_key
 from server.registry.registry import RegistryError, check_name
 from server.serving import Serving
 
@@ -78,13 +78,13 @@ async def upload_adapter(request: Request, runtime: Serving = Depends(get_runtim
             shutil.rmtree(staged, ignore_errors=True)  # gone already when the upload committed
     finally:
         await form.close()
-    return adapter_info(runtime, row.name)
+    return adapter_info(runtime, row.name, published=row)
 
 
 async def _stage_files(form: Any, staged: Path) -> None:
     for key in form:
         if key not in FILE_FIELDS and isinstance(form.get(key), UploadFile):
-            raise APIError(400, f"unexpected file field {key!r}; expected "
+            raise APIError(400, f"unexpected file field {quote(key)}; expected "
                            f"{', '.join(FILE_FIELDS)}", param=key, code="invalid_value")
     if form.get("adapter_model") is None and form.get("persona") is None:
         raise APIError(400, "send adapter_config and adapter_model (a PEFT LoRA adapter), a "
@@ -114,7 +114,8 @@ async def _refuse_pickle(upload: UploadFile) -> None:
 
 @router.get("/v1/adapters", response_model=AdapterList, responses=_ERRORS)
 async def list_adapters(runtime: Serving = Depends(get_runtime)) -> AdapterList:
-    return AdapterList(data=[adapter_info(runtime, p.name) for p in runtime.registry.all()])
+    return AdapterList(data=[adapter_info(runtime, p.name) for p in runtime.registry.all()],
+                       quarantined=runtime.registry.quarantined())
 
 
 @router.get("/v1/adapters/{name}", response_model=AdapterInfo, responses=_ERRORS)
@@ -155,32 +156,43 @@ async def _switch_merge(runtime: Serving, name: str, merge: bool) -> AdapterInfo
 def _adapter_persona(runtime: Serving, name: str) -> Persona:
     persona = runtime.registry.get(name)
     if persona is None:
-        raise APIError(404, f"the persona {name!r} does not exist", param="name",
+        raise APIError(404, f"the persona {quote(name)} does not exist", param="name",
                        code="model_not_found")
     if persona.adapter_key is None:
-        raise APIError(400, f"the persona {name!r} is prompt-only: it has no adapter to merge",
+        raise APIError(400, f"the persona {quote(name)} is prompt-only: it has no adapter to merge",
                        param="name", code="no_adapter")
     return persona
 
 
-def adapter_info(runtime: Serving, name: str) -> AdapterInfo:
+def adapter_info(runtime: Serving, name: str,
+                 published: VersionRow | None = None) -> AdapterInfo:
+    """The persona's current version; or `published`, the version an upload just committed
+    (answered even when a concurrent upload or delete already changed the current one)."""
     versions = runtime.registry.versions(name)
     persona = runtime.registry.get(name)
-    if not versions or persona is None:
-        raise APIError(404, f"the persona {name!r} does not exist", param="name",
+    if published is not None:
+        current = published
+        versions = versions if published in versions else [published]
+        card = published.card
+    elif not versions or persona is None:
+        raise APIError(404, f"the persona {quote(name)} does not exist", param="name",
                        code="model_not_found")
-    current = next(v for v in versions if v.version == persona.version)
+    else:
+        current = next(v for v in versions if v.version == persona.version)
+        card = persona.card.to_json()
     resident = Residency()
-    if persona.adapter_key:
-        slot, host = runtime.residency(persona.adapter_key)
-        merged, pinned = runtime.merge_state(persona.adapter_key)
+    if current.kind == "adapter":
+        key = adapter_key(name, current.version)
+        slot, host = runtime.residency(key)
+        merged, pinned = runtime.merge_state(key)
         resident = Residency(device_slot=slot, host=host, merged=merged, pinned=pinned)
     return AdapterInfo(
-        id=name, name=name, version=current.version, current_version=current.version,
+        id=name, name=name, version=current.version,
+        current_version=persona.version if persona else current.version,
         created=int(current.created), kind=current.kind,  # type: ignore[arg-type]
         rank=current.rank, alpha=current.alpha, target_modules=list(current.target_modules),
         base_model=current.base_model, files=list(current.files),  # type: ignore[arg-type]
-        versions=[_version_info(v) for v in versions], persona=persona.card.to_json(),
+        versions=[_version_info(v) for v in versions], persona=card,
         resident=resident)
 
 

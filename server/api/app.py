@@ -29,10 +29,13 @@ from server.api import adapters, chat, models, personas
 from server.api.admission import Admission
 from server.api.auth import require_user
 from server.api.errors import install_error_handlers
+from server.api.framing import FramingMiddleware
+from server.api.headers import SecurityHeadersMiddleware, docs_csp
 from server.api.limits import BodyLimitMiddleware
 from server.api.metrics import Metrics
 from server.api.middleware import RequestContextMiddleware
 from server.model.loader import UnsupportedModel
+from server.registry.catalog import CatalogError
 from server.runtime import Runtime
 from server.serving import Serving
 from server.settings import Settings
@@ -74,13 +77,16 @@ def create_app(settings: Settings, runtime: Serving | None = None) -> FastAPI:
                                 settings.rate_limit_per_minute)
     state.metrics = Metrics(state)
     install_error_handlers(app)
+    # Each add_middleware wraps the ones before: the last added sees a request first.
     app.add_middleware(BodyLimitMiddleware, default_limit=settings.max_request_bytes,
                        upload_limit=settings.max_upload_bytes)
+    app.add_middleware(FramingMiddleware)
     app.add_middleware(RequestContextMiddleware, state=state)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id"])
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: on every response, even a 503
     for module in (chat, models, adapters, personas):
         app.include_router(module.router)
     _add_docs_routes(app)
@@ -107,7 +113,9 @@ async def _openapi(request: Request) -> JSONResponse:
 
 
 async def _docs() -> HTMLResponse:
-    return get_swagger_ui_html(openapi_url="/openapi.json", title="Cameo API")
+    page = get_swagger_ui_html(openapi_url="/openapi.json", title="Cameo API")
+    page.headers["Content-Security-Policy"] = docs_csp(bytes(page.body).decode())
+    return page
 
 
 def _without_422(schema: dict[str, Any]) -> dict[str, Any]:
@@ -127,8 +135,10 @@ async def _load(app: FastAPI, settings: Settings) -> None:
     try:
         runtime = await asyncio.to_thread(Runtime.build, settings)
     except Exception as exc:
-        # An expected refusal (a base that cannot be served) needs no traceback.
-        log.critical("start-up failed: %s", exc, exc_info=not isinstance(exc, UnsupportedModel))
+        # An expected refusal (a base that cannot be served, a registry folder or catalog that
+        # cannot be used: the message names the path) needs no traceback.
+        expected = isinstance(exc, (UnsupportedModel, CatalogError, OSError))
+        log.critical("start-up failed: %s", exc, exc_info=not expected)
         app.state.fatal = exc
         if app.state.on_fatal is not None:
             app.state.on_fatal()

@@ -22,9 +22,9 @@ from fastapi.responses import Response
 from sse_starlette.sse import EventSourceResponse
 
 from server.api.admission import Admission, Ticket
-from server.api.auth import require_user
+from server.api.auth import caller_identity, require_user
 from server.api.deps import get_runtime
-from server.api.errors import APIError, error_body
+from server.api.errors import APIError, error_body, quote
 from server.api.metrics import RequestTimer
 from server.api.prompt import build_messages, encode_prompt
 from server.api.schemas import (
@@ -63,7 +63,7 @@ async def chat_completions(
     state = http.app.state
     admission: Admission = state.admission
     try:
-        admission.check_rate(_caller(http))
+        admission.check_rate(caller_identity(http))
         admission.check_room()
         check_limits(body, runtime.settings)
     except APIError as exc:
@@ -91,11 +91,6 @@ async def chat_completions(
                                    ping=15, sep="\n")
     completion = await _until_disconnect(http, _complete(request, outputs, body.model))
     return completion if completion is not None else Response(status_code=499)
-
-
-def _caller(http: Request) -> str:
-    token = http.headers.get("authorization", "")
-    return token or (http.client.host if http.client else "unknown")
 
 
 def check_limits(body: ChatCompletionRequest, settings: Settings) -> None:
@@ -171,7 +166,7 @@ def resolve_model(runtime: Serving, name: str) -> Persona | None:
         return None
     persona = runtime.registry.get(name)
     if persona is None:
-        raise APIError(404, f"the model {name!r} does not exist; GET /v1/models lists them",
+        raise APIError(404, f"the model {quote(name)} does not exist; GET /v1/models lists them",
                        param="model", code="model_not_found")
     return persona
 
@@ -193,8 +188,9 @@ def sampling_params(body: ChatCompletionRequest, persona: Persona | None, prompt
     def pick(value: float | None, key: str, fallback: float) -> float:
         return value if value is not None else defaults.get(key, fallback)
 
+    default_max = int(defaults.get("max_tokens", runtime.settings.default_max_tokens))
     return SamplingParams(
-        max_tokens=requested or min(runtime.settings.default_max_tokens, room),
+        max_tokens=requested or min(default_max, room),
         temperature=pick(body.temperature, "temperature", 1.0),
         top_p=pick(body.top_p, "top_p", 1.0),
         top_k=max(int(pick(body.top_k, "top_k", 0)), 0),
@@ -215,8 +211,18 @@ async def _generate(runtime: Serving, request: GenerationRequest,
             yield output
     except AdapterError as exc:
         name = persona.name if persona else runtime.loaded.model_id
+        if persona is not None and _deleted_since(runtime, persona):
+            raise APIError(404, f"the model {name!r} was deleted while the request started",
+                           param="model", code="model_not_found") from exc
         raise APIError(500, f"the adapter of {name!r} cannot be loaded: {exc.message}",
                        code="adapter_load_failed") from exc
+
+
+def _deleted_since(runtime: Serving, persona: Persona) -> bool:
+    """The version was deleted after the request resolved it (its files went with it)."""
+    current = runtime.registry.get(persona.name)
+    return current is None or (current.version != persona.version
+                               and not (persona.adapter_dir and persona.adapter_dir.exists()))
 
 
 async def _first(outputs: AsyncIterator[RequestOutput]) -> RequestOutput | None:

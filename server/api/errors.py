@@ -3,6 +3,10 @@
 Every failure the API reports goes through `APIError` or one of the handlers installed by
 `install_error_handlers`, including FastAPI's own validation errors (400 here, not 422) and
 unknown routes, so clients see one error format everywhere.
+
+Anything a client sent that a message quotes goes through `quote` (or `clip`, unquoted, for a
+`param` the client named), which shortens it, so an error never echoes a megabyte back; as a
+backstop, `APIError` cuts any message at `MAX_MESSAGE_CHARS`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.registry.store import is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +35,32 @@ _TYPES = {
     429: "rate_limit_error",
     500: "server_error",
     503: "server_error",
+    507: "server_error",
 }
+
+
+MAX_MESSAGE_CHARS = 1000
+
+
+def quote(value: object, limit: int = 80) -> str:
+    """`repr(value)` for an error message, cut to `limit` characters with the full length said."""
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """`text` as it is, or cut to `limit` characters with the full length said."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None,
                  code: str | None = None, type: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS] + "..."
         super().__init__(message)
         self.status = status
         self.message = message
@@ -60,6 +85,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(OSError, _os_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)
 
 
@@ -70,7 +96,7 @@ async def _api_error(request: Request, exc: APIError) -> JSONResponse:
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
     location = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
-    param = ".".join(location) or None
+    param = clip(".".join(location)) or None  # a forbidden extra field is the client's name
     message = str(first.get("msg", "invalid request"))
     if first.get("type") == "json_invalid":
         message, param = "the request body is not valid JSON", None
@@ -85,8 +111,16 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         return APIError(400, "the request body is not valid JSON in UTF-8",
                         code="invalid_value").response()
     if exc.status_code == 404:
-        message = f"no route {request.method} {request.url.path}"
+        message = f"no route {request.method} {quote(request.url.path)}"
     return APIError(exc.status_code, message).response()
+
+
+async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+    if is_disk_full(exc):  # wherever it happens: staging an upload, copying files, the catalog
+        log.error("disk full on %s %s: %s", request.method, request.url.path, exc)
+        return APIError(507, "the server's disk is full; free space (DELETE still works) and "
+                        "retry", code="insufficient_storage").response()
+    return await _unexpected_error(request, exc)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

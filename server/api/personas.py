@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends
 from server.api.adapters import registry_error
 from server.api.auth import require_admin, require_user
 from server.api.deps import get_runtime
-from server.api.errors import APIError
+from server.api.errors import APIError, quote
 from server.api.schemas import CardImport, ErrorResponse, PersonaInfo, PersonaList
 from server.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 from server.registry.cards import card_from_v2
@@ -50,7 +50,7 @@ async def list_personas(runtime: Serving = Depends(get_runtime)) -> PersonaList:
 async def get_persona(name: str, runtime: Serving = Depends(get_runtime)) -> PersonaInfo:
     persona = runtime.registry.get(name)
     if persona is None:
-        raise APIError(404, f"the persona {name!r} does not exist", param="name",
+        raise APIError(404, f"the persona {quote(name)} does not exist", param="name",
                        code="model_not_found")
     return persona_info(persona)
 
@@ -69,7 +69,7 @@ async def import_card(body: CardImport, runtime: Serving = Depends(get_runtime))
         if body.adapter is not None:
             source = runtime.registry.get(body.adapter)
             if source is None or source.adapter_dir is None:
-                raise APIError(404, f"no adapter persona named {body.adapter!r}",
+                raise APIError(404, f"no adapter persona named {quote(body.adapter)}",
                                param="adapter", code="model_not_found")
             for file in (CONFIG_FILE, WEIGHTS_FILE):
                 shutil.copyfile(source.adapter_dir / file, staged / file)

@@ -204,6 +204,9 @@ class AdapterInfo(BaseModel):
 class AdapterList(BaseModel):
     object: Literal["list"] = "list"
     data: list[AdapterInfo]
+    quarantined: dict[str, str] = Field(
+        default_factory=dict, description="`name@version` -> why: stored versions that cannot "
+        "be served (left out of `data`; DELETE the name or upload a new version)")
 
 
 class Deleted(BaseModel):

@@ -70,8 +70,9 @@ def module_shapes(hf_model: Any) -> ModuleShapes:
         targets = list(lora_targets(decoder_layers(hf_model), is_lora_target))
     except ValueError as exc:  # a leaf name twice in one layer
         raise UnsupportedModel(_model_type(hf_model), str(exc)) from exc
-    linears: list[tuple[str, Any]] = [(key, module) for key, _, _, module in targets]
-    return {key: (linear.in_features, linear.out_features) for key, linear in linears}
+    linears: list[tuple[str, str, Any]] = [(key, path, m) for key, _, path, m in targets]
+    return ModuleShapes({key: (m.in_features, m.out_features) for key, _, m in linears},
+                        paths={key: path for key, path, _ in linears})
 
 
 class _LastPositions:

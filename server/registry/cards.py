@@ -5,6 +5,10 @@ Contract: `card_from_v2(obj)` validates the card (spec, required name, field siz
 `{{user}}` macros are resolved (the user is called "User"). The system prompt is the card's own
 `system_prompt` when it has one (with `{{original}}` replaced by the composed prompt), else it is
 composed from name, description, personality and scenario.
+
+Each V2 field is held to the limit of the persona field it becomes (`personas.LIMITS`), so a
+card is refused here, naming its own field, rather than stored and failing later; the registry
+checks the finished persona card once more, as it checks an uploaded persona.json.
 """
 
 from __future__ import annotations
@@ -14,23 +18,24 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from server.registry.personas import CardError, PersonaCard
+from server.registry.personas import LIMITS, CardError, PersonaCard, parse_card
 
-_FIELD_LIMIT = 16000
+_PROMPT = LIMITS["system_prompt"]  # personality and scenario go into the system prompt
 
 
 class _V2Data(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    name: str = Field(min_length=1, max_length=128)
-    description: str = Field(default="", max_length=_FIELD_LIMIT)
-    personality: str = Field(default="", max_length=_FIELD_LIMIT)
-    scenario: str = Field(default="", max_length=_FIELD_LIMIT)
-    first_mes: str = Field(default="", max_length=_FIELD_LIMIT)
-    mes_example: str = Field(default="", max_length=_FIELD_LIMIT)
-    system_prompt: str = Field(default="", max_length=_FIELD_LIMIT)
-    post_history_instructions: str = Field(default="", max_length=_FIELD_LIMIT)
-    creator_notes: str = Field(default="", max_length=_FIELD_LIMIT)
+    name: str = Field(min_length=1, max_length=LIMITS["display_name"])
+    description: str = Field(default="", max_length=LIMITS["description"])
+    personality: str = Field(default="", max_length=_PROMPT)
+    scenario: str = Field(default="", max_length=_PROMPT)
+    first_mes: str = Field(default="", max_length=LIMITS["greeting"])
+    mes_example: str = Field(default="", max_length=_PROMPT)
+    system_prompt: str = Field(default="", max_length=_PROMPT)
+    post_history_instructions: str = Field(default="",
+                                           max_length=LIMITS["post_history_instructions"])
+    creator_notes: str = Field(default="", max_length=LIMITS["description"])
     tags: list[str] = Field(default_factory=list, max_length=32)
 
 
@@ -57,8 +62,9 @@ def card_from_v2(obj: Any) -> tuple[str, PersonaCard]:
     data = card.data
     if not data.name.strip():
         raise CardError("card.data.name must not be blank", "card.data.name")
-    if any(len(tag) > 64 for tag in data.tags):
-        raise CardError("card.data.tags are at most 64 characters each", "card.data.tags")
+    if any(len(tag) > LIMITS["tag"] for tag in data.tags):
+        raise CardError(f"card.data.tags are at most {LIMITS['tag']} characters each",
+                        "card.data.tags")
 
     def fill(text: str) -> str:
         return text.replace("{{char}}", data.name).replace("{{user}}", "User").strip()
@@ -80,6 +86,11 @@ def card_from_v2(obj: Any) -> tuple[str, PersonaCard]:
         post_history_instructions=fill(data.post_history_instructions),
         source="chara_card_v2",
     )
+    try:  # the composed prompt and resolved macros can still pass a limit
+        parse_card(persona.to_json(), slugify(data.name))
+    except CardError as exc:
+        raise CardError(f"the card does not fit a persona once composed: {exc.message}",
+                        "card") from exc
     return slugify(data.name), persona
 
 

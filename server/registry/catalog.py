@@ -4,6 +4,10 @@ Contract: a version is visible only once its row is committed, and the row is co
 after its files are in place (see `registry`). One `Catalog` per process; SQLite's own locking
 makes concurrent writers (threads, or replicas sharing the folder) safe, and `next_version`
 runs inside the same write transaction as the insert, so two uploads never get one number.
+Version numbers are never reused, not even after the persona is deleted (`sequences` keeps the
+last one handed out), so `name@version` names one upload for the life of the registry.
+
+Opening a catalog that cannot be opened raises `CatalogError` with the path and the cause.
 """
 
 from __future__ import annotations
@@ -37,7 +41,15 @@ CREATE TABLE IF NOT EXISTS versions (
     PRIMARY KEY (name, version)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sequences (
+    name TEXT PRIMARY KEY,
+    last_version INTEGER NOT NULL    -- kept when the persona is deleted
+);
 """
+
+
+class CatalogError(RuntimeError):
+    """The catalog file cannot be opened or initialised (the message names the path)."""
 
 
 @dataclass(frozen=True)
@@ -56,13 +68,18 @@ class VersionRow:
 
 class Catalog:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                                   timeout=30)
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                       timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise CatalogError(f"cannot open the registry catalog {path}: {exc} (is the folder "
+                               "writable, and is the file a SQLite database?)") from exc
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         self._db.close()
@@ -74,10 +91,11 @@ class Catalog:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT (a full disk) may leave it open
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def current(self, name: str) -> VersionRow | None:
         with self._lock:
@@ -119,8 +137,14 @@ def current_in(db: sqlite3.Connection, name: str) -> VersionRow | None:
 
 
 def next_version(db: sqlite3.Connection, name: str) -> int:
-    row = db.execute("SELECT MAX(version) FROM versions WHERE name = ?", (name,)).fetchone()
-    return int(row[0] or 0) + 1
+    """Hand out the next version number of `name`: above every number it ever had."""
+    row = db.execute("SELECT MAX(v) FROM (SELECT MAX(version) AS v FROM versions WHERE name = ? "
+                     "UNION ALL SELECT last_version FROM sequences WHERE name = ?)",
+                     (name, name)).fetchone()
+    version = int(row[0] or 0) + 1
+    db.execute("INSERT INTO sequences VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
+               "last_version = excluded.last_version", (name, version))
+    return version
 
 
 def insert_version(db: sqlite3.Connection, row: VersionRow) -> None:

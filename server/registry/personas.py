@@ -14,8 +14,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def valid_name(name: str) -> bool:
+    """A persona name: the whole string matches NAME_PATTERN (no trailing newline slips by)."""
+    return NAME_PATTERN.fullmatch(name) is not None
+
 CARD_FILE = "persona.json"
+
+# Characters per card field: the one limit that uploads, imports and reads all apply.
+LIMITS = {"display_name": 128, "description": 4000, "system_prompt": 16000, "greeting": 4000,
+          "post_history_instructions": 4000, "example_message": 8000, "tag": 64, "source": 64}
 
 
 class CardError(ValueError):
@@ -27,7 +37,7 @@ class CardError(ValueError):
 
 class _Message(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=8000)
+    content: str = Field(max_length=LIMITS["example_message"])
 
 
 class _Sampling(BaseModel):
@@ -40,7 +50,7 @@ class _Sampling(BaseModel):
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=1 << 20)
 
 
 class _CardFile(BaseModel):
@@ -48,16 +58,16 @@ class _CardFile(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    display_name: str | None = Field(default=None, max_length=128)
-    description: str = Field(default="", max_length=4000)
-    system_prompt: str = Field(default="", max_length=16000)
-    greeting: str = Field(default="", max_length=4000)
+    display_name: str | None = Field(default=None, max_length=LIMITS["display_name"])
+    description: str = Field(default="", max_length=LIMITS["description"])
+    system_prompt: str = Field(default="", max_length=LIMITS["system_prompt"])
+    greeting: str = Field(default="", max_length=LIMITS["greeting"])
     example_messages: list[_Message] = Field(default_factory=list, max_length=64)
     tags: list[str] = Field(default_factory=list, max_length=32)
     sampling: _Sampling = Field(default_factory=_Sampling)
     markers: list[str] = Field(default_factory=list, max_length=256)
-    post_history_instructions: str = Field(default="", max_length=4000)
-    source: str | None = Field(default=None, max_length=64)
+    post_history_instructions: str = Field(default="", max_length=LIMITS["post_history_instructions"])
+    source: str | None = Field(default=None, max_length=LIMITS["source"])
 
 
 @dataclass(frozen=True)
@@ -93,8 +103,9 @@ def parse_card(data: Any, name: str) -> PersonaCard:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise CardError(f"persona.json: {where}: {first['msg']}", "persona") from exc
-    if any(len(tag) > 64 for tag in card.tags):
-        raise CardError("persona.json: tags are at most 64 characters each", "persona")
+    if any(len(tag) > LIMITS["tag"] for tag in card.tags):
+        raise CardError(f"persona.json: tags are at most {LIMITS['tag']} characters each",
+                        "persona")
     sampling = {k: float(v) for k, v in card.sampling.model_dump().items() if v is not None}
     return PersonaCard(
         display_name=card.display_name or name, description=card.description,
@@ -116,4 +127,10 @@ class Persona:
 
     @property
     def adapter_key(self) -> str | None:
-        return None if self.adapter_dir is None else f"{self.name}@{self.version}"
+        return None if self.adapter_dir is None else adapter_key(self.name, self.version)
+
+
+def adapter_key(name: str, version: int) -> str:
+    """The one spelling of an adapter version's cache key (opaque to its users: never parse it).
+    Unique for the life of the registry, since version numbers are never reused."""
+    return f"{name}@{version}"

@@ -3,16 +3,26 @@
 Contract:
 - `add(name, staged, replace, force)` takes a staged folder (adapter_config.json and
   adapter_model.safetensors, and/or persona.json), validates everything BEFORE anything becomes
-  visible, moves the folder into `<root>/<name>/<version>/` atomically and then commits the
-  catalog row. Any failure leaves the registry exactly as it was.
-- `delete(name)` removes the catalog rows first (new requests see 404 at once), then the files.
+  visible, moves the folder into `<root>/<name>/<version>/` atomically and commits the catalog
+  row in the same write transaction. Any failure leaves the registry exactly as it was: the
+  staged folder and any folder already moved are removed.
+- `delete(name)` removes the catalog rows and moves the files out of sight in one transaction
+  (new requests see 404 at once), then deletes the files. On a full disk it frees the store's
+  reserve and tries once more, so that space can always be freed through the API.
+- Writes to one name are serialized by the catalog's write lock (SQLite's, so across
+  processes too): an upload and a delete never interleave.
+- Version numbers are never reused (see `catalog`), so an adapter key `name@version` (built by
+  `Persona.adapter_key` only) names one upload forever and caches may trust it.
+- Reads never fail on a stored row: a row whose card no longer validates is quarantined
+  (logged once, listed by `quarantined()`, left out of `get` and `all`) and the rest is served.
 - `open()` reconciles the catalog with the disk: a crash between the file move and the catalog
   commit leaves a folder with no row, which is removed; a row whose files are missing or damaged
   is dropped. Uploads staged but never committed are discarded.
-- Listeners registered with `on_retire` hear the `name@version` key of every version that stops
+- Listeners registered with `on_retire` hear the adapter key of every version that stops
   being current (replaced or deleted), so caches can free it once no request uses it.
 
-Validation errors are `RegistryError`s carrying an HTTP status, `param` and `code`.
+Validation errors are `RegistryError`s carrying an HTTP status, `param` and `code`; a full disk
+is a 507 `insufficient_storage`.
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +47,11 @@ from server.registry.personas import (
     CardError,
     Persona,
     PersonaCard,
+    adapter_key,
     parse_card,
+    valid_name,
 )
-from server.registry.store import LocalStore
+from server.registry.store import LocalStore, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +70,25 @@ class RegistryError(Exception):
 
 
 def check_name(name: str) -> None:
-    if not NAME_PATTERN.match(name):
-        raise RegistryError(400, "name must match [a-z0-9][a-z0-9._-]{0,63} "
-                            f"(got {name[:80]!r})", "name", "invalid_name")
+    if not valid_name(name):
+        raise RegistryError(400, f"name must match {NAME_PATTERN.pattern} (got {name[:80]!r})",
+                            "name", "invalid_name")
+
+
+def disk_full_error(exc: BaseException, root: Path) -> RegistryError:
+    return RegistryError(507, f"the registry's disk is full ({root}): {exc}; free space (DELETE "
+                         "still works) and retry", None, "insufficient_storage")
 
 
 class Registry:
     def __init__(self, root: Path, base_model_id: str, shapes: ModuleShapes, max_rank: int) -> None:
         self.store = LocalStore(root)
-        self.catalog = Catalog(Path(root) / "catalog.sqlite3")
+        self.catalog = Catalog(self.store.catalog_path)
         self.base_model_id = base_model_id
         self.shapes = shapes
         self.max_rank = max_rank
         self._listeners: list[Callable[[str], None]] = []
+        self._quarantined: dict[tuple[str, int], str] = {}
 
     @classmethod
     def open(cls, root: Path, base_model_id: str, shapes: ModuleShapes, max_rank: int,
@@ -78,6 +98,12 @@ class Registry:
         if seed_dir is not None:
             registry.import_seed(seed_dir)
         return registry
+
+    @staticmethod
+    def preflight(root: Path) -> None:
+        """Open and close the registry's folders and catalog, so that a registry that cannot
+        work stops the start in seconds (raises OSError or CatalogError naming the path)."""
+        Catalog(LocalStore(root).catalog_path).close()
 
     def close(self) -> None:
         self.catalog.close()
@@ -92,15 +118,29 @@ class Registry:
         return self._persona(row) if row else None
 
     def all(self) -> list[Persona]:
-        return [self._persona(row) for row in self.catalog.all_current()]
+        personas = (self._persona(row) for row in self.catalog.all_current())
+        return [p for p in personas if p is not None]
 
     def versions(self, name: str) -> list[VersionRow]:
         return self.catalog.versions(name)
 
-    def _persona(self, row: VersionRow) -> Persona:
+    def quarantined(self) -> dict[str, str]:
+        """`name@version` -> why, for stored rows that cannot be served (until deleted)."""
+        self.all()  # reads every current row, quarantining what does not validate
+        return {adapter_key(n, v): why for (n, v), why in sorted(self._quarantined.items())}
+
+    def _persona(self, row: VersionRow) -> Persona | None:
+        try:
+            card = parse_card(row.card, row.name)
+        except CardError as exc:
+            if (row.name, row.version) not in self._quarantined:
+                log.error("registry: quarantining %s v%d, its stored card is invalid: %s; "
+                          "delete it or upload a new version", row.name, row.version, exc.message)
+            self._quarantined[(row.name, row.version)] = exc.message
+            return None
         adapter_dir = self.store.path(row.name, row.version) if row.kind == "adapter" else None
-        return Persona(name=row.name, card=parse_card(row.card, row.name),
-                       adapter_dir=adapter_dir, version=row.version, created=int(row.created))
+        return Persona(name=row.name, card=card, adapter_dir=adapter_dir, version=row.version,
+                       created=int(row.created))
 
     # ------------------------------------------------------------------ writing
 
@@ -114,28 +154,61 @@ class Registry:
         try:
             check_name(name)
             row = self._validate(name, staged, force, card)
-            previous = self._publish(row, staged, replace)
-        except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise
+            with self._disk_full_as_507():
+                published, previous = self._publish(row, staged, replace)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)  # moved away already when it committed
         if previous is not None and previous.kind == "adapter":
-            self._retire(f"{name}@{previous.version}")
-        log.info("registry: %s version %d published (%s)", name, row.version, row.kind)
-        return self.catalog.current(name) or row
+            self._retire(adapter_key(name, previous.version))
+        log.info("registry: %s version %d published (%s)", name, published.version, row.kind)
+        return published
 
     def delete(self, name: str) -> list[int]:
         check_name(name)
-        with self.catalog.write() as db:
-            current = db.execute("SELECT current_version FROM personas WHERE name = ?",
-                                 (name,)).fetchone()
-            versions = cat.delete_persona(db, name)
-        if not versions:
-            raise RegistryError(404, f"the persona {name!r} does not exist", "name",
-                                "model_not_found")
-        self.store.remove(name)
-        if current is not None:
-            self._retire(f"{name}@{current[0]}")
+        try:
+            versions = self._delete(name)
+        except (OSError, sqlite3.Error) as exc:
+            if not is_disk_full(exc):
+                raise
+            if not self.store.release_reserve():
+                raise disk_full_error(exc, self.store.root) from exc
+            log.warning("registry: the disk is full; deleting %s with the reserved space", name)
+            with self._disk_full_as_507():
+                versions = self._delete(name)
+        finally:
+            self.store.restore_reserve()
         log.info("registry: %s deleted (%d version(s))", name, len(versions))
+        return versions
+
+    @contextmanager
+    def _disk_full_as_507(self) -> Iterator[None]:
+        try:
+            yield
+        except (OSError, sqlite3.Error) as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(exc, self.store.root) from exc
+            raise
+
+    def _delete(self, name: str) -> list[int]:
+        detached = None
+        try:
+            with self.catalog.write() as db:
+                current = db.execute("SELECT current_version FROM personas WHERE name = ?",
+                                     (name,)).fetchone()
+                versions = cat.delete_persona(db, name)
+                if not versions:
+                    raise RegistryError(404, f"the persona {name!r} does not exist", "name",
+                                        "model_not_found")
+                detached = self.store.detach(name)
+        except BaseException:
+            if detached is not None:
+                self.store.reattach(detached, name)
+            raise
+        self.store.purge(detached)
+        for version in versions:
+            self._quarantined.pop((name, version), None)
+        if current is not None:
+            self._retire(adapter_key(name, current[0]))
         return versions
 
     def _validate(self, name: str, staged: Path, force: bool,
@@ -144,6 +217,7 @@ class Registry:
         if unexpected:
             raise RegistryError(400, f"unexpected files: {', '.join(unexpected)}", "files")
         if card is not None:
+            card = self._checked_card(card, name)
             (staged / CARD_FILE).write_text(json.dumps(card.to_json(), ensure_ascii=False))
         card = card or self._read_card(staged, name)
         kind, rank, alpha, targets, base_model = "prompt", None, None, (), None
@@ -178,6 +252,15 @@ class Registry:
         except CardError as exc:
             raise RegistryError(400, exc.message, exc.param, "invalid_card") from exc
 
+    @staticmethod
+    def _checked_card(card: PersonaCard, name: str) -> PersonaCard:
+        """A card built in code (an import) passes the same check as an uploaded persona.json,
+        so every stored row reads back."""
+        try:
+            return parse_card(card.to_json(), name)
+        except CardError as exc:
+            raise RegistryError(400, exc.message, exc.param, "invalid_card") from exc
+
     def _read_adapter(self, staged: Path) -> Any:
         if not (staged / CONFIG_FILE).exists():
             raise RegistryError(400, "adapter_config.json is missing", "adapter_config",
@@ -185,27 +268,31 @@ class Registry:
         try:
             return read_adapter(staged, self.shapes, self.max_rank)
         except AdapterError as exc:
-            code = "invalid_json" if "JSON" in exc.message else "invalid_adapter"
-            raise RegistryError(400, exc.message, exc.param, code) from exc
+            raise RegistryError(400, exc.message, exc.param, exc.code) from exc
 
-    def _publish(self, row: VersionRow, staged: Path, replace: bool) -> VersionRow | None:
-        with self.catalog.write() as db:
-            previous = None
-            if cat.exists(db, row.name):
-                if not replace:
-                    raise RegistryError(409, f"the persona {row.name!r} already exists; send "
-                                        "replace=true to upload a new version", "name",
-                                        "already_exists")
-                previous = cat.current_in(db, row.name)
-            version = cat.next_version(db, row.name)
-            published = dataclasses.replace(row, version=version)
-            self.store.commit(staged, row.name, version)
-            try:
+    def _publish(self, row: VersionRow, staged: Path,
+                 replace: bool) -> tuple[VersionRow, VersionRow | None]:
+        """(the published row, the version it replaced); the files move inside the transaction."""
+        moved = False
+        published = row
+        try:
+            with self.catalog.write() as db:
+                previous = None
+                if cat.exists(db, row.name):
+                    if not replace:
+                        raise RegistryError(409, f"the persona {row.name!r} already exists; "
+                                            "send replace=true to upload a new version", "name",
+                                            "already_exists")
+                    previous = cat.current_in(db, row.name)
+                published = dataclasses.replace(row, version=cat.next_version(db, row.name))
+                self.store.commit(staged, row.name, published.version)
+                moved = True
                 cat.insert_version(db, published)
-            except BaseException:
-                self.store.remove(row.name, version)
-                raise
-        return previous
+        except BaseException:
+            if moved:  # the rows rolled back (a failed insert or COMMIT): so do the files
+                self.store.remove(row.name, published.version)
+            raise
+        return published, previous
 
     def _retire(self, key: str) -> None:
         for listener in self._listeners:
@@ -238,7 +325,7 @@ class Registry:
             return
         imported = []
         for folder in sorted(seed_dir.iterdir()) if seed_dir.is_dir() else []:
-            if not folder.is_dir() or not NAME_PATTERN.match(folder.name):
+            if not folder.is_dir() or not valid_name(folder.name):
                 continue
             staged = self.stage()
             for file in ALLOWED_FILES:

@@ -1,4 +1,5 @@
-"""A real uvicorn server on a free localhost port, serving the shared test runtime."""
+"""A real uvicorn server on a free localhost port, serving the shared test runtime; and `serve`
+(from the robustness tests): a fresh runtime with its own registry behind a real server."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from server.api.app import create_app
 from server.runtime import Runtime
 from tests.helpers import live_server
+from tests.robustness.conftest import serve  # noqa: F401  (a fixture, re-exported)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Fixtures for the client tests: one real uvicorn server (the shared test runtime, the web chat
-mounted at `/`), an adapter folder to upload, and clean-up of what the tests upload."""
+mounted at `/`), an adapter folder to upload, clean-up of what the tests upload, and `serve` (a
+fresh runtime with its own registry behind a real server, from the robustness tests)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from server.model.loader import LoadedModel
 from server.runtime import Runtime
 from server.settings import Settings
 from tests.helpers import live_server, write_peft_adapter, write_persona
+from tests.robustness.conftest import serve  # noqa: F401  (a fixture, re-exported)
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 

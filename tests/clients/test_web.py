@@ -1,7 +1,9 @@
 """The web chat at `/`, driven in headless Chromium (Debian's) through Playwright.
 
-Screenshots land in test-artifacts/ (git-ignored). Skipped, with the reason, when the
-`playwright` package or a chromium binary is missing (`make install-test` installs both).
+Every page runs under the server's Content-Security-Policy: a violation fails the test like a
+JavaScript error. Screenshots land in test-artifacts/ (git-ignored). Skipped, with the reason,
+when the `playwright` package or a chromium binary is missing (`make install-test` installs
+both).
 """
 
 from __future__ import annotations
@@ -71,7 +73,13 @@ class Web:
         self.headers: list[dict[str, str]] = []
         self.page_errors: list[str] = []
         page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
+        page.on("console", self._console)
         page.on("request", self._record)
+
+    def _console(self, message: Any) -> None:
+        """A CSP violation (Chromium logs one per refused load) counts as a page error."""
+        if "Content Security Policy" in message.text:
+            self.page_errors.append(message.text)
 
     def _record(self, request: Any) -> None:
         if "/v1/" in request.url:
@@ -80,7 +88,9 @@ class Web:
             self.chat_bodies.append(json.loads(request.post_data or "{}"))
 
     def open(self, url: str) -> Web:
-        self.page.goto(url + "/")
+        response = self.page.goto(url + "/")
+        assert response is not None  # the page runs under the server's CSP (see __init__)
+        assert "default-src 'self'" in response.headers.get("content-security-policy", "")
         return self
 
     def wait_personas(self, count: int = 3) -> None:

@@ -1,8 +1,10 @@
 """Faults stay where they happen: one bad row fails one request; a stalled or dead engine shows.
 
-The faults are real where they can be: an adapter whose (finite) weights overflow to NaN logits,
-an adapter file that vanished from disk, a worker thread that is blocked. Only the engine
-thread's death is injected (a step that raises SystemExit), since nothing else kills it.
+The faults are real where they can be: an adapter file that vanished from disk, a worker thread
+that is blocked. Two are injected, since no client input can cause them any more: non-finite
+weights in a resident adapter's device slot (uploads refuse adapters whose change could overflow,
+`server/lora/adapter.py`, so only memory corruption or a kernel bug gets there), and the engine
+thread's death (a step that raises SystemExit).
 """
 
 from __future__ import annotations
@@ -34,10 +36,15 @@ def _chat(url: str, model: str, max_tokens: int = 6, **extra: Any) -> httpx.Resp
 
 def test_nan_logits_fail_only_their_row(serve: ServerFactory, plain_embedded: LoadedModel,
                                         tmp_path: Path) -> None:
-    poisoned = write_peft_adapter(plain_embedded.model, tmp_path / "poison", seed=5,
-                                  b_scale=1e30, base_model=plain_embedded.model_id)
-    with serve() as (_runtime, url):
-        _upload(url, poisoned, "poison")
+    adapter = write_peft_adapter(plain_embedded.model, tmp_path / "poison", seed=5,
+                                 base_model=plain_embedded.model_id)
+    with serve(adapter_slots=2) as (runtime, url):
+        _upload(url, adapter, "poison")
+        assert _chat(url, "poison").status_code == 200  # resident in a slot now
+        engine = runtime.engine
+        slot = engine.call(engine.slots.resident).result()["poison@1"]
+        engine.call(lambda: [b[slot].fill_(float("inf")) for b in engine.slots.bank.b.values()]
+                    ).result()
         healthy: dict[str, httpx.Response] = {}
         thread = threading.Thread(target=lambda: healthy.update(r=_chat(url, "alpha", 40,
                                                                         ignore_eos=True)))

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from server.engine.async_engine import AsyncEngine
+from server.engine.constraints import Grammars
 from server.engine.engine import Engine, EngineConfig
 from server.engine.types import AdapterRef, GenerationRequest, RequestOutput
 from server.lora.adapter import AdapterError, read_adapter
@@ -90,6 +91,10 @@ class Runtime:
             request = dataclasses.replace(request, adapter=ref)
         async for output in self.async_engine.generate(request):
             yield output
+
+    @property
+    def grammars(self) -> Grammars:
+        return self.engine.grammars
 
     def residency(self, key: str) -> tuple[int | None, bool]:
         """(device slot or None, whether in host memory) of adapter version `key`."""

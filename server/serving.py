@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+from server.engine.constraints import Grammars
 from server.engine.types import GenerationRequest, RequestOutput
 from server.registry.personas import Persona
 from server.registry.registry import Registry
@@ -69,6 +70,12 @@ class Serving(Protocol):
     @property
     def engine_started(self) -> int:
         """Unix time the serving side started (the base model's `created` in /v1/models)."""
+        ...
+
+    @property
+    def grammars(self) -> Grammars:
+        """Compiled grammars for the base's tokenizer: the API compiles a request's grammar
+        here first, so that one the library cannot compile is a 400 before any engine work."""
         ...
 
     def residency(self, key: str) -> tuple[int | None, bool]:

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     """Tokens per row: prompt plus generated, the size of each row's KV cache."""
     default_max_tokens: int = Field(default=512, ge=1)
     """Generated-token limit when a request sets none (capped by the room left in the context)."""
+    max_n: int = Field(default=4, ge=1, le=128)
+    """Largest `n` (choices per request): each choice is its own engine request, sharing the
+    prompt, so one request may hold up to this many batch rows."""
     prefill_chunk_tokens: int = Field(default=256, ge=16)
     """Prompt tokens prefilled per engine step, so a long prompt does not stall running streams."""
     merge_mode: Literal["never", "explicit", "auto"] = "explicit"

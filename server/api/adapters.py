@@ -16,17 +16,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.datastructures import UploadFile
 
+from server.api.admin_schemas import AdapterInfo, AdapterList, Deleted, Residency, VersionInfo
 from server.api.auth import require_admin
 from server.api.deps import get_runtime
 from server.api.errors import APIError, quote
-from server.api.schemas import (
-    AdapterInfo,
-    AdapterList,
-    Deleted,
-    ErrorResponse,
-    Residency,
-    VersionInfo,
-)
+from server.api.schemas import ErrorResponse
 from server.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 from server.lora.merge import MergeError
 from server.registry.catalog import VersionRow

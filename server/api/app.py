@@ -21,11 +21,10 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
 
 from clients.webapp import web_dir
 from server import __version__
-from server.api import adapters, chat, models, personas
+from server.api import adapters, chat, completions, models, personas, tokenize
 from server.api.admission import Admission
 from server.api.auth import require_user
 from server.api.errors import install_error_handlers
@@ -34,6 +33,7 @@ from server.api.headers import SecurityHeadersMiddleware, docs_csp
 from server.api.limits import BodyLimitMiddleware
 from server.api.metrics import Metrics
 from server.api.middleware import RequestContextMiddleware
+from server.api.webmount import WebMount
 from server.model.loader import UnsupportedModel
 from server.registry.catalog import CatalogError
 from server.runtime import Runtime
@@ -87,12 +87,13 @@ def create_app(settings: Settings, runtime: Serving | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id"])
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: on every response, even a 503
-    for module in (chat, models, adapters, personas):
+    for module in (chat, completions, tokenize, models, adapters, personas):
         app.include_router(module.router)
     _add_docs_routes(app)
-    # The web chat: static files at "/" after every API route, so no route is shadowed. The
-    # page holds no data; everything it shows comes from the API behind the keys.
-    app.mount("/", StaticFiles(directory=web_dir(), html=True), name="web")
+    # The web chat: static files at "/" after every API route, so no route is shadowed (and
+    # unknown routes stay 404, wrong methods 405). The page holds no data; everything it shows
+    # comes from the API behind the keys.
+    app.router.routes.append(WebMount(app.router, web_dir()))
     return app
 
 

@@ -12,6 +12,8 @@ backstop, `APIError` cuts any message at `MAX_MESSAGE_CHARS`.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -40,6 +42,7 @@ _TYPES = {
 
 
 MAX_MESSAGE_CHARS = 1000
+_UNION_TAG = re.compile(r"[\w-]+\[.*\]|str|int|float|bool|none|bytes|[A-Z][A-Za-z0-9]*")
 
 
 def quote(value: object, limit: int = 80) -> str:
@@ -93,9 +96,29 @@ async def _api_error(request: Request, exc: APIError) -> JSONResponse:
     return exc.response()
 
 
+def _is_union_tag(part: object) -> bool:
+    """A member of a union in a pydantic error location (`str`, `list[ContentPart]`, ...)."""
+    return isinstance(part, str) and bool(_UNION_TAG.fullmatch(part))
+
+
+def _reported(errors: Sequence[Any]) -> dict[str, Any]:
+    """The error to report: the first, or when it is one member of a failed union, the
+    deepest error under that union (the member the input was meant for)."""
+    if not errors:
+        return {}
+    first = dict(errors[0])
+    loc = tuple(first.get("loc", ()))
+    tag = next((i for i, part in enumerate(loc) if _is_union_tag(part)), None)
+    if tag is None:
+        return first
+    under = [dict(e) for e in errors if tuple(e.get("loc", ()))[:tag] == loc[:tag]]
+    return max(under, key=lambda e: len(e.get("loc", ())))
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {}
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
+    first = _reported(exc.errors())
+    location = [str(part) for part in first.get("loc", ())
+                if part not in ("body",) and not _is_union_tag(part)]
     param = clip(".".join(location)) or None  # a forbidden extra field is the client's name
     message = str(first.get("msg", "invalid request"))
     if first.get("type") == "json_invalid":
@@ -110,9 +133,17 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     if exc.status_code == 400 and "parsing the body" in message:  # FastAPI: undecodable body
         return APIError(400, "the request body is not valid JSON in UTF-8",
                         code="invalid_value").response()
-    if exc.status_code == 404:
+    if exc.status_code == 404 and message == "Not Found":
         message = f"no route {request.method} {quote(request.url.path)}"
-    return APIError(exc.status_code, message).response()
+        if request.url.path.startswith("/v1/responses"):
+            message += ("; Cameo speaks chat completions: point the client at "
+                        "/v1/chat/completions (docs/FRONTENDS.md)")
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = (f"{request.method} is not allowed on {quote(request.url.path)}"
+                   + (f"; allowed: {allowed}" if allowed else ""))
+    headers = dict(exc.headers) if exc.headers else None
+    return APIError(exc.status_code, message, headers=headers).response()
 
 
 async def _os_error(request: Request, exc: OSError) -> JSONResponse:

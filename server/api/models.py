@@ -1,4 +1,6 @@
-"""`GET /v1/models` (the base and every persona) and the health probes."""
+"""`GET /v1/models` (the base and every persona; `HEAD` answers 200), `GET /v1/models/{id}`
+(one of them, 404 `model_not_found` in OpenAI's error shape for any other id; ids may hold
+`/`, as the base's does), and the health probes."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.api.auth import require_user
 from server.api.deps import get_runtime, not_ready_reason
-from server.api.errors import APIError
-from server.api.schemas import ModelCard, ModelList
+from server.api.errors import APIError, quote
+from server.api.schemas import ErrorResponse, ModelCard, ModelList
+from server.registry.personas import Persona
 from server.serving import Serving
 
 router = APIRouter()
@@ -17,15 +20,40 @@ router = APIRouter()
 
 @router.get("/v1/models", response_model=ModelList, dependencies=[Depends(require_user)])
 async def list_models(runtime: Serving = Depends(get_runtime)) -> ModelList:
+    return ModelList(data=[_base_card(runtime), *(_persona_card(runtime, p)
+                                                  for p in runtime.registry.all())])
+
+
+@router.head("/v1/models", include_in_schema=False,
+             dependencies=[Depends(require_user), Depends(get_runtime)])
+async def probe_models() -> Response:
+    """What clients send to check a connection: GET's status, without the body."""
+    return Response(status_code=200, media_type="application/json")
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard,
+            responses={s: {"model": ErrorResponse} for s in (401, 404, 503)},
+            dependencies=[Depends(require_user)])
+async def retrieve_model(model_id: str, runtime: Serving = Depends(get_runtime)) -> ModelCard:
+    if model_id == runtime.loaded.model_id:
+        return _base_card(runtime)
+    persona = runtime.registry.get(model_id)
+    if persona is None:
+        raise APIError(404, f"the model {quote(model_id)} does not exist; GET /v1/models lists "
+                       "them", param="model", code="model_not_found")
+    return _persona_card(runtime, persona)
+
+
+def _base_card(runtime: Serving) -> ModelCard:
     base = runtime.loaded.model_id
-    cards = [ModelCard(id=base, created=runtime.engine_started, root=base)]
-    for persona in runtime.registry.all():
-        card = persona.card
-        cards.append(ModelCard(
-            id=persona.name, created=persona.created, root=base, parent=base,
-            display_name=card.display_name, description=card.description,
-            greeting=card.greeting, tags=list(card.tags)))
-    return ModelList(data=cards)
+    return ModelCard(id=base, created=runtime.engine_started, root=base)
+
+
+def _persona_card(runtime: Serving, persona: Persona) -> ModelCard:
+    base, card = runtime.loaded.model_id, persona.card
+    return ModelCard(id=persona.name, created=persona.created, root=base, parent=base,
+                     display_name=card.display_name, description=card.description,
+                     greeting=card.greeting, tags=list(card.tags))
 
 
 @router.get("/health", response_model=None)

@@ -14,10 +14,11 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from server.api.adapters import registry_error
+from server.api.admin_schemas import CardImport, PersonaInfo, PersonaList
 from server.api.auth import require_admin, require_user
 from server.api.deps import get_runtime
 from server.api.errors import APIError, quote
-from server.api.schemas import CardImport, ErrorResponse, PersonaInfo, PersonaList
+from server.api.schemas import ErrorResponse
 from server.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 from server.registry.cards import card_from_v2
 from server.registry.personas import CardError, Persona

@@ -12,13 +12,19 @@ from typing import Any
 
 from server.api.errors import APIError
 from server.api.schemas import ChatMessage
+from server.api.tools import ToolPlan, history_messages
 from server.registry.personas import Persona
 
 _SYSTEM_ROLES = ("system", "developer")
+_TOOL_FIELDS = ("tool_calls", "tool_call_id", "function_call", "name")
 
 
-def build_messages(messages: list[ChatMessage], persona: Persona | None) -> list[dict[str, str]]:
-    """Messages as the chat template expects them: role and plain-text content."""
+def build_messages(messages: list[ChatMessage], persona: Persona | None,
+                   tools: ToolPlan | None = None, native_tools: bool = False) -> list[dict[str, Any]]:
+    """Messages as the chat template expects them: role and plain-text content, plus earlier
+    tool calls and results (`server.api.tools.history_messages`). With `tools` and a template
+    that does not take them (`native_tools` false), the tools' system block comes after the
+    persona's and the client's system text."""
     leading: list[str] = []
     if persona is not None and persona.card.system_prompt:
         leading.append(persona.card.system_prompt)
@@ -26,20 +32,31 @@ def build_messages(messages: list[ChatMessage], persona: Persona | None) -> list
     while index < len(messages) and messages[index].role in _SYSTEM_ROLES:
         leading.append(messages[index].text())
         index += 1
-    built = [{"role": "system", "content": "\n\n".join(leading)}] if leading else []
+    if tools is not None and not native_tools:
+        leading.append(tools.system_block())
+    built: list[dict[str, Any]] = (
+        [{"role": "system", "content": "\n\n".join(leading)}] if leading else [])
     for message in messages[index:]:
         role = "system" if message.role == "developer" else message.role
-        built.append({"role": role, "content": message.text()})
+        entry: dict[str, Any] = {"role": role, "content": message.text()}
+        for key in _TOOL_FIELDS:
+            if (message.model_extra or {}).get(key) is not None:
+                entry[key] = message.model_extra[key]  # type: ignore[index]
+        built.append(entry)
     if persona is not None and persona.card.post_history_instructions:
         built.append({"role": "system", "content": persona.card.post_history_instructions})
-    return built
+    return history_messages(built, native_tools)
 
 
-def encode_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Render the chat template and tokenize it (the template already holds special tokens)."""
+def encode_prompt(tokenizer: Any, messages: list[dict[str, Any]], *,
+                  tools: list[dict[str, Any]] | None = None, add_generation_prompt: bool = True,
+                  add_special_tokens: bool = False) -> list[int]:
+    """Render the chat template (with `tools` for a template that takes them) and tokenize it
+    (the template already holds special tokens)."""
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
     except Exception as exc:  # jinja raises TemplateError subclasses with the template's reason
         raise APIError(400, f"the model's chat template rejected these messages: {exc}",
                        param="messages", code="invalid_messages") from exc
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])

@@ -1,28 +1,48 @@
-"""The OpenAI-compatible request and response bodies (pydantic), and nothing else.
+"""The OpenAI-compatible chat and model bodies (pydantic), and nothing else.
 
-Requests accept unknown extra keys (frontends send many sampling knobs) and ignore what the
-engine does not implement. Ranges follow OpenAI's documented limits.
+Requests accept unknown extra keys (frontends send many sampling knobs) and ignore the ones that
+change nothing a client relies on; the ones that would (`best_of`, audio, image parts, ...) are
+declared here so that `server.api.checks` can refuse them by name. Ranges follow OpenAI's
+documented limits. Responses carry every field OpenAI's published spec marks required, the
+nullable ones as null (`tests/api/test_spec.py` validates them against that spec).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
-Role = Literal["system", "developer", "user", "assistant", "tool"]
+from server import __version__
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+SYSTEM_FINGERPRINT = f"cameo-{__version__}"
 
 
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: str
+class ContentPart(BaseModel):
+    """One part of a message's content. Only `text` parts (and an assistant's `refusal`) are
+    read; any other type is refused by `server.api.checks` with the part's path named."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+    refusal: str | None = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Role
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
 
     def text(self) -> str:
@@ -30,24 +50,25 @@ class ChatMessage(BaseModel):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join((part.text if part.type == "text" else part.refusal) or ""
+                       for part in self.content)
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class SamplingFields(BaseModel):
+    """What chat and text completions share: the model, the sampling knobs, `n`, streaming."""
+
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=1, description="Only 1 is supported.")
-    stream: bool = False
+    n: int | None = Field(default=None, ge=1, description="At most `CAMEO_MAX_N` (default 4).")
+    best_of: int | None = Field(default=None, ge=0, description="Only 1 is supported.")
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)  # what torch.manual_seed takes
@@ -57,6 +78,8 @@ class ChatCompletionRequest(BaseModel):
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(
+        default=None, description="Token id (a string) -> bias in -100..100 added to its logit.")
     user: str | None = None
 
     @field_validator("stop")
@@ -74,6 +97,25 @@ class ChatCompletionRequest(BaseModel):
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
+    @property
+    def choices(self) -> int:
+        return self.n or 1
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    modalities: list[str] | None = Field(default=None, description='Only ["text"].')
+    audio: dict[str, Any] | None = Field(default=None, description="Not supported.")
+    prediction: dict[str, Any] | None = Field(default=None, description="Not supported.")
+
 
 class Usage(BaseModel):
     prompt_tokens: int
@@ -81,16 +123,44 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobInfo(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobInfo] | None
+    refusal: list[TokenLogprobInfo] | None = None
+
+
 class AssistantMessage(BaseModel):
+    """`tool_calls` and the legacy `function_call` are written only when there are some."""
+
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    refusal: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, str] | None = None
+
+    @model_serializer(mode="wrap")
+    def _calls_when_made(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in ("tool_calls", "function_call"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
+    finish_reason: FinishReason
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -100,19 +170,27 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage
-    system_fingerprint: str | None = None
+    system_fingerprint: str = SYSTEM_FINGERPRINT
 
 
 class DeltaMessage(BaseModel):
+    """A stream delta: only the fields it carries are written (`{}` on the last chunk)."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, str] | None = None
+
+    @model_serializer(mode="wrap")
+    def _present(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
-    finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -120,6 +198,7 @@ class ChatCompletionChunk(BaseModel):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
+    system_fingerprint: str = SYSTEM_FINGERPRINT
     choices: list[ChunkChoice]
     usage: Usage | None = None
 
@@ -157,88 +236,3 @@ class ErrorResponse(BaseModel):
 
 def dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(exclude_none=False)
-
-
-class FileInfo(BaseModel):
-    name: str
-    size: int
-    sha256: str
-
-
-class VersionInfo(BaseModel):
-    version: int
-    created: int
-    kind: Literal["adapter", "prompt"]
-    rank: int | None = None
-    alpha: float | None = None
-    target_modules: list[str] = Field(default_factory=list)
-    base_model: str | None = None
-    files: list[FileInfo] = Field(default_factory=list)
-
-
-class Residency(BaseModel):
-    device_slot: int | None = None
-    host: bool = False
-    merged: bool = False  # folded into the base layers now (merged mode)
-    pinned: bool = False  # an admin asked for it to be merged whenever the batch is its own
-
-
-class AdapterInfo(BaseModel):
-    id: str
-    object: Literal["adapter"] = "adapter"
-    name: str
-    version: int
-    current_version: int
-    created: int
-    kind: Literal["adapter", "prompt"]
-    rank: int | None = None
-    alpha: float | None = None
-    target_modules: list[str] = Field(default_factory=list)
-    base_model: str | None = None
-    files: list[FileInfo] = Field(default_factory=list)
-    versions: list[VersionInfo]
-    persona: dict[str, Any]
-    resident: Residency
-
-
-class AdapterList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[AdapterInfo]
-    quarantined: dict[str, str] = Field(
-        default_factory=dict, description="`name@version` -> why: stored versions that cannot "
-        "be served (left out of `data`; DELETE the name or upload a new version)")
-
-
-class Deleted(BaseModel):
-    id: str
-    object: Literal["adapter"] = "adapter"
-    deleted: bool = True
-    versions: list[int]
-
-
-class PersonaInfo(BaseModel):
-    id: str
-    object: Literal["persona"] = "persona"
-    version: int
-    display_name: str
-    description: str
-    greeting: str
-    tags: list[str]
-    system_prompt: str
-    example_messages: list[dict[str, str]]
-    sampling: dict[str, float]
-    post_history_instructions: str = ""
-    adapter: str | None = None
-
-
-class PersonaList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[PersonaInfo]
-
-
-class CardImport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    card: dict[str, Any]
-    name: str | None = Field(default=None, max_length=64)
-    adapter: str | None = Field(default=None, max_length=64)

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import cached_property
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -41,6 +42,7 @@ from server.api.app import create_app
 from server.distributed.engine import prepare_model_files
 from server.distributed.settings import settings_from_payload
 from server.distributed.wire import Placement, ReplicaReport, Resumption, continuation, send_timing
+from server.engine.constraints import Grammars
 from server.engine.runner import module_shapes
 from server.engine.types import EngineStats, GenerationRequest, RequestOutput
 from server.lora.adapter import AdapterError, ModuleShapes
@@ -72,6 +74,7 @@ class BaseInfo:
     tokenizer: Any  # transformers PreTrainedTokenizerBase
     max_position_embeddings: int
     shapes: ModuleShapes
+    vocab_size: int = 0  # width of the logits
 
 
 def load_base_info(settings: Settings) -> BaseInfo:
@@ -87,7 +90,8 @@ def load_base_info(settings: Settings) -> BaseInfo:
         skeleton = AutoModelForCausalLM.from_config(config)
     return BaseInfo(model_id=settings.base_model_id or default_id, tokenizer=tokenizer,
                     max_position_embeddings=int(getattr(config, "max_position_embeddings", 2048)),
-                    shapes=module_shapes(skeleton))
+                    shapes=module_shapes(skeleton),
+                    vocab_size=int(skeleton.get_output_embeddings().weight.shape[0]))
 
 
 class ClusterEngine:
@@ -190,6 +194,13 @@ class RemoteServing:
         """Every replica that reported is stalled (Serve also replaces a stalled replica)."""
         reports = list(self.reports.values())
         return bool(reports) and all(r.stalled for r in reports)
+
+    @cached_property
+    def grammars(self) -> Grammars:
+        """Grammars compiled here only to refuse what cannot compile; replicas compile their own."""
+        eos = self.loaded.tokenizer.eos_token_id
+        return Grammars(self.loaded.tokenizer, self.loaded.vocab_size,
+                        [] if eos is None else [eos])
 
     def residency(self, key: str) -> tuple[int | None, bool]:
         """(device slot on some replica or None, whether some replica has it in host memory),

@@ -89,8 +89,9 @@ class Placement:
 
 def continuation(request: GenerationRequest, sent: list[int]) -> GenerationRequest:
     """The rest of `request` after the tokens `sent` (prompt extended, budget reduced)."""
-    sampling = dataclasses.replace(request.sampling,
-                                   max_tokens=request.sampling.max_tokens - len(sent))
+    sampling = dataclasses.replace(
+        request.sampling, max_tokens=request.sampling.max_tokens - len(sent),
+        grammar_consumed=request.sampling.grammar_consumed + tuple(sent))
     return dataclasses.replace(request, prompt_ids=request.prompt_ids + tuple(sent),
                                sampling=sampling)
 

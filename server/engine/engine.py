@@ -26,20 +26,23 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar
 
 import torch
 
+from server.engine.constraints import GrammarError, Grammars, RowGrammar
 from server.engine.detokenizer import IncrementalDetokenizer, StopMatcher
 from server.engine.merging import MergeController, MergeMode
 from server.engine.runner import ForwardBatch, ModelRunner, module_shapes
-from server.engine.sampling import sample
+from server.engine.sampling import apply_logit_bias, sample, token_logprobs
 from server.engine.types import (
     AdapterRef,
     EngineStats,
     FinishReason,
     GenerationRequest,
     RequestOutput,
+    TokenLogprob,
 )
 from server.lora.adapter import AdapterError, AdapterWeights, read_adapter
 from server.lora.manager import SlotManager
@@ -77,6 +80,8 @@ class _Row:
     detok: IncrementalDetokenizer
     stop: StopMatcher
     generator: torch.Generator | None
+    grammar: RowGrammar | None = None
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # sent with the first token
     cached: int = 0  # tokens already in the KV cache
     generated: list[int] = field(default_factory=list)
     admitted_at: float = 0.0
@@ -185,6 +190,13 @@ class Engine:
     def retire(self, key: str) -> None:
         """Free adapter `key`'s slot once no running row uses it (a replaced or deleted version)."""
         self._post("retire", key)
+
+    @cached_property
+    def grammars(self) -> Grammars:
+        """Compiled grammars for this tokenizer (built on first use; the API compiles a
+        request's grammar here before submitting it, so the worker finds it cached)."""
+        return Grammars(self.loaded.tokenizer, _vocab_size(self.loaded.model),
+                        sorted(self.loaded.eos_token_ids))
 
     def adapter_loader(self, ref: AdapterRef) -> Callable[[], AdapterWeights]:
         if ref.weights is not None:
@@ -337,6 +349,12 @@ class Engine:
                 sink(_error_output(request, f"invalid seed: {exc}", "invalid_seed"))
                 continue
             try:
+                grammar = self._grammar(request)
+            except GrammarError as exc:
+                self._waiting.popleft()
+                sink(_error_output(request, f"invalid grammar: {exc.message}", "invalid_grammar"))
+                continue
+            try:
                 slot = self._acquire_slot(request)
             except Exception as exc:  # a bad file, or out of memory: this request fails, not all
                 self._waiting.popleft()
@@ -349,8 +367,35 @@ class Engine:
                 return  # every slot is held by running rows: wait, and let nobody jump ahead
             self._waiting.popleft()
             row = self._rows[request.request_id] = self._new_row(request, sink, slot, generator)
+            row.grammar = grammar
             row.admitted_at = time.monotonic()
             self.stats.prompt_tokens += len(request.prompt_ids)
+            if request.sampling.prompt_logprobs is not None:
+                self._score_prompt(row)
+
+    def _grammar(self, request: GenerationRequest) -> RowGrammar | None:
+        spec = request.sampling.grammar
+        if spec is None:
+            return None
+        row = self.grammars.row(spec)
+        for token in request.sampling.grammar_consumed:  # a resumed request: where it was
+            if not row.accept(token):
+                raise GrammarError("the tokens generated before the resumption break the grammar")
+        return row
+
+    def _score_prompt(self, row: _Row) -> None:
+        """The prompt tokens' logprobs (echo), from one extra teacher-forced forward; a request
+        with max_tokens 0 ends here."""
+        request = row.request
+        (logits,) = self._score([(list(request.prompt_ids), request.adapter)])  # (T, vocab)
+        counts = [request.sampling.prompt_logprobs or 0] * (len(request.prompt_ids) - 1)
+        scored = token_logprobs(logits[:-1], request.prompt_ids[1:], counts)
+        row.prompt_logprobs = (None, *scored)
+        if request.sampling.max_tokens == 0:
+            row.sink(RequestOutput(request_id=request.request_id, finish_reason="length",
+                                   prompt_tokens=row.prompt_len,
+                                   prompt_logprobs=row.prompt_logprobs))
+            self._free(row)
 
     def _acquire_slot(self, request: GenerationRequest) -> int | None:
         if request.adapter is None:
@@ -419,13 +464,32 @@ class Engine:
         params = [row.request.sampling for row in rows]
         histories = [row.generated for row in rows]
         generators = [row.generator for row in rows]
+        raw = logits  # what logprobs report: the model's own distribution
+        if any(p.logit_bias for p in params) or any(row.grammar for row in rows):
+            logits = logits.float().clone()  # (B, vocab)
+            apply_logit_bias(logits, params)
+            self.grammars.apply(logits, [row.grammar for row in rows])
         try:
             tokens: list[int | None] = list(sample(logits, params, histories, generators))
         except Exception:  # find the rows at fault: each fails alone, the others go on
             tokens = [self._sample_one(row, logits[i:i + 1]) for i, row in enumerate(rows)]
-        for row, token in zip(rows, tokens, strict=True):
+        logprobs = self._logprobs(raw, rows, tokens)
+        for row, token, logprob in zip(rows, tokens, logprobs, strict=True):
             if token is not None:
-                self._advance(row, token)
+                self._advance(row, token, logprob)
+
+    @staticmethod
+    def _logprobs(logits: torch.Tensor, rows: list[_Row],
+                  tokens: list[int | None]) -> list[TokenLogprob | None]:
+        asked = [i for i, (row, token) in enumerate(zip(rows, tokens, strict=True))
+                 if token is not None and row.request.sampling.logprobs is not None]
+        found: list[TokenLogprob | None] = [None] * len(rows)
+        if asked:
+            counts = [rows[i].request.sampling.logprobs or 0 for i in asked]
+            scored = token_logprobs(logits[asked], [tokens[i] or 0 for i in asked], counts)
+            for i, logprob in zip(asked, scored, strict=True):
+                found[i] = logprob
+        return found
 
     def _sample_one(self, row: _Row, logits: torch.Tensor) -> int | None:
         try:
@@ -435,14 +499,19 @@ class Engine:
             self._fail_row(row, f"sampling failed for this request: {exc}", "sampling_error")
             return None
 
-    def _advance(self, row: _Row, token: int) -> None:
+    def _advance(self, row: _Row, token: int, logprob: TokenLogprob | None = None) -> None:
         sampling = row.request.sampling
+        if row.grammar is not None and not row.grammar.accept(token):
+            self._fail_row(row, "the sampled token broke the request's grammar",
+                           "grammar_error")
+            return
         row.tokens.append(token)
         row.generated.append(token)
         self.stats.generated_tokens += 1
         finish: FinishReason | None = None
         text = ""
-        if token in self.loaded.eos_token_ids and not sampling.ignore_eos:
+        done = row.grammar is not None and row.grammar.done  # the grammar took its stop token
+        if done or (token in self.loaded.eos_token_ids and not sampling.ignore_eos):
             finish = "stop"
         else:
             text = row.stop.feed(row.detok.push(token))
@@ -457,7 +526,9 @@ class Engine:
             request_id=row.request.request_id, text=text, token_ids=(token,),
             finish_reason=finish, prompt_tokens=row.prompt_len,
             completion_tokens=len(row.generated),
-            queue_seconds=row.admitted_at - row.request.submitted_at if first else None))
+            queue_seconds=row.admitted_at - row.request.submitted_at if first else None,
+            logprobs=(logprob,) if logprob is not None else (),
+            prompt_logprobs=row.prompt_logprobs if first else None))
         if finish is not None:
             self._free(row)
 
@@ -506,6 +577,12 @@ class Engine:
         while self._waiting:
             request, sink = self._waiting.popleft()
             sink(_error_output(request, message, "engine_error"))
+
+
+def _vocab_size(model: Any) -> int:
+    """Width of the logits (the output embedding's rows; may exceed the tokenizer's size)."""
+    head = model.get_output_embeddings()
+    return int(head.weight.shape[0])
 
 
 def _persona(request: GenerationRequest) -> str:

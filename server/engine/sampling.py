@@ -1,8 +1,12 @@
-"""Next-token choice per row: greedy, temperature, top-k, top-p, min-p, penalties, seeds.
+"""Next-token choice per row: greedy, temperature, top-k, top-p, min-p, penalties, seeds, bias.
 
 Contract: `sample(logits, params, histories, generators)` returns one token id per row. Greedy
 rows take the argmax; the others draw from their own `torch.Generator` (seeded when the request
 set a seed), so one row's randomness never depends on which other rows share the batch.
+`apply_logit_bias(logits, params)` adds each row's OpenAI `logit_bias` in place (before the
+grammar masks and `sample`). `token_logprobs(logits, tokens, counts)` gives each row's chosen
+token's log-probability and its top alternatives, from the logits it is given (the engine gives
+the model's own, before any bias, penalty or mask).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from server.engine.types import SamplingParams
+from server.engine.types import SamplingParams, TokenLogprob
 
 
 def sample(
@@ -66,3 +70,29 @@ def _draw(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | 
         drop = sorted_probs.cumsum(0) - sorted_probs > p.top_p
         probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0.0))
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def apply_logit_bias(logits: torch.Tensor, params: Sequence[SamplingParams]) -> None:
+    """logits: (B, vocab), changed in place."""
+    for row, p in enumerate(params):
+        if p.logit_bias:
+            ids = torch.tensor([token for token, _ in p.logit_bias], device=logits.device)
+            bias = torch.tensor([value for _, value in p.logit_bias], dtype=logits.dtype,
+                                device=logits.device)
+            logits[row].index_add_(0, ids, bias)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: Sequence[int],
+                   counts: Sequence[int]) -> list[TokenLogprob]:
+    """logits: (B, vocab); `tokens[i]` is row i's token, `counts[i]` how many alternatives it
+    wants. One device-to-host transfer for the whole batch."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)  # (B, vocab)
+    chosen = logprobs.gather(1, torch.tensor(list(tokens), device=logits.device)[:, None])
+    widest = max(counts, default=0)
+    top = logprobs.topk(widest, dim=-1) if widest else None  # values, indices: (B, widest)
+    chosen_list = chosen[:, 0].tolist()
+    values = top.values.tolist() if top is not None else [[] for _ in tokens]
+    indices = top.indices.tolist() if top is not None else [[] for _ in tokens]
+    return [TokenLogprob(token, logprob, tuple(zip(ids[:n], vals[:n], strict=True)))
+            for token, logprob, ids, vals, n in zip(tokens, chosen_list, indices, values, counts,
+                                                     strict=True)]

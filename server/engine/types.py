@@ -7,9 +7,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from server.engine.constraints import GrammarSpec
 from server.lora.adapter import AdapterWeights
 
 FinishReason = Literal["stop", "length", "error", "abort"]
+MAX_LOGPROBS = 20  # top alternatives per token, OpenAI's limit
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability under the model's distribution (the logits before sampling
+    filters: penalties, bias, grammar), and the `top` alternatives, best first."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob)
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,11 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    logprobs: int | None = None  # None: none; N: each token's logprob and the top N alternatives
+    prompt_logprobs: int | None = None  # the same for each prompt token after the first (echo)
+    grammar: GrammarSpec | None = None  # constrained decoding (server.engine.constraints)
+    grammar_consumed: tuple[int, ...] = ()  # generated tokens the grammar already took (resumed)
 
     @property
     def greedy(self) -> bool:
@@ -69,6 +86,8 @@ class RequestOutput:
     error: str | None = None
     error_code: str | None = None
     queue_seconds: float | None = None  # on the first token: time from submit to admission
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token of `token_ids`, when asked
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # first output; [0] is None
 
     @property
     def finished(self) -> bool:

@@ -38,7 +38,7 @@ def test_unknown_model_is_404(base_url: str) -> None:
     ({"model": BASE_ID, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
     ({"model": BASE_ID, "messages": USER, "temperature": 5}, "temperature"),
     ({"model": BASE_ID, "messages": USER, "max_tokens": -1}, "max_tokens"),
-    ({"model": BASE_ID, "messages": USER, "n": 3}, "n"),
+    ({"model": BASE_ID, "messages": USER, "n": 5}, "n"),  # over CAMEO_MAX_N (4)
     ({"messages": USER}, "model"),
 ])
 def test_invalid_body_is_400_not_422(base_url: str, body: dict[str, Any], param: str) -> None:

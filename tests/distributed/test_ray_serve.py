@@ -149,7 +149,7 @@ def assert_same_greedy_reply(runtime: Runtime, payload: dict[str, Any], text: st
     """`text` is `want`, or departs from it only at a near-tie of the local engine's logits."""
     if text == want:
         return
-    from server.api.chat import resolve_model
+    from server.api.generation import resolve_model
     from server.api.prompt import build_messages, encode_prompt
     from server.api.schemas import ChatCompletionRequest
     from tests.numerics import logits_tolerance

@@ -5,7 +5,7 @@
     cameo chat --persona alpha -m "Hello"           one message, reply on stdout
     cameo upload ./my-adapter --name pirate         upload a PEFT adapter folder (progress bar)
     cameo rm pirate                                 delete an adapter
-    cameo import-card card.json [--name N]          import a SillyTavern Character Card V2
+    cameo import-card card.json [--name N] [--replace]   import a SillyTavern Character Card V2
     cameo train ...                                 train an adapter (adapters.training.train)
 
 `--url` (env CAMEO_URL, default http://127.0.0.1:8000), `--api-key` (env CAMEO_API_KEY) and
@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("file", metavar="FILE")
     card.add_argument("--name", help="persona name (default: from the card)")
     card.add_argument("--adapter", help="attach the card to this existing adapter")
+    card.add_argument("--replace", action="store_true",
+                      help="publish a new version of an existing persona of this name")
 
     commands.add_parser("train", help="train a LoRA adapter (all arguments go to the trainer)",
                         add_help=False)
@@ -217,7 +219,7 @@ def cmd_upload(client: CameoClient, args: argparse.Namespace) -> int:
     try:
         adapter = client.upload(args.directory, args.name, replace=args.replace, force=args.force,
                                 progress=progress)
-    except (FileNotFoundError, NotADirectoryError) as exc:
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
         _err(f"error: {exc}")
         return 2
     finally:
@@ -238,7 +240,8 @@ def cmd_rm(client: CameoClient, args: argparse.Namespace) -> int:
 
 def cmd_import_card(client: CameoClient, args: argparse.Namespace) -> int:
     try:
-        persona = client.import_card(args.file, name=args.name, adapter=args.adapter)
+        persona = client.import_card(args.file, name=args.name, adapter=args.adapter,
+                                     replace=args.replace)
     except (OSError, ValueError) as exc:
         _err(f"error: {exc}")
         return 2

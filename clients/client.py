@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import struct
 import uuid
 import zlib
@@ -40,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # the server's persona names
 
 __all__ = [
     "Adapter",
@@ -509,17 +512,30 @@ def _read_chunks(path: Path) -> Iterator[bytes]:
 
 
 def _upload_fields(name: str, replace: bool, force: bool) -> dict[str, str]:
+    check_name(name)
     return {"name": name, "replace": "true" if replace else "false",
             "force": "true" if force else "false"}
 
 
-def _import_body(card: Any, name: str | None, adapter: str | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"card": load_card(card)}
+def _import_body(card: Any, name: str | None, adapter: str | None,
+                 replace: bool) -> dict[str, Any]:
+    if name:
+        check_name(name)
+    body: dict[str, Any] = {"card": load_card(card), "replace": replace}
     if name:
         body["name"] = name
     if adapter:
         body["adapter"] = adapter
     return body
+
+
+def check_name(name: str) -> None:
+    """Refuse a persona name the server would refuse, before anything is sent (the server's
+    rule, `[a-z0-9][a-z0-9._-]{0,63}` as a whole string; the server checks it again)."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"persona name {name[:80]!r} must match {NAME_PATTERN.pattern}: "
+                         "lower-case letters, digits, '.', '_' and '-', starting with a letter "
+                         "or digit, at most 64 characters")
 
 
 def _list_data(data: Any) -> list[Any]:
@@ -692,10 +708,11 @@ class CameoClient(_Common):
                        raw=data)
 
     def import_card(self, card: str | os.PathLike[str] | Mapping[str, Any], *,
-                    name: str | None = None, adapter: str | None = None) -> PersonaDetails:
+                    name: str | None = None, adapter: str | None = None,
+                    replace: bool = False) -> PersonaDetails:
         """Import a SillyTavern Character Card V2 (dict, .json or .png) as a persona."""
         data = self._send("POST", "/v1/personas/import", admin=True,
-                          json=_import_body(card, name, adapter))
+                          json=_import_body(card, name, adapter, replace))
         return PersonaDetails.from_json(data)
 
 
@@ -830,7 +847,8 @@ class AsyncCameoClient(_Common):
                        raw=data)
 
     async def import_card(self, card: str | os.PathLike[str] | Mapping[str, Any], *,
-                          name: str | None = None, adapter: str | None = None) -> PersonaDetails:
+                          name: str | None = None, adapter: str | None = None,
+                          replace: bool = False) -> PersonaDetails:
         data = await self._send("POST", "/v1/personas/import", admin=True,
-                                json=_import_body(card, name, adapter))
+                                json=_import_body(card, name, adapter, replace))
         return PersonaDetails.from_json(data)

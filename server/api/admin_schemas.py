@@ -90,3 +90,5 @@ class CardImport(BaseModel):
     card: dict[str, Any]
     name: str | None = Field(default=None, max_length=64)
     adapter: str | None = Field(default=None, max_length=64)
+    replace: bool = Field(default=False, description="Publish a new version of an existing "
+                          "persona of this name (else 409)")

@@ -66,7 +66,7 @@ async def import_card(body: CardImport, runtime: Serving = Depends(get_runtime))
     name = body.name or body.adapter or suggested
     staged = runtime.registry.stage()
     try:
-        replace = False
+        replace = body.replace
         if body.adapter is not None:
             source = runtime.registry.get(body.adapter)
             if source is None or source.adapter_dir is None:
@@ -74,7 +74,7 @@ async def import_card(body: CardImport, runtime: Serving = Depends(get_runtime))
                                param="adapter", code="model_not_found")
             for file in (CONFIG_FILE, WEIGHTS_FILE):
                 shutil.copyfile(source.adapter_dir / file, staged / file)
-            replace = name == body.adapter
+            replace = replace or name == body.adapter
         row = await asyncio.to_thread(runtime.registry.add, name, staged, replace=replace,
                                       force=True, card=card)
     except RegistryError as exc:

@@ -217,6 +217,32 @@ def test_upload_rm_and_import_card(server_url: str, upload_dir: Path, tmp_path: 
     assert "deleted cliup" in done.stdout
 
 
+
+def _cli(server_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "clients.cli", "--url", server_url, *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_import_card_replace_and_names_checked_before_sending(
+        server_url: str, upload_dir: Path, tmp_path: Path, uploaded: list[str]) -> None:
+    import httpx
+
+    uploaded.append("cli-again")
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps(card_v2("Mira")))
+    assert _cli(server_url, "import-card", str(card), "--name", "cli-again").returncode == 0
+    again = _cli(server_url, "import-card", str(card), "--name", "cli-again")
+    assert again.returncode == 1 and "already exists" in again.stderr
+    replaced = _cli(server_url, "import-card", str(card), "--name", "cli-again", "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert httpx.get(f"{server_url}/v1/personas/cli-again").json()["version"] == 2
+    for command in (["upload", str(upload_dir), "--name", "Salty Pete"],
+                    ["import-card", str(card), "--name", "Salty Pete"]):
+        refused = _cli(server_url, *command)
+        assert refused.returncode == 2 and "must match" in refused.stderr, refused.stderr
+        assert "%" not in refused.stderr  # refused before a byte of the upload was sent
+    assert httpx.get(f"{server_url}/v1/personas/Salty Pete").status_code == 404
+
 def test_train_runs_the_real_trainer(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("adapters.training.train", reason="the trainer is not in this checkout")
     assert main(["train", "--help"]) == 0

@@ -305,7 +305,11 @@ function scrollToEnd(force = false) {
 function historyForRequest() {
   return state.conversation
     .filter((m) => !m.note && (m.role === "user" || m.role === "assistant") && m.content)
-    .map((m) => ({ role: m.role, content: m.content }));
+    // Each reply says which persona gave it, so that after a switch the server tells the new
+    // persona those turns were another character's, not its own.
+    .map((m) => (m.role === "assistant" && m.persona
+      ? { role: m.role, content: m.content, name: m.persona }
+      : { role: m.role, content: m.content }));
 }
 
 function samplingParams() {

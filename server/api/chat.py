@@ -33,6 +33,7 @@ from server.api.checks import check_chat
 from server.api.deps import get_runtime
 from server.api.errors import APIError
 from server.api.generation import (
+    display_name,
     documented,
     error_event,
     precheck,
@@ -95,7 +96,8 @@ async def chat_completions(
     await check_grammar(runtime.grammars, grammar, param)
     tokenizer = runtime.loaded.tokenizer
     native = tools is not None and template_takes_tools(tokenizer)
-    messages = build_messages(body.messages, persona, tools, native)
+    messages = build_messages(body.messages, persona, tools, native, speaker=body.model,
+                              display=lambda name: display_name(runtime, name))
     prompt_ids = encode_prompt(tokenizer, messages,
                                tools=[t.spec() for t in tools.tools] if tools and native else None)
     sampling = dataclasses.replace(chat_sampling(body, persona, len(prompt_ids), runtime),

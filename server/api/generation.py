@@ -75,6 +75,12 @@ def resolve_model(runtime: Serving, name: str) -> Persona | None:
     return persona
 
 
+def display_name(runtime: Serving, name: str) -> str:
+    """How another speaker in the history is introduced: its card's display name."""
+    persona = runtime.registry.get(name) if name != runtime.loaded.model_id else None
+    return persona.card.display_name if persona is not None else name
+
+
 @dataclass
 class _Account:
     """One engine request's admission ticket and metrics, settled exactly once."""

@@ -4,10 +4,17 @@ Order: the persona's system prompt first, then the client's own leading system (
 messages, merged into one system turn (several system messages, as SillyTavern sends them, are
 kept in order). System messages later in the conversation stay where they are, and a card's
 `post_history_instructions` (SillyTavern's "jailbreak" slot) come last, after the history.
+
+A conversation that switched persona: an assistant message whose `name` is not the `model`
+the request is for was said by another character, so it reaches the model as what it is, a
+system note "<that character> (another character, not you) said: ...", never as the current
+persona's own turn (which would make it copy the other's voice). Assistant messages without
+a `name` are the current persona's, as before.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from server.api.errors import APIError
@@ -20,11 +27,14 @@ _TOOL_FIELDS = ("tool_calls", "tool_call_id", "function_call", "name")
 
 
 def build_messages(messages: list[ChatMessage], persona: Persona | None,
-                   tools: ToolPlan | None = None, native_tools: bool = False) -> list[dict[str, Any]]:
+                   tools: ToolPlan | None = None, native_tools: bool = False, *,
+                   speaker: str | None = None,
+                   display: Callable[[str], str] = str) -> list[dict[str, Any]]:
     """Messages as the chat template expects them: role and plain-text content, plus earlier
     tool calls and results (`server.api.tools.history_messages`). With `tools` and a template
     that does not take them (`native_tools` false), the tools' system block comes after the
-    persona's and the client's system text."""
+    persona's and the client's system text. `speaker`: the request's `model`; `display` turns
+    another speaker's name into the name it is introduced by."""
     leading: list[str] = []
     if persona is not None and persona.card.system_prompt:
         leading.append(persona.card.system_prompt)
@@ -37,6 +47,10 @@ def build_messages(messages: list[ChatMessage], persona: Persona | None,
     built: list[dict[str, Any]] = (
         [{"role": "system", "content": "\n\n".join(leading)}] if leading else [])
     for message in messages[index:]:
+        if message.role == "assistant" and message.name and message.name != speaker:
+            built.append({"role": "system", "content": f"{display(message.name)} (another "
+                          f"character, not you) said: {message.text()}"})
+            continue
         role = "system" if message.role == "developer" else message.role
         entry: dict[str, Any] = {"role": role, "content": message.text()}
         for key in _TOOL_FIELDS:

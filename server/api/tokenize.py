@@ -28,7 +28,7 @@ from server.api.completion_schemas import (
 )
 from server.api.deps import get_runtime
 from server.api.errors import APIError
-from server.api.generation import resolve_model
+from server.api.generation import display_name, resolve_model
 from server.api.prompt import build_messages, encode_prompt
 from server.api.sampling import vocab_size
 from server.api.schemas import ErrorResponse
@@ -49,7 +49,10 @@ async def tokenize(body: TokenizeRequest,
                        code="invalid_value")
     if body.messages is not None:
         check_messages(body.messages, runtime.settings)
-        ids = encode_prompt(tokenizer, build_messages(body.messages, persona),
+        model = body.model or runtime.loaded.model_id
+        messages = build_messages(body.messages, persona, speaker=model,
+                                  display=lambda name: display_name(runtime, name))
+        ids = encode_prompt(tokenizer, messages,
                             add_generation_prompt=body.add_generation_prompt,
                             add_special_tokens=bool(body.add_special_tokens))
     else:

@@ -16,7 +16,7 @@ from adapters.training.personas import in_character, in_voice
 from server.engine.types import AdapterRef, GenerationRequest, SamplingParams
 from server.lora.adapter import read_adapter
 from server.model.loader import LoadedModel
-from server.registry.personas import NAME_PATTERN
+from server.registry.personas import valid_name
 from server.registry.registry import Registry
 from server.runtime import Runtime
 from tests.helpers import chat_prompt, run_requests
@@ -51,7 +51,7 @@ def test_shipped_personas_are_imported_on_first_start(tmp_path: Path, embedded: 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_card_is_complete_and_valid(name: str) -> None:
     jsonschema = pytest.importorskip("jsonschema")
-    assert NAME_PATTERN.match(name)
+    assert valid_name(name)
     card = _card(name)
     jsonschema.validate(card, json.loads(SCHEMA.read_text()))
     for field in ("display_name", "description", "system_prompt", "greeting",

@@ -292,9 +292,12 @@ class Engine:
         self.stats.waiting_adapters = frozenset(
             _persona(r) for r, _ in self._waiting if r.adapter)
 
-    def _score(self, sequences: list[tuple[list[int], AdapterRef | None]]) -> list[torch.Tensor]:
-        if len(sequences) > len(self._free_rows):
+    def _score(self, sequences: list[tuple[list[int], AdapterRef | None]],
+               rows: list[int] | None = None) -> list[torch.Tensor]:
+        """`rows`: the batch rows (KV cache rows) to score in; default, free ones."""
+        if rows is None and len(sequences) > len(self._free_rows):
             raise RuntimeError("not enough free batch rows to score these sequences")
+        rows = rows if rows is not None else self._free_rows[-len(sequences):]
         keys = {ref.key if ref else None for _, ref in sequences}
         self.merging.reconcile(keys, set())
         acquired: list[str] = []
@@ -312,7 +315,7 @@ class Engine:
             batch = ForwardBatch(
                 tokens=torch.tensor([ids + [0] * (width - len(ids)) for ids, _ in sequences],
                                     device=device),
-                rows=torch.tensor(self._free_rows[-len(sequences):], device=device),
+                rows=torch.tensor(rows, device=device),
                 start=torch.zeros(len(sequences), dtype=torch.long, device=device),
                 lengths=torch.tensor([len(ids) for ids, _ in sequences], device=device),
                 slots=torch.tensor(slots, device=device),
@@ -387,7 +390,12 @@ class Engine:
         """The prompt tokens' logprobs (echo), from one extra teacher-forced forward; a request
         with max_tokens 0 ends here."""
         request = row.request
-        (logits,) = self._score([(list(request.prompt_ids), request.adapter)])  # (T, vocab)
+        try:  # in the row's own KV cache row, which its prefill then writes again
+            (logits,) = self._score([(list(request.prompt_ids), request.adapter)], [row.row])
+        except Exception as exc:  # this request fails, not the step
+            log.warning("request %s: scoring the prompt failed: %r", request.request_id, exc)
+            self._fail_row(row, f"scoring the prompt failed: {exc}", "engine_error")
+            return
         counts = [request.sampling.prompt_logprobs or 0] * (len(request.prompt_ids) - 1)
         scored = token_logprobs(logits[:-1], request.prompt_ids[1:], counts)
         row.prompt_logprobs = (None, *scored)

@@ -17,6 +17,7 @@ import torch
 from server.engine.constraints import GrammarError, GrammarSpec
 from server.engine.types import GenerationRequest, SamplingParams
 from server.runtime import Runtime
+from tests.conftest import RuntimeFactory
 from tests.helpers import assert_greedy_consistent, chat_prompt, run_requests
 from tests.numerics import logits_tolerance
 
@@ -128,3 +129,16 @@ def test_prompt_logprobs_with_no_generated_token(runtime: Runtime) -> None:
     total = sum(lp.logprob for lp in scored[1:] if lp)
     assert math.isfinite(total)
     assert runtime.engine.stats.running == 0  # no row was kept
+
+
+def test_prompt_logprobs_when_the_batch_is_full(make_runtime: RuntimeFactory) -> None:
+    """The prompt is scored in the request's own batch row, so a full batch is no problem."""
+    runtime = make_runtime(max_batch_size=2)
+    busy = _request(runtime, "busy", "Tell me about rivers.", max_tokens=12, ignore_eos=True)
+    echo = _request(runtime, "echo", "The capital of France is", max_tokens=2,
+                    prompt_logprobs=0)
+    busy_out, echo_out = run_requests(runtime.engine, [busy, echo])
+    assert busy_out.finish_reason == "length" and len(busy_out.token_ids) == 12
+    scored = echo_out.outputs[0].prompt_logprobs
+    assert scored is not None and len(scored) == len(echo.prompt_ids)
+    assert echo_out.finish_reason in ("stop", "length") and echo_out.token_ids

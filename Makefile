@@ -58,7 +58,9 @@ train: install
 	$(BIN)/cameo train $(ARGS)
 
 # The default suite (about 15 minutes on a 2-core machine) after ruff and mypy; the slower
-# suites (a local Ray cluster, a 200-stream burst, SIGTERM of a real process) are marked `slow`.
+# suites (a local Ray cluster, a 200-stream burst, SIGTERM and kill -9 of a real process, a
+# tmpfs disk-full server, the upload/delete storm, hostile adapters over HTTP, the third-party
+# clients) are marked `slow`; CI runs both.
 test: install-test check
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 

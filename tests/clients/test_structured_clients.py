@@ -51,7 +51,8 @@ ASK_CAPITAL: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Give France's capital as JSON."}]
 TOOL_TOKENS = 60  # room for one call with short arguments
 
-pytestmark = pytest.mark.usefixtures("offline")
+# About two minutes on CI's 2-core machine: in the slow suite, which CI runs too.
+pytestmark = [pytest.mark.usefixtures("offline"), pytest.mark.slow]
 
 
 class Capital(BaseModel):

@@ -176,10 +176,11 @@ def test_pick_chat_stream_and_switch_persona(web: Web, server_url: str) -> None:
     assert [b["model"] for b in web.chat_bodies] == ["alpha", "bravo"]
     assert all(b["stream"] is True and b["max_tokens"] == 16 and b["temperature"] == 0
                for b in web.chat_bodies)
+    # each reply names its persona: the server tells bravo these turns were alpha's
     assert web.chat_bodies[1]["messages"] == [
-        {"role": "assistant", "content": "Hello from alpha"},
+        {"role": "assistant", "content": "Hello from alpha", "name": "alpha"},
         {"role": "user", "content": "Tell me about the sea."},
-        {"role": "assistant", "content": first["text"]},
+        {"role": "assistant", "content": first["text"], "name": "alpha"},
         {"role": "user", "content": "And about the mountains?"},
     ]
 

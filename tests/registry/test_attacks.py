@@ -200,6 +200,7 @@ def _agree(runtime: Runtime, url: str, name: str) -> None:
         assert api.status_code == 200 and api.json()["version"] == current.version == max(rows)
 
 
+@pytest.mark.slow  # 20 s of storm plus the checks
 def test_a_storm_of_uploads_deletes_and_chats_on_one_name(
         served: tuple[Runtime, str], extra_adapters: dict[str, Path]) -> None:
     runtime, url = served

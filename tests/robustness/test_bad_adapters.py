@@ -23,6 +23,9 @@ from tests.lora.bad_adapters import CASES, build, write_source
 from tests.registry.conftest import upload
 from tests.robustness.conftest import ServerFactory
 
+# About a minute or more on CI's 2-core machine: in the slow suite, which CI runs too.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def server(serve: ServerFactory) -> Iterator[tuple[Runtime, str]]:

@@ -15,9 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from server.runtime import Runtime
 from tests.robustness.conftest import ServerFactory, metric
+
+# About a minute or more on CI's 2-core machine: in the slow suite, which CI runs too.
+pytestmark = pytest.mark.slow
 
 
 def _chat(url: str, model: str, max_tokens: int = 4, **extra: Any) -> httpx.Response:

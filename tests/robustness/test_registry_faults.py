@@ -30,6 +30,9 @@ from server.registry.store import CATALOG_DIR, CATALOG_FILE, STAGING, TRASH
 from tests.helpers import free_port, wait_ready
 from tests.registry.conftest import upload
 
+# About a minute or more on CI's 2-core machine: in the slow suite, which CI runs too.
+pytestmark = pytest.mark.slow
+
 TMPFS_BYTES = 12 << 20  # the embedded model's rank-8 q/v adapter is about 1.8 MB
 
 

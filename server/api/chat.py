@@ -93,7 +93,8 @@ async def chat_completions(
     tools = plan_tools(body)
     grammar, param = _grammar(body, tools)
     persona = resolve_model(runtime, body.model)
-    await check_grammar(runtime.grammars, grammar, param)
+    if grammar is not None:  # (the grammar cache is built on first use)
+        await check_grammar(runtime.grammars, grammar, param)
     tokenizer = runtime.loaded.tokenizer
     native = tools is not None and template_takes_tools(tokenizer)
     messages = build_messages(body.messages, persona, tools, native, speaker=body.model,

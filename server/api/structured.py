@@ -2,7 +2,7 @@
 
 Contract: `response_grammar(value)` turns OpenAI's `response_format` (`text`, `json_object`, or
 `json_schema` with `name`, `schema` and `strict`) into a `GrammarSpec`, or None for plain text;
-a malformed value is a 400 naming the parameter. `check_grammar(runtime, spec, param)` compiles
+a malformed value is a 400 naming the parameter. `check_grammar(grammars, spec, param)` compiles
 the spec off the event loop (the engine then finds it compiled) and turns a schema the grammar
 library cannot compile into a 400 naming `param`.
 
@@ -50,10 +50,8 @@ def response_grammar(value: Any) -> GrammarSpec | None:
     return GrammarSpec("json_schema", source, strict=bool(described.get("strict")))
 
 
-async def check_grammar(grammars: Any, spec: GrammarSpec | None, param: str) -> None:
+async def check_grammar(grammars: Any, spec: GrammarSpec, param: str) -> None:
     """`grammars`: the engine's `Grammars` (compiles and caches)."""
-    if spec is None:
-        return
     try:
         await asyncio.to_thread(grammars.compile, spec)
     except GrammarError as exc:

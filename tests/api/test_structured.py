@@ -14,6 +14,10 @@ from pydantic import BaseModel, Field
 
 from tests.api.support import BASE_ID, assert_valid, events, ok, post
 
+# About two and a half minutes on CI's 2-core machine: in the slow suite, which CI runs too
+# (tests/engine/test_constraints.py checks the grammars in the default suite).
+pytestmark = pytest.mark.slow
+
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The current weather in a city",
     "parameters": {"type": "object", "properties": {

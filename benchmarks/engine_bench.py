@@ -30,12 +30,13 @@ from typing import Any
 
 import torch
 
-from server.engine.engine import Engine, EngineConfig
+from server.engine.engine import EngineConfig
 from server.engine.types import AdapterRef, GenerationRequest, RequestOutput, SamplingParams
 from server.lora.adapter import read_adapter
 from server.lora.slots import plain_modules
 from server.model.loader import LoadedModel, load_base
 from server.model.nf4 import standard_layout
+from server.service.local import LocalEngineService
 from server.settings import Settings
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -83,7 +84,7 @@ class _Run:
                 self.done.set()
 
 
-def engine_decode(engine: Engine, prompt: tuple[int, ...], refs: list[AdapterRef | None],
+def engine_decode(engine: LocalEngineService, prompt: tuple[int, ...], refs: list[AdapterRef | None],
                   tokens: int) -> float:
     """Decode tokens/s of len(refs) rows generating `tokens` each, from the moment every row
     has its first token (so prefill is excluded) to the end."""
@@ -98,7 +99,7 @@ def engine_decode(engine: Engine, prompt: tuple[int, ...], refs: list[AdapterRef
     return len(refs) * (tokens - 1) / (time.perf_counter() - run.last_first)
 
 
-def time_to_first_token(engine: Engine, length: int, ref: AdapterRef | None) -> float:
+def time_to_first_token(engine: LocalEngineService, length: int, ref: AdapterRef | None) -> float:
     """Seconds from submit to the first token of one `length`-token prompt on an idle engine."""
     prompt = tuple(int(t) for t in torch.randint(100, 10000, (length,)))
     run = _Run(1)
@@ -145,14 +146,14 @@ def _peft_generate(model: Any, prompt: tuple[int, ...], batch: int, tokens: int,
     return batch * (tokens - 1) / elapsed
 
 
-def load_times(engine: Engine, path: Path, repeats: int = 5) -> dict[str, float]:
+def load_times(engine: LocalEngineService, path: Path, repeats: int = 5) -> dict[str, float]:
     """Milliseconds to read an adapter from disk to host memory, and to copy it into a slot."""
     disk: list[float] = []
     for _ in range(repeats):
         start = time.perf_counter()
-        weights = read_adapter(path, engine.shapes, engine.config.max_lora_rank)
+        weights = read_adapter(path, engine.shapes, engine.max_lora_rank)
         disk.append(time.perf_counter() - start)
-    bank = engine.slots.bank
+    bank = engine.engine.slots.bank
     spare = bank.num_slots - 1  # the benchmark keeps the last slot out of the LRU's way
 
     def write() -> float:
@@ -162,12 +163,12 @@ def load_times(engine: Engine, path: Path, repeats: int = 5) -> dict[str, float]
         bank.clear(spare)
         return elapsed
 
-    host = [engine.call(write).result() for _ in range(repeats)]
+    host = [engine.worker.call(write).result() for _ in range(repeats)]
     return {"disk_to_host_ms": 1000 * min(disk), "host_to_slot_ms": 1000 * min(host),
             "disk_to_slot_ms": 1000 * (min(disk) + min(host))}
 
 
-def bench_batch(engine: Engine, base: LoadedModel, adapters: list[Path], refs: list[AdapterRef],
+def bench_batch(engine: LocalEngineService, base: LoadedModel, adapters: list[Path], refs: list[AdapterRef],
                 prompt: tuple[int, ...], batch: int, args: argparse.Namespace) -> dict[str, float]:
     row: dict[str, float] = {}
     row["base"] = engine_decode(engine, prompt, [None] * batch, args.tokens)
@@ -176,9 +177,10 @@ def bench_batch(engine: Engine, base: LoadedModel, adapters: list[Path], refs: l
     for count in mixes:
         mixed = [refs[i % count] for i in range(batch)]
         row[f"distinct_{count}"] = engine_decode(engine, prompt, mixed, args.tokens)
-    assert engine.merge(refs[0]).result() is True
+    weights = engine.weights(refs[0])
+    assert engine.worker.call(lambda: engine.engine.merge(refs[0], weights)).result() is True
     row["merged"] = engine_decode(engine, prompt, [refs[0]] * batch, args.tokens)
-    engine.unmerge(refs[0].key).result()
+    engine.worker.call(lambda: engine.engine.unmerge(refs[0].key)).result()
     if not args.skip_peft:
         for count in [1, *mixes]:
             row[f"peft_{count}"] = peft_decode(base, adapters[:count], prompt, batch, args.tokens)
@@ -215,12 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"writing {adapters_needed} rank-{args.rank} adapters to {work} ...", flush=True)
     adapters = make_adapters(plain, adapters_needed, args.rank, work)
     del plain
-    engine = Engine(base, EngineConfig(
+    engine = LocalEngineService.over(base, EngineConfig(
         max_rows=max(args.batch), max_context=context, adapter_slots=adapters_needed + 1,
-        max_lora_rank=args.rank, prefill_chunk_tokens=256))
+        max_lora_rank=args.rank, prefill_chunk_tokens=256), host_adapters=adapters_needed)
     engine.start()
     prompt = tuple(base.tokenizer("Tell me a story about the sea.")["input_ids"])
-    refs = [AdapterRef(f"a{i}@1", path) for i, path in enumerate(adapters)]
+    refs = [AdapterRef(f"a{i}", 1, path) for i, path in enumerate(adapters)]
     engine_decode(engine, prompt, refs, 2)  # warm-up: every adapter into its slot
 
     results: dict[str, Any] = {}
@@ -235,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"time to first token: {ttft}", flush=True)
     loads = load_times(engine, adapters[0])
     print(f"adapter load: {loads}", flush=True)
-    merge = engine.stats.merge
-    engine.stop()
+    merge = engine.engine.stats.merge
+    engine.close()
     step_ms = {b: {k: 1000 * int(b) / v for k, v in row.items() if "_over_" not in k}
                for b, row in results.items()}
     print(json.dumps({

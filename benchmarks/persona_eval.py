@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         fact_answers = generate(engine, loaded.tokenizer, [j for *_, j in fact_jobs],
                                 max_tokens=args.fact_tokens, label="facts")
     finally:
-        engine.stop()
+        engine.close()
 
     by_condition: dict[tuple[str, str | None], list[str]] = {}
     for (condition, who, _, _), answer in zip(held, held_answers, strict=True):

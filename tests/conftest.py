@@ -1,4 +1,4 @@
-"""Shared fixtures: the embedded model (NF4, loaded once), PEFT adapters for it, a runtime.
+"""Shared fixtures: the embedded model (NF4, loaded once), PEFT adapters for it, a composition.
 
 The embedded model is converted once into the user's cache (as `make serve` does), so the first
 test session pays about 25 s and later ones reuse it.
@@ -29,8 +29,8 @@ if emulation.requested():
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [*_paths, *filter(None, [os.environ.get("PYTHONPATH")])])
 
+from server.composition import Cameo
 from server.model.loader import LoadedModel, load_base
-from server.runtime import Runtime
 from server.settings import Settings
 from tests.helpers import write_peft_adapter, write_persona
 
@@ -98,35 +98,35 @@ def persona_dirs(embedded_settings: Settings, plain_embedded: LoadedModel) -> di
 
 
 @pytest.fixture(scope="session")
-def runtime(embedded_settings: Settings, embedded: LoadedModel,
-            persona_dirs: dict[str, Path]) -> Iterator[Runtime]:
+def cameo(embedded_settings: Settings, embedded: LoadedModel,
+          persona_dirs: dict[str, Path]) -> Iterator[Cameo]:
     """A started engine on the embedded NF4 model with the three test personas."""
-    rt = Runtime.build(embedded_settings, loaded=embedded)
-    rt.engine.start()
-    yield rt
-    rt.engine.stop()
+    cameo = Cameo.local(embedded_settings, loaded=embedded)
+    cameo.service.start()
+    yield cameo
+    cameo.service.close()
 
 
-RuntimeFactory = Callable[..., Runtime]
+CameoFactory = Callable[..., Cameo]
 
 
 @pytest.fixture
-def make_runtime(tmp_path: Path, embedded: LoadedModel,
-                 embedded_settings: Settings) -> Iterator[RuntimeFactory]:
-    """Build started runtimes with their own empty registry; stopped after the test."""
-    built: list[Runtime] = []
+def make_cameo(tmp_path: Path, embedded: LoadedModel,
+               embedded_settings: Settings) -> Iterator[CameoFactory]:
+    """Build started compositions with their own empty registry; stopped after the test."""
+    built: list[Cameo] = []
 
-    def make(**overrides: Any) -> Runtime:
+    def make(**overrides: Any) -> Cameo:
         settings = embedded_settings.model_copy(update={
             "registry_dir": tmp_path / f"registry{len(built)}", "seed_dir": None, **overrides})
-        runtime = Runtime.build(settings, loaded=embedded)
-        runtime.engine.start()
-        built.append(runtime)
-        return runtime
+        cameo = Cameo.local(settings, loaded=embedded)
+        cameo.service.start()
+        built.append(cameo)
+        return cameo
 
     yield make
-    for runtime in built:
-        runtime.engine.stop()
-        runtime.registry.close()
+    for cameo in built:
+        cameo.service.close()
+        cameo.registry.close()
     built.clear()
-    gc.collect()  # each runtime holds slot banks and a KV cache: free them before the next test
+    gc.collect()  # each cameo holds slot banks and a KV cache: free them before the next test

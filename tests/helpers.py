@@ -149,7 +149,7 @@ def assert_greedy_consistent(engine: Any, prompt: Sequence[int], tokens: Sequenc
 
     (logits,) = engine.score([(list(prompt) + list(tokens[:-1]), adapter)])
     predicted = logits[len(prompt) - 1:]  # (len(tokens), vocab)
-    tolerance = logits_tolerance(engine.loaded.model, predicted, across_precision)
+    tolerance = logits_tolerance(engine.model, predicted, across_precision)
     clear = clear_positions(predicted, tolerance)
     assert clear.any()
     got = torch.tensor(list(tokens))
@@ -163,13 +163,13 @@ class GreedyPath:
     def __init__(self, engine: Any, prompt: Sequence[int], tokens: Sequence[int], text: str,
                  adapter: Any) -> None:
         (logits,) = engine.score([(list(prompt) + list(tokens[:-1]), adapter)])
-        self.tokenizer = engine.loaded.tokenizer
+        self.tokenizer = engine.tokenizer
         self.tokens = list(tokens)
         self.text = text
         self.logits = logits[len(prompt) - 1:]  # (len(tokens), vocab)
         from tests.numerics import logits_tolerance
 
-        self.tolerance = logits_tolerance(engine.loaded.model, self.logits)
+        self.tolerance = logits_tolerance(engine.model, self.logits)
 
     def assert_followed_by(self, text: str) -> None:
         """`text` is this reply, or leaves it only where the path's top-2 margin is within the

@@ -176,7 +176,7 @@ def generate_base_answers(prompts: list[str], cache: Path,
                              [Job([{"role": "user", "content": p}]) for p in missing],
                              max_tokens=args.max_tokens, label="base")
         finally:
-            engine.stop()
+            engine.close()
         answers.update(zip(missing, texts, strict=True))
         ordered = [p for p in prompts if p in answers] + [p for p in answers if p not in prompts]
         with cache.open("w", encoding="utf-8") as handle:

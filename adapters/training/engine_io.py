@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.engine.engine import Engine, EngineConfig
+from server.engine.engine import EngineConfig
 from server.engine.types import AdapterRef, GenerationRequest, RequestOutput, SamplingParams
 from server.model.loader import LoadedModel
+from server.service.local import LocalEngineService
 
 Messages = list[dict[str, str]]
 
@@ -32,13 +33,13 @@ class Job:
 
 def adapter_ref(name: str, folder: Path) -> AdapterRef:
     """The engine's handle for a persona folder (version 1, as the registry numbers it)."""
-    return AdapterRef(key=f"{name}@1", path=Path(folder))
+    return AdapterRef(name, 1, Path(folder))
 
 
 def build_engine(loaded: LoadedModel, *, max_rows: int = 16, max_context: int = 1024,
-                 adapter_slots: int = 8, max_lora_rank: int = 64) -> Engine:
-    """A started engine over `loaded`; call `engine.stop()` when done."""
-    engine = Engine(loaded, EngineConfig(
+                 adapter_slots: int = 8, max_lora_rank: int = 64) -> LocalEngineService:
+    """A started engine over `loaded`; call `engine.close()` when done."""
+    engine = LocalEngineService.over(loaded, EngineConfig(
         max_rows=max_rows,
         max_context=min(max_context, loaded.max_position_embeddings),
         adapter_slots=adapter_slots,
@@ -69,7 +70,7 @@ class _Sink:
             self._done.release()
 
 
-def generate(engine: Engine, tokenizer: Any, jobs: Sequence[Job], *, max_tokens: int = 48,
+def generate(engine: LocalEngineService, tokenizer: Any, jobs: Sequence[Job], *, max_tokens: int = 48,
              label: str = "generate", timeout: float = 3600.0, quiet: bool = False) -> list[str]:
     """Greedy answers for every job, submitted at once (the engine batches them)."""
     done = threading.Semaphore(0)

@@ -18,15 +18,16 @@ from starlette.datastructures import UploadFile
 
 from server.api.admin_schemas import AdapterInfo, AdapterList, Deleted, Residency, VersionInfo
 from server.api.auth import require_admin
-from server.api.deps import get_runtime
-from server.api.errors import APIError, quote
+from server.api.deps import get_cameo
+from server.api.errors import APIError, domain_error, quote
 from server.api.schemas import ErrorResponse
+from server.composition import Cameo
 from server.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 from server.lora.merge import MergeError
+from server.lora.ref import AdapterRef, adapter_key
 from server.registry.catalog import VersionRow
-from server.registry.personas import CARD_FILE, Persona, adapter_key
-from server.registry.registry import RegistryError, check_name
-from server.serving import Serving
+from server.registry.personas import CARD_FILE
+from server.registry.registry import check_name
 
 router = APIRouter(dependencies=[Depends(require_admin)])
 
@@ -36,10 +37,6 @@ FILE_FIELDS = {"adapter_config": CONFIG_FILE, "adapter_model": WEIGHTS_FILE, "pe
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
-
-
-def registry_error(exc: RegistryError) -> APIError:
-    return APIError(exc.status, exc.message, param=exc.param, code=exc.code)
 
 
 def _flag(form: Any, key: str) -> bool:
@@ -52,27 +49,22 @@ def _flag(form: Any, key: str) -> bool:
 
 
 @router.post("/v1/adapters", response_model=AdapterInfo, status_code=201, responses=_ERRORS)
-async def upload_adapter(request: Request, runtime: Serving = Depends(get_runtime)) -> AdapterInfo:
+async def upload_adapter(request: Request, cameo: Cameo = Depends(get_cameo)) -> AdapterInfo:
     form = await request.form(max_files=len(FILE_FIELDS), max_fields=8, max_part_size=1 << 16)
     try:
         name = str(form.get("name") or "")
-        try:
-            check_name(name)
-        except RegistryError as exc:
-            raise registry_error(exc) from exc
+        check_name(name)  # a RegistryError is answered by the domain-error handler
         replace, force = _flag(form, "replace"), _flag(form, "force")
-        staged = runtime.registry.stage()
+        staged = cameo.registry.stage()
         try:
             await _stage_files(form, staged)
-            row = await asyncio.to_thread(runtime.registry.add, name, staged, replace=replace,
+            row = await asyncio.to_thread(cameo.registry.add, name, staged, replace=replace,
                                           force=force)
-        except RegistryError as exc:
-            raise registry_error(exc) from exc
         finally:
             shutil.rmtree(staged, ignore_errors=True)  # gone already when the upload committed
     finally:
         await form.close()
-    return adapter_info(runtime, row.name, published=row)
+    return adapter_info(cameo, row.name, published=row)
 
 
 async def _stage_files(form: Any, staged: Path) -> None:
@@ -107,63 +99,61 @@ async def _refuse_pickle(upload: UploadFile) -> None:
 
 
 @router.get("/v1/adapters", response_model=AdapterList, responses=_ERRORS)
-async def list_adapters(runtime: Serving = Depends(get_runtime)) -> AdapterList:
-    return AdapterList(data=[adapter_info(runtime, p.name) for p in runtime.registry.all()],
-                       quarantined=runtime.registry.quarantined())
+async def list_adapters(cameo: Cameo = Depends(get_cameo)) -> AdapterList:
+    return AdapterList(data=[adapter_info(cameo, p.name) for p in cameo.registry.all()],
+                       quarantined=cameo.registry.quarantined())
 
 
 @router.get("/v1/adapters/{name}", response_model=AdapterInfo, responses=_ERRORS)
-async def get_adapter(name: str, runtime: Serving = Depends(get_runtime)) -> AdapterInfo:
-    return adapter_info(runtime, name)
+async def get_adapter(name: str, cameo: Cameo = Depends(get_cameo)) -> AdapterInfo:
+    return adapter_info(cameo, name)
 
 
 @router.delete("/v1/adapters/{name}", response_model=Deleted, responses=_ERRORS)
-async def delete_adapter(name: str, runtime: Serving = Depends(get_runtime)) -> Deleted:
-    try:
-        versions = await asyncio.to_thread(runtime.registry.delete, name)
-    except RegistryError as exc:
-        raise registry_error(exc) from exc
+async def delete_adapter(name: str, cameo: Cameo = Depends(get_cameo)) -> Deleted:
+    versions = await asyncio.to_thread(cameo.registry.delete, name)
     return Deleted(id=name, versions=versions)
 
 
 @router.post("/v1/adapters/{name}/merge", response_model=AdapterInfo, responses=_ERRORS)
-async def merge_adapter(name: str, runtime: Serving = Depends(get_runtime)) -> AdapterInfo:
+async def merge_adapter(name: str, cameo: Cameo = Depends(get_cameo)) -> AdapterInfo:
     """Pin the persona as merged into the base layers whenever the batch is its own."""
-    return await _switch_merge(runtime, name, merge=True)
+    return await _switch_merge(cameo, name, merge=True)
 
 
 @router.post("/v1/adapters/{name}/unmerge", response_model=AdapterInfo, responses=_ERRORS)
-async def unmerge_adapter(name: str, runtime: Serving = Depends(get_runtime)) -> AdapterInfo:
+async def unmerge_adapter(name: str, cameo: Cameo = Depends(get_cameo)) -> AdapterInfo:
     """Drop the pin and unmerge the persona now (a no-op when it is not merged)."""
-    return await _switch_merge(runtime, name, merge=False)
+    return await _switch_merge(cameo, name, merge=False)
 
 
-async def _switch_merge(runtime: Serving, name: str, merge: bool) -> AdapterInfo:
-    persona = _adapter_persona(runtime, name)
+async def _switch_merge(cameo: Cameo, name: str, merge: bool) -> AdapterInfo:
+    ref = _adapter_ref(cameo, name)
+    service = cameo.service
     try:
-        await (runtime.merge(persona) if merge else runtime.unmerge(persona))
-    except MergeError as exc:
-        raise APIError(409, str(exc), param="name", code="merge_unavailable") from exc
-    return adapter_info(runtime, name)
+        await (service.merge(ref) if merge else service.unmerge(ref))
+    except MergeError as exc:  # the name is the param at fault
+        raise domain_error(MergeError(exc.message, "name")) from exc
+    return adapter_info(cameo, name)
 
 
-def _adapter_persona(runtime: Serving, name: str) -> Persona:
-    persona = runtime.registry.get(name)
+def _adapter_ref(cameo: Cameo, name: str) -> AdapterRef:
+    persona = cameo.registry.get(name)
     if persona is None:
         raise APIError(404, f"the persona {quote(name)} does not exist", param="name",
                        code="model_not_found")
-    if persona.adapter_key is None:
+    if persona.adapter is None:
         raise APIError(400, f"the persona {quote(name)} is prompt-only: it has no adapter to merge",
                        param="name", code="no_adapter")
-    return persona
+    return persona.adapter
 
 
-def adapter_info(runtime: Serving, name: str,
+def adapter_info(cameo: Cameo, name: str,
                  published: VersionRow | None = None) -> AdapterInfo:
     """The persona's current version; or `published`, the version an upload just committed
     (answered even when a concurrent upload or delete already changed the current one)."""
-    versions = runtime.registry.versions(name)
-    persona = runtime.registry.get(name)
+    versions = cameo.registry.versions(name)
+    persona = cameo.registry.get(name)
     if published is not None:
         current = published
         versions = versions if published in versions else [published]
@@ -177,9 +167,9 @@ def adapter_info(runtime: Serving, name: str,
     resident = Residency()
     if current.kind == "adapter":
         key = adapter_key(name, current.version)
-        slot, host = runtime.residency(key)
-        merged, pinned = runtime.merge_state(key)
-        resident = Residency(device_slot=slot, host=host, merged=merged, pinned=pinned)
+        stats = cameo.service.stats()
+        resident = Residency(device_slot=stats.slot_of(key), host=key in stats.host_keys,
+                             merged=stats.merged == key, pinned=stats.pinned == key)
     return AdapterInfo(
         id=name, name=name, version=current.version,
         current_version=persona.version if persona else current.version,

@@ -81,7 +81,11 @@ class PersonaList(BaseModel):
 class CardImport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    card: dict[str, Any]
+    card: dict[str, Any] | None = Field(default=None, description="A SillyTavern Character "
+                                        "Card V2 object (a V1 card's flat fields are read too)")
+    card_file: str | None = Field(default=None, description="Instead of `card`: base64 of a "
+                                  "card file, a SillyTavern PNG card (its `chara` or `ccv3` "
+                                  "text chunk) or a JSON card, at most 16 MB")
     name: str | None = Field(default=None, max_length=64)
     adapter: str | None = Field(default=None, max_length=64)
     replace: bool = Field(default=False, description="Publish a new version of an existing "

@@ -1,12 +1,14 @@
-"""The FastAPI application: routes, error handlers, middleware, and the runtime's lifetime.
+"""The FastAPI application: routes, error handlers, middleware, and the composition's lifetime.
 
-`create_app(settings, runtime=None)`: with a runtime (tests, tools) the app serves it at once;
+`create_app(settings, cameo=None)`: with a composition (tests, tools, the Ray ingress) the app
+serves it at once;
 without one the app starts answering `/health` immediately and loads the model in a background
 thread, with `/ready` at 503 until the engine runs. The engine is stopped at shutdown only when
 the app built it. When that load fails, `app.state.fatal` holds the error, `/health` and
 `/ready` answer 503 with it, and `app.state.on_fatal` (set by `cameo-server` to stop uvicorn,
 which then exits non-zero) is called. `app.state` holds what the routes share: settings,
-runtime, admission control, metrics, the in-flight count and the draining flag.
+the composition (`server.composition.Cameo`), admission control, metrics, the in-flight count
+and the draining flag.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from clients.webapp import web_dir
 from server import __version__
 from server.api import adapters, chat, completions, models, personas, tokenize
 from server.api.admission import Admission
@@ -33,24 +34,22 @@ from server.api.headers import SecurityHeadersMiddleware, docs_csp
 from server.api.limits import BodyLimitMiddleware
 from server.api.metrics import Metrics
 from server.api.middleware import RequestContextMiddleware
-from server.api.webmount import WebMount
-from server.model.loader import UnsupportedModel
-from server.registry.catalog import CatalogError
-from server.runtime import Runtime
-from server.serving import Serving
+from server.api.webmount import WebMount, web_dir
+from server.composition import Cameo
+from server.errors import CameoError
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, runtime: Serving | None = None) -> FastAPI:
-    owns_runtime = runtime is None
+def create_app(settings: Settings, cameo: Cameo | None = None) -> FastAPI:
+    owns_cameo = cameo is None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader: asyncio.Task[None] | None = None
-        if runtime is not None:
-            _serve(app, runtime)
+        if cameo is not None:
+            _serve(app, cameo)
         else:
             loader = asyncio.create_task(_load(app, settings))
         try:
@@ -58,17 +57,16 @@ def create_app(settings: Settings, runtime: Serving | None = None) -> FastAPI:
         finally:
             if loader is not None:
                 loader.cancel()
-            current = getattr(app.state, "runtime", None)
-            if owns_runtime and current is not None:
-                current.engine.stop()
-                current.registry.close()
+            current: Cameo | None = getattr(app.state, "cameo", None)
+            if owns_cameo and current is not None:
+                current.close()
 
     app = FastAPI(title="Cameo", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None,
                   description="One quantized LLM, many LoRA personas, OpenAI-compatible.")
     state = app.state
     state.settings = settings
-    state.runtime = None
+    state.cameo = None
     state.fatal = None
     state.on_fatal = None
     state.draining = False
@@ -102,7 +100,7 @@ def _add_docs_routes(app: FastAPI) -> None:
 
     The endpoints are module-level functions that reach the app through the request: FastAPI
     caches dependency callables globally, so a closure over `app` would keep every app (and its
-    runtime, with the KV cache) alive for the life of the process.
+    composition, with the KV cache) alive for the life of the process.
     """
     auth = [Depends(require_user)]
     app.add_api_route("/openapi.json", _openapi, include_in_schema=False, dependencies=auth)
@@ -127,23 +125,23 @@ def _without_422(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _serve(app: FastAPI, runtime: Serving) -> None:
-    runtime.engine.start()
-    app.state.runtime = runtime
+def _serve(app: FastAPI, cameo: Cameo) -> None:
+    cameo.service.start()
+    app.state.cameo = cameo
 
 
 async def _load(app: FastAPI, settings: Settings) -> None:
     try:
-        runtime = await asyncio.to_thread(Runtime.build, settings)
+        cameo = await asyncio.to_thread(Cameo.local, settings)
     except Exception as exc:
         # An expected refusal (a base that cannot be served, a registry folder or catalog that
         # cannot be used: the message names the path) needs no traceback.
-        expected = isinstance(exc, (UnsupportedModel, CatalogError, OSError))
+        expected = isinstance(exc, (CameoError, OSError))
         log.critical("start-up failed: %s", exc, exc_info=not expected)
         app.state.fatal = exc
         if app.state.on_fatal is not None:
             app.state.on_fatal()
         return
-    _serve(app, runtime)
-    log.info("ready: serving %s with %d persona(s) on %s", runtime.loaded.model_id,
-             len(runtime.registry.all()), runtime.loaded.device)
+    _serve(app, cameo)
+    log.info("ready: serving %s with %d persona(s)", cameo.base.model_id,
+             len(cameo.registry.all()))

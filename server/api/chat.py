@@ -30,7 +30,7 @@ from fastapi.responses import Response
 
 from server.api.auth import require_user
 from server.api.checks import check_chat
-from server.api.deps import get_runtime
+from server.api.deps import get_cameo
 from server.api.errors import APIError
 from server.api.generation import (
     display_name,
@@ -61,10 +61,10 @@ from server.api.schemas import (
 from server.api.streams import Indexed
 from server.api.structured import check_grammar, response_grammar
 from server.api.tools import ToolCall, ToolCallParser, ToolPlan, plan_tools, template_takes_tools
+from server.composition import Cameo
 from server.engine.constraints import GrammarSpec
 from server.engine.types import RequestOutput, SamplingParams, TokenLogprob
 from server.registry.personas import Persona
-from server.serving import Serving
 
 router = APIRouter()
 
@@ -87,42 +87,42 @@ class Reply:
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_RESPONSES,
              dependencies=[Depends(require_user)])
 async def chat_completions(
-    body: ChatCompletionRequest, http: Request, runtime: Serving = Depends(get_runtime)
+    body: ChatCompletionRequest, http: Request, cameo: Cameo = Depends(get_cameo)
 ) -> ChatCompletion | Response:
-    precheck(http, lambda: check_chat(body, runtime.settings))
+    precheck(http, lambda: check_chat(body, cameo.settings))
     tools = plan_tools(body)
     grammar, param = _grammar(body, tools)
-    persona = resolve_model(runtime, body.model)
+    persona = resolve_model(cameo, body.model)
     if grammar is not None:  # (the grammar cache is built on first use)
-        await check_grammar(runtime.grammars, grammar, param)
-    tokenizer = runtime.loaded.tokenizer
+        await check_grammar(cameo.base.grammars, grammar, param)
+    tokenizer = cameo.base.tokenizer
     native = tools is not None and template_takes_tools(tokenizer)
     messages = build_messages(body.messages, persona, tools, native, speaker=body.model,
-                              display=lambda name: display_name(runtime, name))
+                              display=lambda name: display_name(cameo, name))
     prompt_ids = encode_prompt(tokenizer, messages,
                                tools=[t.spec() for t in tools.tools] if tools and native else None)
-    sampling = dataclasses.replace(chat_sampling(body, persona, len(prompt_ids), runtime),
+    sampling = dataclasses.replace(chat_sampling(body, persona, len(prompt_ids), cameo),
                                    grammar=grammar)
     reply = Reply(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model,
                   n=body.choices, texts=token_texts(tokenizer) if body.logprobs else None,
                   tools=tools)
     jobs = [(prompt_ids, params) for params in per_choice(sampling, body.choices)]
-    launch = start(http, runtime, persona, jobs, reply.id)
+    launch = start(http, cameo, persona, jobs, reply.id)
     return await respond(http, launch, bool(body.stream),
                          lambda outputs: _events(reply, outputs, body.include_usage),
                          lambda outputs: _complete(reply, outputs))
 
 
 def chat_sampling(body: ChatCompletionRequest, persona: Persona | None, prompt_len: int,
-                  runtime: Serving) -> SamplingParams:
+                  cameo: Cameo) -> SamplingParams:
     """The request's sampling; unset `max_tokens` is the card's or `CAMEO_DEFAULT_MAX_TOKENS`,
     capped by the room the prompt leaves."""
     requested = body.max_completion_tokens or body.max_tokens
-    room = check_room(runtime, prompt_len, requested, "messages")
+    room = check_room(cameo, prompt_len, requested, "messages")
     defaults = persona.card.sampling if persona else {}
-    default_max = int(defaults.get("max_tokens", runtime.settings.default_max_tokens))
+    default_max = int(defaults.get("max_tokens", cameo.settings.default_max_tokens))
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    return sampling_params(body, persona, runtime, max_tokens=requested or min(default_max, room),
+    return sampling_params(body, persona, cameo, max_tokens=requested or min(default_max, room),
                            logprobs=logprobs)
 
 

@@ -38,7 +38,7 @@ from server.api.completion_schemas import (
     CompletionLogprobs,
     CompletionRequest,
 )
-from server.api.deps import get_runtime
+from server.api.deps import get_cameo
 from server.api.errors import APIError
 from server.api.generation import (
     Job,
@@ -55,9 +55,9 @@ from server.api.logprobs import TokenTexts, legacy, merge_legacy, token_texts
 from server.api.sampling import check_room, per_choice, sampling_params, vocab_size
 from server.api.schemas import Usage
 from server.api.streams import Indexed
+from server.composition import Cameo
 from server.engine.types import RequestOutput, TokenLogprob
 from server.registry.personas import Persona
-from server.serving import Serving
 from server.settings import Settings
 
 router = APIRouter()
@@ -130,18 +130,18 @@ class ChoiceState:
 @router.post("/v1/completions", response_model=Completion, responses=_RESPONSES,
              dependencies=[Depends(require_user)])
 async def completions(
-    body: CompletionRequest, http: Request, runtime: Serving = Depends(get_runtime)
+    body: CompletionRequest, http: Request, cameo: Cameo = Depends(get_cameo)
 ) -> Completion | Response:
-    precheck(http, lambda: check_completion(body, runtime.settings))
-    persona = resolve_model(runtime, body.model)
-    prompts = read_prompts(body, runtime)
-    texts = token_texts(runtime.loaded.tokenizer) if body.logprobs is not None else None
+    precheck(http, lambda: check_completion(body, cameo.settings))
+    persona = resolve_model(cameo, body.model)
+    prompts = read_prompts(body, cameo)
+    texts = token_texts(cameo.base.tokenizer) if body.logprobs is not None else None
     scored_only = body.max_tokens == 0
     states = [ChoiceState(prompt, bool(body.echo), scored_only, texts)
               for prompt in prompts for _ in range(body.choices)]
     reply_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    jobs = [job for prompt in prompts for job in _jobs(body, persona, prompt, runtime)]
-    launch = start(http, runtime, persona, jobs, reply_id)
+    jobs = [job for prompt in prompts for job in _jobs(body, persona, prompt, cameo)]
+    launch = start(http, cameo, persona, jobs, reply_id)
     prompt_tokens = sum(len(p.ids) for p in prompts)
 
     def reply(choices: list[CompletionChoice], used: Usage | None) -> Completion:
@@ -176,13 +176,13 @@ async def completions(
     return await respond(http, launch, bool(body.stream), events, complete)
 
 
-def read_prompts(body: CompletionRequest, runtime: Serving) -> list[Prompt]:
+def read_prompts(body: CompletionRequest, cameo: Cameo) -> list[Prompt]:
     """Every prompt as token ids and the text `echo` repeats; 400 naming `prompt`."""
     raw = body.prompt
     single = isinstance(raw, str) or all(isinstance(item, int) for item in raw)
     items = cast(list[str | list[int]], [raw] if single else raw)
-    _check_count(len(items) * body.choices, runtime.settings)
-    return [_prompt(item, runtime) for item in items]
+    _check_count(len(items) * body.choices, cameo.settings)
+    return [_prompt(item, cameo) for item in items]
 
 
 def _check_count(count: int, settings: Settings) -> None:
@@ -191,16 +191,16 @@ def _check_count(count: int, settings: Settings) -> None:
                        "request (prompts x n)", param="prompt", code="too_many_prompts")
 
 
-def _prompt(item: str | list[int], runtime: Serving) -> Prompt:
-    tokenizer = runtime.loaded.tokenizer
+def _prompt(item: str | list[int], cameo: Cameo) -> Prompt:
+    tokenizer = cameo.base.tokenizer
     if isinstance(item, str):
-        if len(item) > runtime.settings.max_message_chars:
-            raise APIError(400, f"prompt: over {runtime.settings.max_message_chars} characters",
+        if len(item) > cameo.settings.max_message_chars:
+            raise APIError(400, f"prompt: over {cameo.settings.max_message_chars} characters",
                            param="prompt", code="message_too_long")
         ids = list(tokenizer(item, add_special_tokens=True)["input_ids"])
         prompt = Prompt(ids, item)
     else:
-        vocab = vocab_size(runtime)
+        vocab = vocab_size(cameo)
         bad = next((t for t in item if not 0 <= t < vocab), None)
         if bad is not None:
             raise APIError(400, f"prompt: token id {bad} is outside the vocabulary "
@@ -212,15 +212,15 @@ def _prompt(item: str | list[int], runtime: Serving) -> Prompt:
 
 
 def _jobs(body: CompletionRequest, persona: Persona | None, prompt: Prompt,
-          runtime: Serving) -> list[Job]:
+          cameo: Cameo) -> list[Job]:
     explicit = "max_tokens" in body.model_fields_set and body.max_tokens is not None
     wanted = body.max_tokens if body.max_tokens is not None else 16
-    room = check_room(runtime, len(prompt.ids), max(wanted, 1) if explicit else None, "prompt")
+    room = check_room(cameo, len(prompt.ids), max(wanted, 1) if explicit else None, "prompt")
     echo_logprobs = body.logprobs if body.echo else None
     # max_tokens 0 with prompt logprobs: the engine scores the prompt and stops there; without
     # them it generates one token, which the answer leaves out (`ChoiceState.scored_only`).
     limit = 0 if wanted == 0 and echo_logprobs is not None else max(min(wanted, room), 1)
-    params = sampling_params(body, persona, runtime, max_tokens=limit, logprobs=body.logprobs,
+    params = sampling_params(body, persona, cameo, max_tokens=limit, logprobs=body.logprobs,
                              prompt_logprobs=echo_logprobs)
     return [(prompt.ids, p) for p in per_choice(params, body.choices)]
 

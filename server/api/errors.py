@@ -4,6 +4,11 @@ Every failure the API reports goes through `APIError` or one of the handlers ins
 `install_error_handlers`, including FastAPI's own validation errors (400 here, not 422) and
 unknown routes, so clients see one error format everywhere.
 
+Domain errors (`server.errors.CameoError`) and failed engine outputs carry a code and no
+status: `STATUS` below is the one place a code becomes an HTTP status (`domain_error`,
+`status_of`); a route lets a domain error propagate unless it adds context, and the handler
+answers it.
+
 Anything a client sent that a message quotes goes through `quote` (or `clip`, unquoted, for a
 `param` the client named), which shortens it, so an error never echoes a megabyte back; as a
 backstop, `APIError` cuts any message at `MAX_MESSAGE_CHARS`.
@@ -21,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.errors import CameoError
 from server.registry.store import is_disk_full
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,22 @@ _TYPES = {
     507: "server_error",
 }
 
+
+# Domain and engine error codes -> HTTP status (any other code of a CameoError is a 400: a
+# refusal of the client's input; any other engine output code is a 500).
+STATUS: dict[str, int] = {
+    # the registry and uploads
+    "model_not_found": 404, "already_exists": 409, "insufficient_storage": 507,
+    "catalog_unavailable": 503,
+    # merged mode
+    "merge_unavailable": 409,
+    # the engine's per-request failures (`server.engine.types.ErrorCode`)
+    "context_length_exceeded": 400, "invalid_seed": 400, "invalid_grammar": 400, "timeout": 504,
+    "adapter_load_failed": 500, "numerical_error": 500, "sampling_error": 500,
+    "grammar_error": 500, "engine_error": 500, "engine_unavailable": 500,
+    # the base model
+    "unsupported_model": 503, "internal_error": 500,
+}
 
 MAX_MESSAGE_CHARS = 1000
 _UNION_TAG = re.compile(r"[\w-]+\[.*\]|str|int|float|bool|none|bytes|[A-Z][A-Za-z0-9]*")
@@ -79,6 +101,17 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+def status_of(code: str | None, default: int = 500) -> int:
+    return STATUS.get(code or "", default)
+
+
+def domain_error(exc: CameoError) -> APIError:
+    """The HTTP error a domain error means (its message, code and param as they are)."""
+    status = status_of(exc.code, 400)
+    return APIError(status, exc.message, param=exc.param, code=exc.code,
+                    type="timeout" if status == 504 else None)
+
+
 def error_body(message: str, type: str, param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
@@ -86,6 +119,7 @@ def error_body(message: str, type: str, param: str | None = None,
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(CameoError, _domain_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(OSError, _os_error)  # type: ignore[arg-type]
@@ -94,6 +128,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
     return exc.response()
+
+
+async def _domain_error(request: Request, exc: CameoError) -> JSONResponse:
+    return domain_error(exc).response()
 
 
 def _is_union_tag(part: object) -> bool:

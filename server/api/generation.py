@@ -27,20 +27,17 @@ from sse_starlette.sse import EventSourceResponse
 
 from server.api.admission import Ticket
 from server.api.auth import caller_identity
-from server.api.errors import APIError, error_body, quote
+from server.api.errors import APIError, error_body, quote, status_of
 from server.api.metrics import RequestTimer
 from server.api.schemas import ErrorResponse, Usage
 from server.api.streams import Indexed, Stream, interleave, until_disconnect
+from server.composition import Cameo
 from server.engine.types import GenerationRequest, RequestOutput, SamplingParams
 from server.lora.adapter import AdapterError
 from server.registry.personas import Persona
-from server.serving import Serving
 
 T = TypeVar("T")
 Job = tuple[Sequence[int], SamplingParams]  # prompt ids, sampling: one engine request
-
-_ERROR_STATUS = {"context_length_exceeded": 400, "invalid_seed": 400, "timeout": 504}
-
 
 def documented(what: str) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI `responses` of a generation route: `what` for 200 (JSON or SSE), errors."""
@@ -64,20 +61,20 @@ def precheck(http: Request, check: Callable[[], None]) -> None:
         raise
 
 
-def resolve_model(runtime: Serving, name: str) -> Persona | None:
+def resolve_model(cameo: Cameo, name: str) -> Persona | None:
     """The persona a `model` field names; None for the base model itself."""
-    if name == runtime.loaded.model_id:
+    if name == cameo.base.model_id:
         return None
-    persona = runtime.registry.get(name)
+    persona = cameo.registry.get(name)
     if persona is None:
         raise APIError(404, f"the model {quote(name)} does not exist; GET /v1/models lists them",
                        param="model", code="model_not_found")
     return persona
 
 
-def display_name(runtime: Serving, name: str) -> str:
+def display_name(cameo: Cameo, name: str) -> str:
     """How another speaker in the history is introduced: its card's display name."""
-    persona = runtime.registry.get(name) if name != runtime.loaded.model_id else None
+    persona = cameo.registry.get(name) if name != cameo.base.model_id else None
     return persona.card.display_name if persona is not None else name
 
 
@@ -109,7 +106,7 @@ class Launch:
             account.settle("cancelled", 0)
 
 
-def start(http: Request, runtime: Serving, persona: Persona | None, jobs: Sequence[Job],
+def start(http: Request, cameo: Cameo, persona: Persona | None, jobs: Sequence[Job],
           request_id: str) -> Launch:
     """Admit every job (all or none) and return their output streams, not yet started."""
     state = http.app.state
@@ -122,16 +119,17 @@ def start(http: Request, runtime: Serving, persona: Persona | None, jobs: Sequen
             ticket.close()
         state.metrics.rejected.labels(exc.code or str(exc.status)).inc()
         raise
-    deadline = time.monotonic() + runtime.settings.request_timeout
+    deadline = time.monotonic() + cameo.settings.request_timeout
     label = persona.name if persona else "base"
     launch = Launch(streams=[])
     for index, ((prompt, sampling), ticket) in enumerate(zip(jobs, tickets, strict=True)):
         engine_id = request_id if len(jobs) == 1 else f"{request_id}-{index}"
         request = GenerationRequest(request_id=engine_id, prompt_ids=tuple(prompt),
-                                    sampling=sampling, deadline=deadline)
+                                    sampling=sampling, deadline=deadline,
+                                    adapter=persona.adapter if persona else None)
         account = _Account(ticket, RequestTimer(state.metrics, label))
         launch.accounts.append(account)
-        launch.streams.append(_tracked(_generate(runtime, request, persona), account))
+        launch.streams.append(_tracked(_generate(cameo, request, persona), account))
     return launch
 
 
@@ -187,25 +185,25 @@ def _status(output: RequestOutput) -> str:
     return "cancelled" if output.finish_reason == "abort" else "ok"
 
 
-async def _generate(runtime: Serving, request: GenerationRequest,
+async def _generate(cameo: Cameo, request: GenerationRequest,
                     persona: Persona | None) -> AsyncIterator[RequestOutput]:
     try:
-        async for output in runtime.generate(request, persona):
+        async for output in cameo.service.generate(request):
             yield output
     except AdapterError as exc:
-        name = persona.name if persona else runtime.loaded.model_id
-        if persona is not None and _deleted_since(runtime, persona):
+        name = persona.name if persona else cameo.base.model_id
+        if persona is not None and _deleted_since(cameo, persona):
             raise APIError(404, f"the model {name!r} was deleted while the request started",
                            param="model", code="model_not_found") from exc
         raise APIError(500, f"the adapter of {name!r} cannot be loaded: {exc.message}",
                        code="adapter_load_failed") from exc
 
 
-def _deleted_since(runtime: Serving, persona: Persona) -> bool:
+def _deleted_since(cameo: Cameo, persona: Persona) -> bool:
     """The version was deleted after the request resolved it (its files went with it)."""
-    current = runtime.registry.get(persona.name)
+    current = cameo.registry.get(persona.name)
     return current is None or (current.version != persona.version
-                               and not (persona.adapter_dir and persona.adapter_dir.exists()))
+                               and not (persona.adapter and persona.adapter.path.exists()))
 
 
 async def _first(outputs: AsyncIterator[Indexed]) -> Indexed | None:
@@ -229,7 +227,7 @@ async def _chain(head: Indexed, rest: AsyncGenerator[Indexed, None],
 def raise_for(output: RequestOutput) -> None:
     """An engine failure as the HTTP error it means."""
     if output.error is not None:
-        status = _ERROR_STATUS.get(output.error_code or "", 500)
+        status = status_of(output.error_code)
         raise APIError(status, output.error, code=output.error_code,
                        type="timeout" if status == 504 else None)
 

@@ -1,7 +1,8 @@
 """Prometheus metrics (prometheus-client), one registry per app.
 
 Counters and histograms are recorded by the chat route as requests progress; gauges are read
-from the runtime at scrape time by `_StateCollector`, so they are never stale. The
+from the engine service's `stats()` snapshot at scrape time by `_StateCollector`, so they are
+never stale. The
 `cameo_lora_requests_info` gauge follows vLLM's `vllm:lora_requests_info` shape (labels
 `running_lora_adapters`, `waiting_lora_adapters`, `max_lora`), which the Kubernetes inference
 gateway reads for adapter affinity. docs/OPERATIONS.md explains each metric.
@@ -16,6 +17,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from server.service.stats import ServiceStats
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
@@ -80,49 +83,46 @@ class _StateCollector(Collector):
         self.state = app_state
 
     def collect(self) -> Iterator[Any]:
-        runtime = getattr(self.state, "runtime", None)
+        cameo = getattr(self.state, "cameo", None)
         admission = getattr(self.state, "admission", None)
-        if runtime is None or not hasattr(runtime, "engine"):
+        if cameo is None:
             return
-        engine = runtime.engine
-        stats = engine.stats
+        stats: ServiceStats = cameo.service.stats()
         yield _gauge("cameo_running_requests", "Requests holding a batch row", stats.running)
         yield _gauge("cameo_waiting_requests", "Requests accepted but not yet in a batch row",
                      admission.waiting_requests if admission else stats.waiting)
         yield _gauge("cameo_engine_waiting_requests", "Requests queued inside the engine",
                      stats.waiting)
         yield _counter("cameo_engine_steps", "Engine iterations", stats.steps)
-        slots = engine.slots
-        yield _gauge("cameo_adapter_slots", "Device adapter slots", slots.bank.num_slots - 1)
+        yield _gauge("cameo_adapter_slots", "Device adapter slots", stats.slots)
         yield _gauge("cameo_adapter_slots_used", "Device slots holding an adapter",
-                     len(stats.resident_adapters))
-        yield _counter("cameo_adapter_slot_loads", "Adapters copied into a device slot", slots.loads)
+                     len(stats.resident))
+        yield _counter("cameo_adapter_slot_loads", "Adapters copied into a device slot",
+                       stats.slot_loads)
         yield _counter("cameo_adapter_slot_evictions", "Adapters evicted from a device slot",
-                       slots.evictions)
-        merge = stats.merge
-        yield _counter("cameo_adapter_merges", "Adapters merged into the base layers", merge.merges)
+                       stats.slot_evictions)
+        yield _counter("cameo_adapter_merges", "Adapters merged into the base layers", stats.merges)
         yield _counter("cameo_adapter_unmerges", "Merged adapters restored to the slot path",
-                       merge.unmerges)
+                       stats.unmerges)
         merged = GaugeMetricFamily("cameo_merged_adapter_info",
                                    "1 for the adapter merged into the base now (merged mode)",
                                    labels=["adapter"])
-        if merge.merged:
-            merged.add_metric([merge.merged], 1.0)
+        if stats.merged:
+            merged.add_metric([stats.merged], 1.0)
         yield merged
-        host = runtime.host_cache
-        yield _gauge("cameo_host_adapters", "Adapters held in host memory", len(host))
-        yield _gauge("cameo_host_adapter_capacity", "Host memory adapter capacity", host.capacity)
-        yield _counter("cameo_host_adapter_hits", "Host cache hits", host.stats.hits)
+        yield _gauge("cameo_host_adapters", "Adapters held in host memory", len(stats.host_keys))
+        yield _gauge("cameo_host_adapter_capacity", "Host memory adapter capacity",
+                     stats.host_capacity)
+        yield _counter("cameo_host_adapter_hits", "Host cache hits", stats.host_hits)
         yield _counter("cameo_host_adapter_misses", "Host cache misses (disk reads)",
-                       host.stats.misses)
+                       stats.host_misses)
         yield _counter("cameo_host_adapter_evictions", "Host cache evictions",
-                       host.stats.evictions)
+                       stats.host_evictions)
         info = GaugeMetricFamily(
             "cameo_lora_requests_info", "Running and waiting personas (vLLM lora_requests_info)",
             labels=["running_lora_adapters", "waiting_lora_adapters", "max_lora"])
-        info.add_metric([",".join(sorted(stats.running_adapters)),
-                         ",".join(sorted(stats.waiting_adapters)),
-                         str(slots.bank.num_slots - 1)], time.time())
+        info.add_metric([",".join(sorted(stats.running_personas)),
+                         ",".join(sorted(stats.waiting_personas)), str(stats.slots)], time.time())
         yield info
 
 

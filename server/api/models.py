@@ -9,23 +9,23 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.api.auth import require_user
-from server.api.deps import get_runtime, not_ready_reason
+from server.api.deps import get_cameo, not_ready_reason
 from server.api.errors import APIError, quote
 from server.api.schemas import ErrorResponse, ModelCard, ModelList
+from server.composition import Cameo
 from server.registry.personas import Persona
-from server.serving import Serving
 
 router = APIRouter()
 
 
 @router.get("/v1/models", response_model=ModelList, dependencies=[Depends(require_user)])
-async def list_models(runtime: Serving = Depends(get_runtime)) -> ModelList:
-    return ModelList(data=[_base_card(runtime), *(_persona_card(runtime, p)
-                                                  for p in runtime.registry.all())])
+async def list_models(cameo: Cameo = Depends(get_cameo)) -> ModelList:
+    return ModelList(data=[_base_card(cameo), *(_persona_card(cameo, p)
+                                                  for p in cameo.registry.all())])
 
 
 @router.head("/v1/models", include_in_schema=False,
-             dependencies=[Depends(require_user), Depends(get_runtime)])
+             dependencies=[Depends(require_user), Depends(get_cameo)])
 async def probe_models() -> Response:
     """What clients send to check a connection: GET's status, without the body."""
     return Response(status_code=200, media_type="application/json")
@@ -34,23 +34,23 @@ async def probe_models() -> Response:
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard,
             responses={s: {"model": ErrorResponse} for s in (401, 404, 503)},
             dependencies=[Depends(require_user)])
-async def retrieve_model(model_id: str, runtime: Serving = Depends(get_runtime)) -> ModelCard:
-    if model_id == runtime.loaded.model_id:
-        return _base_card(runtime)
-    persona = runtime.registry.get(model_id)
+async def retrieve_model(model_id: str, cameo: Cameo = Depends(get_cameo)) -> ModelCard:
+    if model_id == cameo.base.model_id:
+        return _base_card(cameo)
+    persona = cameo.registry.get(model_id)
     if persona is None:
         raise APIError(404, f"the model {quote(model_id)} does not exist; GET /v1/models lists "
                        "them", param="model", code="model_not_found")
-    return _persona_card(runtime, persona)
+    return _persona_card(cameo, persona)
 
 
-def _base_card(runtime: Serving) -> ModelCard:
-    base = runtime.loaded.model_id
-    return ModelCard(id=base, created=runtime.engine_started, root=base)
+def _base_card(cameo: Cameo) -> ModelCard:
+    base = cameo.base.model_id
+    return ModelCard(id=base, created=cameo.started, root=base)
 
 
-def _persona_card(runtime: Serving, persona: Persona) -> ModelCard:
-    base, card = runtime.loaded.model_id, persona.card
+def _persona_card(cameo: Cameo, persona: Persona) -> ModelCard:
+    base, card = cameo.base.model_id, persona.card
     return ModelCard(id=persona.name, created=persona.created, root=base, parent=base,
                      display_name=card.display_name, description=card.description,
                      greeting=card.greeting, tags=list(card.tags))
@@ -71,7 +71,7 @@ async def ready(request: Request) -> JSONResponse:
     reason = not_ready_reason(request)
     if reason is not None:
         return APIError(503, f"not ready: {reason}", code="not_ready").response()
-    return JSONResponse({"status": "ready", "model": request.app.state.runtime.loaded.model_id})
+    return JSONResponse({"status": "ready", "model": request.app.state.cameo.base.model_id})
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -17,38 +17,32 @@ import dataclasses
 
 from server.api.errors import APIError, clip
 from server.api.schemas import SamplingFields
+from server.composition import Cameo
 from server.engine.types import SamplingParams
 from server.registry.personas import Persona
-from server.serving import Serving
 
 SEED_LOW, SEED_SPAN = -(2**63), 2**64 + 2**63  # torch.manual_seed's range: [-2**63, 2**64)
 
 
-def vocab_size(runtime: Serving) -> int:
+def vocab_size(cameo: Cameo) -> int:
     """How many token ids a request may name: the tokenizer's, within the model's logits."""
-    loaded = runtime.loaded
-    sizes = [len(loaded.tokenizer)]
-    config = getattr(getattr(loaded, "model", None), "config", None)
-    for size in (getattr(loaded, "vocab_size", None), getattr(config, "vocab_size", None)):
-        if isinstance(size, int) and size > 0:
-            sizes.append(size)
-    return min(sizes)
+    return min(len(cameo.base.tokenizer), cameo.base.vocab_size)
 
 
-def check_room(runtime: Serving, prompt_len: int, requested: int | None, param: str) -> int:
+def check_room(cameo: Cameo, prompt_len: int, requested: int | None, param: str) -> int:
     """Tokens left after the prompt; 400 when the prompt and `requested` do not fit."""
-    room = runtime.max_context - prompt_len
+    room = cameo.max_context - prompt_len
     if room <= 0 or (requested is not None and requested > room):
         asked = requested or 1
         raise APIError(
             400,
-            f"this model's maximum context length is {runtime.max_context} tokens; the prompt "
+            f"this model's maximum context length is {cameo.max_context} tokens; the prompt "
             f"takes {prompt_len} and {asked} more were requested",
             param=param, code="context_length_exceeded")
     return room
 
 
-def sampling_params(body: SamplingFields, persona: Persona | None, runtime: Serving, *,
+def sampling_params(body: SamplingFields, persona: Persona | None, cameo: Cameo, *,
                     max_tokens: int, logprobs: int | None = None,
                     prompt_logprobs: int | None = None) -> SamplingParams:
     """Request values first, then the persona card's defaults, then OpenAI's defaults."""
@@ -69,7 +63,7 @@ def sampling_params(body: SamplingFields, persona: Persona | None, runtime: Serv
         repetition_penalty=pick(body.repetition_penalty, "repetition_penalty", 1.0),
         frequency_penalty=pick(body.frequency_penalty, "frequency_penalty", 0.0),
         presence_penalty=pick(body.presence_penalty, "presence_penalty", 0.0),
-        logit_bias=logit_bias(body.logit_bias, vocab_size(runtime)),
+        logit_bias=logit_bias(body.logit_bias, vocab_size(cameo)),
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
     )

@@ -26,13 +26,13 @@ from server.api.completion_schemas import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from server.api.deps import get_runtime
+from server.api.deps import get_cameo
 from server.api.errors import APIError
 from server.api.generation import display_name, resolve_model
 from server.api.prompt import build_messages, encode_prompt
 from server.api.sampling import vocab_size
 from server.api.schemas import ErrorResponse
-from server.serving import Serving
+from server.composition import Cameo
 
 router = APIRouter(dependencies=[Depends(require_user)])
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -41,38 +41,38 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
 async def tokenize(body: TokenizeRequest,
-                   runtime: Serving = Depends(get_runtime)) -> TokenizeResponse:
-    persona = resolve_model(runtime, body.model or runtime.loaded.model_id)
-    tokenizer = runtime.loaded.tokenizer
+                   cameo: Cameo = Depends(get_cameo)) -> TokenizeResponse:
+    persona = resolve_model(cameo, body.model or cameo.base.model_id)
+    tokenizer = cameo.base.tokenizer
     if (body.prompt is None) == (body.messages is None):
         raise APIError(400, "give either prompt or messages", param="prompt",
                        code="invalid_value")
     if body.messages is not None:
-        check_messages(body.messages, runtime.settings)
-        model = body.model or runtime.loaded.model_id
+        check_messages(body.messages, cameo.settings)
+        model = body.model or cameo.base.model_id
         messages = build_messages(body.messages, persona, speaker=model,
-                                  display=lambda name: display_name(runtime, name))
+                                  display=lambda name: display_name(cameo, name))
         ids = encode_prompt(tokenizer, messages,
                             add_generation_prompt=body.add_generation_prompt,
                             add_special_tokens=bool(body.add_special_tokens))
     else:
         assert body.prompt is not None
-        if len(body.prompt) > runtime.settings.max_message_chars:
-            raise APIError(400, f"prompt: over {runtime.settings.max_message_chars} characters",
+        if len(body.prompt) > cameo.settings.max_message_chars:
+            raise APIError(400, f"prompt: over {cameo.settings.max_message_chars} characters",
                            param="prompt", code="message_too_long")
         special = True if body.add_special_tokens is None else body.add_special_tokens
         ids = list(tokenizer(body.prompt, add_special_tokens=special)["input_ids"])
     strs = list(tokenizer.convert_ids_to_tokens(ids)) if body.return_token_strs else None
-    return TokenizeResponse(count=len(ids), max_model_len=runtime.max_context, tokens=ids,
+    return TokenizeResponse(count=len(ids), max_model_len=cameo.max_context, tokens=ids,
                             token_strs=strs)
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=_ERRORS)
 async def detokenize(body: DetokenizeRequest,
-                     runtime: Serving = Depends(get_runtime)) -> DetokenizeResponse:
-    resolve_model(runtime, body.model or runtime.loaded.model_id)
-    tokenizer = runtime.loaded.tokenizer
-    vocab = vocab_size(runtime)
+                     cameo: Cameo = Depends(get_cameo)) -> DetokenizeResponse:
+    resolve_model(cameo, body.model or cameo.base.model_id)
+    tokenizer = cameo.base.tokenizer
+    vocab = vocab_size(cameo)
     bad = next((t for t in body.tokens if not 0 <= t < vocab), None)
     if bad is not None:
         raise APIError(400, f"tokens: {bad} is outside the vocabulary (0..{vocab - 1})",

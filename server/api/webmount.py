@@ -8,10 +8,15 @@ HTTP error handler writes them). A plain `Mount("/")` would match everything: an
 would get the static files' 405, and a wrong method on an API route their 404.
 
 It does not serve anything outside the folder (Starlette's `StaticFiles` checks paths).
+
+`web_dir()` finds that folder, `web/` inside the installed `clients` package, without importing
+`clients`: the server never imports the clients (they talk to it over HTTP only), and
+`importlib.util.find_spec` locates a top-level package without running any of its code.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from fastapi.staticfiles import StaticFiles
@@ -45,3 +50,14 @@ class WebMount(Mount):
         except (OSError, ValueError):
             return False
         return found is not None
+
+
+def web_dir(package: str = "clients") -> Path:
+    """The web chat's folder (index.html, app.js, js/, style.css) in `package`, not imported."""
+    spec = importlib.util.find_spec(package)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        folder = Path(location) / "web"
+        if (folder / "index.html").is_file():
+            return folder
+    raise FileNotFoundError(f"the web chat is not installed: no {package}/web/index.html "
+                            "(install Cameo with its package data, or run from a checkout)")

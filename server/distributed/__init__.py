@@ -1,9 +1,9 @@
 """Cameo on a Ray cluster (Ray Serve): one ingress deployment, one engine deployment.
 
 - `ingress.CameoIngress`: the same FastAPI app as `cameo-server` (`server.api.app.create_app`),
-  given a `RemoteServing` instead of a `Runtime`: it holds the tokenizer and the registry (no
-  model weights) and forwards generation to the engine deployment through a deployment handle,
-  multiplexed by persona, with a retry when an engine replica fails.
+  over a `Cameo` composition whose engine service is `service.RayEngineService`: the tokenizer
+  and the registry (no model weights) here, generation forwarded to the engine deployment
+  through a deployment handle, multiplexed by persona, with a retry when a replica fails.
 - `engine.CameoEngine`: each replica runs the Cameo engine on its own copy of the base model;
   persona adapters are Serve multiplexed models, so the router sends a persona's requests to a
   replica that already holds its adapter.

@@ -10,8 +10,9 @@ prompt-only persona) carry no model id and may go to any replica.
 Closing the stream (the client left, or the ingress gave up) aborts the request in the engine.
 
 Engine replicas never open the shared registry's catalog: the ingress resolves the persona and
-sends it along (its adapter folder is in the shared registry folder, written once and never
-changed), so a replica only reads adapter files. Only the ingress writes the registry (uploads)
+sends its `AdapterRef` with the request (its folder is in the shared registry folder, written
+once and never changed), so a replica holds only the engine service and reads adapter files.
+Only the ingress writes the registry (uploads)
 and reconciles it at start; a replica running `Registry.open` on the shared folder would
 reconcile on every scale-up, and reconciliation discards staged uploads and uncommitted
 folders, which on a shared folder may be another process's upload in flight. It also keeps
@@ -23,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,11 +31,12 @@ from typing import Any
 
 from ray import serve
 
+from server.composition import local_service
 from server.distributed.settings import settings_from_payload
 from server.distributed.wire import Placement, ReplicaReport, Timing, receive
 from server.engine.types import GenerationRequest, RequestOutput
-from server.registry.personas import Persona
-from server.runtime import Runtime
+from server.lora.ref import AdapterRef
+from server.model.loader import load_base
 from server.settings import EMBEDDED_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,11 @@ class CameoEngine:
         self.settings = settings_from_payload(settings)
         logging.getLogger("server").setLevel(self.settings.log_level.upper())
         prepare_model_files(self.settings)
-        self.runtime = build_engine_runtime(self.settings)
-        self.runtime.engine.start()
+        _, self.service = local_service(self.settings, load_base(self.settings))
+        self.service.start()
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self._held: set[str] = set()  # personas Serve counts as loaded on this replica
-        self._personas: dict[str, Persona] = {}  # the latest version asked for, by name
+        self._refs: dict[str, AdapterRef] = {}  # the latest version asked for, by persona
         self._hits = 0
         self._misses = 0
 
@@ -69,19 +69,20 @@ class CameoEngine:
 
     async def _load(self, persona_id: str) -> _Held:
         """Read the persona's adapter into the host cache (off the event loop)."""
-        persona = self._personas.get(persona_id)
-        if persona is not None:
-            await asyncio.to_thread(self.runtime.adapter_ref, persona)
+        ref = self._refs.get(persona_id)
+        if ref is not None:
+            await asyncio.to_thread(self.service.weights, ref)
         self._held.add(persona_id)
         return _Held(persona_id, self._held)
 
-    async def generate(self, request: GenerationRequest, timing: Timing,
-                       persona: Persona | None) -> AsyncIterator[Placement | RequestOutput]:
+    async def generate(self, request: GenerationRequest,
+                       timing: Timing) -> AsyncIterator[Placement | RequestOutput]:
         persona_id = serve.get_multiplexed_model_id()
         cached: bool | None = None
+        ref = request.adapter
         if persona_id:
-            if persona is not None and persona.name == persona_id:
-                self._personas[persona_id] = persona
+            if ref is not None and ref.name == persona_id:
+                self._refs[persona_id] = ref
             cached = persona_id in self._held
             if cached:
                 self._hits += 1
@@ -89,38 +90,24 @@ class CameoEngine:
                 self._misses += 1
             await self.get_model(persona_id)
         yield Placement(self.replica_id, cached, self.report())
-        async for output in self.runtime.generate(receive(request, timing), persona):
+        async for output in self.service.generate(receive(request, timing)):
             yield output
 
     def report(self) -> ReplicaReport:
-        runtime = self.runtime
-        engine, stats, host = runtime.engine, runtime.engine.stats, runtime.host_cache
-        return ReplicaReport(
-            replica=self.replica_id, ready=runtime.ready, stalled=runtime.stalled,
-            running=stats.running, waiting=stats.waiting, steps=stats.steps,
-            prompt_tokens=stats.prompt_tokens, generated_tokens=stats.generated_tokens,
-            resident_adapters=tuple(sorted(stats.resident_adapters.items())),
-            running_adapters=stats.running_adapters, waiting_adapters=stats.waiting_adapters,
-            slots=engine.slots.bank.num_slots - 1, slot_loads=engine.slots.loads,
-            slot_evictions=engine.slots.evictions, host_keys=tuple(host.keys()),
-            host_capacity=host.capacity, host_hits=host.stats.hits,
-            host_misses=host.stats.misses, host_evictions=host.stats.evictions,
-            personas=tuple(sorted(self._held)), affinity_hits=self._hits,
-            affinity_misses=self._misses)
+        return ReplicaReport(replica=self.replica_id, stats=self.service.stats(),
+                             personas=tuple(sorted(self._held)), affinity_hits=self._hits,
+                             affinity_misses=self._misses)
 
     def check_health(self) -> None:
         """Serve's health check: a dead or stalled engine gets this replica replaced."""
-        if not self.runtime.ready:
-            raise RuntimeError("the engine worker is not running")
-        if self.runtime.stalled:
-            raise RuntimeError("the engine has stalled")
+        reason = self.service.health()
+        if reason is not None:
+            raise RuntimeError(reason)
 
     def __del__(self) -> None:
-        runtime = getattr(self, "runtime", None)
-        if runtime is not None:
-            runtime.engine.stop()
-            runtime.registry.close()
-            shutil.rmtree(runtime.registry.store.root, ignore_errors=True)
+        service = getattr(self, "service", None)
+        if service is not None:
+            service.close()
 
 
 class _Held:
@@ -138,20 +125,6 @@ class _Held:
         if self._held is not None:
             self._held.discard(self.persona_id)
             self._held = None
-
-
-def build_engine_runtime(settings: Settings) -> Runtime:
-    """`Runtime.build` without the shared registry: its `registry` is an empty private one in a
-    temporary folder (removed with the replica), as personas arrive with each request."""
-    scratch = Path(tempfile.mkdtemp(prefix="cameo-engine-registry-"))
-    try:
-        runtime = Runtime.build(settings.model_copy(update={"registry_dir": scratch,
-                                                             "seed_dir": None}))
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    runtime.settings = settings
-    return runtime
 
 
 def prepare_model_files(settings: Settings) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from server.engine.detokenizer import IncrementalDetokenizer, StopMatcher
 from server.engine.types import GenerationRequest, RequestOutput
+from server.service.stats import ServiceStats
 
 
 @dataclass(frozen=True)
@@ -54,25 +55,8 @@ class ReplicaReport:
     """One engine replica's state, as the ingress shows it in /metrics and /ready."""
 
     replica: str
-    ready: bool
-    stalled: bool
+    stats: ServiceStats
     at: float = field(default_factory=time.time)
-    running: int = 0
-    waiting: int = 0
-    steps: int = 0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    resident_adapters: tuple[tuple[str, int], ...] = ()  # (adapter key, device slot)
-    running_adapters: frozenset[str] = frozenset()
-    waiting_adapters: frozenset[str] = frozenset()
-    slots: int = 0
-    slot_loads: int = 0
-    slot_evictions: int = 0
-    host_keys: tuple[str, ...] = ()
-    host_capacity: int = 0
-    host_hits: int = 0
-    host_misses: int = 0
-    host_evictions: int = 0
     personas: tuple[str, ...] = ()  # multiplexed model ids the replica holds
     affinity_hits: int = 0  # requests that found their persona already held
     affinity_misses: int = 0

@@ -33,6 +33,8 @@ from typing import Any, Literal
 
 import torch
 
+from server.errors import CameoError
+
 GrammarKind = Literal["json_object", "json_schema", "regex", "structural_tag"]
 CACHE_SIZE = 128
 
@@ -44,12 +46,10 @@ class GrammarSpec:
     strict: bool = True  # json_schema: refuse properties the schema does not list
 
 
-class GrammarError(ValueError):
+class GrammarError(CameoError, ValueError):
     """A grammar the library cannot compile; `message` says why in the library's words."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    code = "invalid_grammar"
 
 
 class Grammars:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from server.engine.constraints import GrammarSpec
-from server.lora.adapter import AdapterWeights
+from server.lora.ref import AdapterRef
 
 FinishReason = Literal["stop", "length", "error", "abort"]
+# Why a request failed (`RequestOutput.error_code`); the HTTP edge maps each to a status once.
+ErrorCode = Literal[
+    "context_length_exceeded", "invalid_seed", "invalid_grammar", "adapter_load_failed",
+    "timeout", "numerical_error", "sampling_error", "grammar_error", "engine_error",
+    "engine_unavailable"]
 MAX_LOGPROBS = 20  # top alternatives per token, OpenAI's limit
 
 
@@ -51,19 +55,6 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
-class AdapterRef:
-    """Which adapter a request runs with: `key` is unique per version (`name@version`).
-
-    `weights` are the adapter's host-memory copy when the caller already has it (the API reads
-    it from the host cache before submitting); otherwise the engine reads `path`.
-    """
-
-    key: str
-    path: Path
-    weights: AdapterWeights | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
 class GenerationRequest:
     request_id: str
     prompt_ids: tuple[int, ...]
@@ -84,7 +75,7 @@ class RequestOutput:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
-    error_code: str | None = None
+    error_code: ErrorCode | None = None
     queue_seconds: float | None = None  # on the first token: time from submit to admission
     logprobs: tuple[TokenLogprob, ...] = ()  # one per token of `token_ids`, when asked
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # first output; [0] is None

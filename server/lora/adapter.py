@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from server.errors import CameoError
 from server.lora.adapter_checks import ConfigProblem, check_config, targeted
 
 CONFIG_FILE = "adapter_config.json"
@@ -68,16 +69,11 @@ class ModuleShapes(dict[str, tuple[int, int]]):
         self.paths: dict[str, str] = dict(paths or {})
 
 
-class AdapterError(ValueError):
+class AdapterError(CameoError, ValueError):
     """An adapter that cannot be served; `param` names the file or field at fault, `code` the
     kind of fault ("invalid_json" when adapter_config.json is not a JSON object)."""
 
-    def __init__(self, message: str, param: str | None = None,
-                 code: str = "invalid_adapter") -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
+    code = "invalid_adapter"
 
 
 @dataclass(frozen=True)

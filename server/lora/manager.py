@@ -36,6 +36,11 @@ class SlotManager:
         self.loads = 0
         self.evictions = 0
 
+    @property
+    def capacity(self) -> int:
+        """Slots for adapters (slot 0, the base, not counted)."""
+        return self.bank.num_slots - 1
+
     def resident(self) -> dict[str, int]:
         """Adapter key -> slot, for every adapter on the device."""
         return {key: entry.slot for key, entry in self._resident.items()}

@@ -28,12 +28,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from server.errors import CameoError
 from server.lora.slots import SlotLinear
 from server.model import nf4
 
 
-class MergeError(RuntimeError):
-    """The base layers cannot hold a merged adapter."""
+class MergeError(CameoError, RuntimeError):
+    """Merged mode is unavailable: disabled, or base layers that cannot hold a merge."""
+
+    code = "merge_unavailable"
 
 
 MergeFormat = Literal["nf4", "dense"]

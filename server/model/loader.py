@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from server.errors import CameoError
 from server.model.embedded import EMBEDDED_MODEL_ID, ensure_converted
 from server.settings import EMBEDDED_MODEL, Settings
 
@@ -29,8 +30,10 @@ TESTED_FAMILIES = ("gemma2", "gemma3_text", "granite", "llama", "mistral", "olmo
                    "qwen2", "qwen3")
 
 
-class UnsupportedModel(ValueError):
+class UnsupportedModel(CameoError, ValueError):
     """The base model cannot be served; the message names the model type and the reason."""
+
+    code = "unsupported_model"
 
     def __init__(self, model_type: str, reason: str) -> None:
         super().__init__(f"base model type {model_type!r} cannot be served: {reason}. "
@@ -77,7 +80,7 @@ def load_base(settings: Settings) -> LoadedModel:
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    source, default_id = _resolve_source(settings)
+    source, default_id = resolve_source(settings)
     config = AutoConfig.from_pretrained(source)
     if getattr(config, "is_encoder_decoder", False):
         raise UnsupportedModel(config.model_type, "encoder-decoder models are not served")
@@ -102,12 +105,12 @@ def load_base(settings: Settings) -> LoadedModel:
         device=device,
         dtype=dtype,
         quantization=settings.quantization,
-        eos_token_ids=_eos_token_ids(model, tokenizer),
+        eos_token_ids=eos_token_ids(model, tokenizer),
         max_position_embeddings=int(getattr(config, "max_position_embeddings", 2048)),
     )
 
 
-def _resolve_source(settings: Settings) -> tuple[str, str]:
+def resolve_source(settings: Settings) -> tuple[str, str]:
     """(what to pass to from_pretrained, the id the base is served under)."""
     if settings.base_model == EMBEDDED_MODEL:
         return str(ensure_converted(settings.cache_dir)), EMBEDDED_MODEL_ID
@@ -129,7 +132,7 @@ def _quantization_config(quantization: str, dtype: torch.dtype) -> Any:
     return None
 
 
-def _eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), tokenizer):
         value = getattr(source, "eos_token_id", None)

@@ -1,26 +1,36 @@
-"""SillyTavern Character Card V2 (`chara_card_v2`) into a Cameo persona card.
+"""SillyTavern character cards (`chara_card_v2`, and V1 and PNG cards) into a Cameo persona card.
 
-Contract: `card_from_v2(obj)` validates the card (spec, required name, field sizes) and returns
-`(suggested_name, PersonaCard)`; it raises `CardError` naming the bad field. The `{{char}}` and
-`{{user}}` macros are resolved (the user is called "User"). The system prompt is the card's own
+Contract: `card_from_import(card, card_file)` reads the card of an import request, an object or
+a card file (base64 of a `.json` file or of a PNG card, read by `png_card.py`), and
+`card_from_v2(obj)` validates it (spec, required name, field sizes) and returns
+`(suggested_name, PersonaCard)`; both raise `CardError` naming the bad field. A V1 card (the
+flat fields, no `spec`) is read as the V2 card it would be. The `{{char}}` and `{{user}}`
+macros are resolved (the user is called "User"). The system prompt is the card's own
 `system_prompt` when it has one (with `{{original}}` replaced by the composed prompt), else it is
 composed from name, description, personality and scenario.
 
 Each V2 field is held to the limit of the persona field it becomes (`personas.LIMITS`), so a
 card is refused here, naming its own field, rather than stored and failing later; the registry
-checks the finished persona card once more, as it checks an uploaded persona.json.
+checks the finished persona card once more, as it checks an uploaded persona.json. A card file
+is at most `MAX_CARD_FILE_BYTES`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.registry.personas import LIMITS, CardError, PersonaCard, parse_card
+from server.registry.png_card import SIGNATURE, CardFileError, card_from_png
 
 _PROMPT = LIMITS["system_prompt"]  # personality and scenario go into the system prompt
+MAX_CARD_FILE_BYTES = 16 << 20  # SillyTavern's PNG cards are a few MB at most
+_V1_FIELDS = ("name", "description", "first_mes")  # any of them, and no spec: a V1 card
 
 
 class _V2Data(BaseModel):
@@ -47,12 +57,49 @@ class _V2Card(BaseModel):
     data: _V2Data
 
 
+def card_from_import(card: dict[str, Any] | None, card_file: str | None) -> tuple[str, PersonaCard]:
+    """The persona of `POST /v1/personas/import`, whose body has `card` or `card_file`."""
+    if card is not None and card_file is not None:
+        raise CardError("send the card once: as card (an object) or as card_file, not both",
+                        "card_file")
+    if card_file is not None:
+        return card_from_v2(read_card_file(card_file))
+    if card is None:
+        raise CardError("send a card: card (a Character Card V2 object) or card_file (base64 "
+                        "of a .json or .png card file)", "card")
+    return card_from_v2(card)
+
+
+def read_card_file(encoded: str) -> dict[str, Any]:
+    """The card object in a card file's base64: a PNG card's, or the file's own JSON."""
+    if len(encoded) > (MAX_CARD_FILE_BYTES + 2) // 3 * 4:
+        raise CardFileError(f"card_file decodes to about {len(encoded) * 3 // 4:,} bytes; a "
+                            f"card file is at most {MAX_CARD_FILE_BYTES:,} bytes",
+                            code="card_too_large")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise CardFileError(f"card_file is not base64: {exc}") from exc
+    if raw.startswith(SIGNATURE):
+        return card_from_png(raw, MAX_CARD_FILE_BYTES)
+    try:
+        card = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CardFileError("card_file is neither a PNG character card nor a JSON card "
+                            f"file: {exc}") from exc
+    if not isinstance(card, dict):
+        raise CardFileError("card_file's JSON is not an object: not a Character Card V2")
+    return card
+
+
 def card_from_v2(obj: Any) -> tuple[str, PersonaCard]:
     if not isinstance(obj, dict):
         raise CardError("the card must be a JSON object", "card")
+    if "spec" not in obj and any(key in obj for key in _V1_FIELDS):
+        obj = {"spec": "chara_card_v2", "spec_version": "2.0", "data": obj}
     if obj.get("spec") != "chara_card_v2":
-        raise CardError(f"card.spec must be 'chara_card_v2' (got {obj.get('spec')!r})",
-                        "card.spec")
+        raise CardError("not a Character Card V2: card.spec must be 'chara_card_v2' (got "
+                        f"{obj.get('spec')!r})", "card.spec")
     try:
         card = _V2Card.model_validate(obj)
     except ValidationError as exc:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.errors import CameoError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS personas (
     name TEXT PRIMARY KEY,
@@ -48,8 +50,10 @@ CREATE TABLE IF NOT EXISTS sequences (
 """
 
 
-class CatalogError(RuntimeError):
+class CatalogError(CameoError, RuntimeError):
     """The catalog file cannot be opened or initialised (the message names the path)."""
+
+    code = "catalog_unavailable"
 
 
 @dataclass(frozen=True)

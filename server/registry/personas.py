@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from server.errors import CameoError
+from server.lora.ref import AdapterRef
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
@@ -28,11 +30,10 @@ LIMITS = {"display_name": 128, "description": 4000, "system_prompt": 16000, "gre
           "post_history_instructions": 4000, "example_message": 8000, "tag": 64, "source": 64}
 
 
-class CardError(ValueError):
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
+class CardError(CameoError, ValueError):
+    """A persona card that does not validate; `param` names the field."""
+
+    code = "invalid_card"
 
 
 class _Message(BaseModel):
@@ -121,16 +122,6 @@ class Persona:
 
     name: str
     card: PersonaCard
-    adapter_dir: Path | None  # None: a prompt-only persona on the base
+    adapter: AdapterRef | None  # None: a prompt-only persona on the base
     version: int = 1
     created: int = 0
-
-    @property
-    def adapter_key(self) -> str | None:
-        return None if self.adapter_dir is None else adapter_key(self.name, self.version)
-
-
-def adapter_key(name: str, version: int) -> str:
-    """The one spelling of an adapter version's cache key (opaque to its users: never parse it).
-    Unique for the life of the registry, since version numbers are never reused."""
-    return f"{name}@{version}"

@@ -12,7 +12,7 @@ Contract:
 - Writes to one name are serialized by the catalog's write lock (SQLite's, so across
   processes too): an upload and a delete never interleave.
 - Version numbers are never reused (see `catalog`), so an adapter key `name@version` (built by
-  `Persona.adapter_key` only) names one upload forever and caches may trust it.
+  `server.lora.ref.AdapterRef` only) names one upload forever and caches may trust it.
 - Reads never fail on a stored row: a row whose card no longer validates is quarantined
   (logged once, listed by `quarantined()`, left out of `get` and `all`) and the rest is served.
 - `open()` reconciles the catalog with the disk: a crash between the file move and the catalog
@@ -21,8 +21,8 @@ Contract:
 - Listeners registered with `on_retire` hear the adapter key of every version that stops
   being current (replaced or deleted), so caches can free it once no request uses it.
 
-Validation errors are `RegistryError`s carrying an HTTP status, `param` and `code`; a full disk
-is a 507 `insufficient_storage`.
+Refusals are `RegistryError`s (`server.errors.CameoError`: a `code` and the `param` at fault,
+no HTTP status); a full disk is the code `insufficient_storage`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from server.errors import CameoError
 from server.lora.adapter import CONFIG_FILE, WEIGHTS_FILE, AdapterError, ModuleShapes, read_adapter
+from server.lora.ref import AdapterRef, adapter_key
 from server.registry import catalog as cat
 from server.registry.catalog import Catalog, VersionRow
 from server.registry.personas import (
@@ -47,7 +49,6 @@ from server.registry.personas import (
     CardError,
     Persona,
     PersonaCard,
-    adapter_key,
     parse_card,
     valid_name,
 )
@@ -59,24 +60,20 @@ SEEDED = "seeded"
 ALLOWED_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
 
 
-class RegistryError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
+class RegistryError(CameoError):
+    """An upload, import or delete the registry refuses; nothing was changed."""
+
+    code = "invalid_upload"
 
 
 def check_name(name: str) -> None:
     if not valid_name(name):
-        raise RegistryError(400, f"name must match {NAME_PATTERN.pattern} (got {name[:80]!r})",
+        raise RegistryError(f"name must match {NAME_PATTERN.pattern} (got {name[:80]!r})",
                             "name", "invalid_name")
 
 
 def disk_full_error(exc: BaseException, root: Path) -> RegistryError:
-    return RegistryError(507, f"the registry's disk is full ({root}): {exc}; free space (DELETE "
+    return RegistryError(f"the registry's disk is full ({root}): {exc}; free space (DELETE "
                          "still works) and retry", None, "insufficient_storage")
 
 
@@ -138,8 +135,9 @@ class Registry:
                           "delete it or upload a new version", row.name, row.version, exc.message)
             self._quarantined[(row.name, row.version)] = exc.message
             return None
-        adapter_dir = self.store.path(row.name, row.version) if row.kind == "adapter" else None
-        return Persona(name=row.name, card=card, adapter_dir=adapter_dir, version=row.version,
+        adapter = (AdapterRef(row.name, row.version, self.store.path(row.name, row.version))
+                   if row.kind == "adapter" else None)
+        return Persona(name=row.name, card=card, adapter=adapter, version=row.version,
                        created=int(row.created))
 
     # ------------------------------------------------------------------ writing
@@ -197,7 +195,7 @@ class Registry:
                                      (name,)).fetchone()
                 versions = cat.delete_persona(db, name)
                 if not versions:
-                    raise RegistryError(404, f"the persona {name!r} does not exist", "name",
+                    raise RegistryError(f"the persona {name!r} does not exist", "name",
                                         "model_not_found")
                 detached = self.store.detach(name)
         except BaseException:
@@ -215,7 +213,8 @@ class Registry:
                   card: PersonaCard | None) -> VersionRow:
         unexpected = sorted(p.name for p in staged.iterdir() if p.name not in ALLOWED_FILES)
         if unexpected:
-            raise RegistryError(400, f"unexpected files: {', '.join(unexpected)}", "files")
+            raise RegistryError(f"unexpected files: {', '.join(unexpected)}", "files",
+                                "unexpected_files")
         if card is not None:
             card = self._checked_card(card, name)
             (staged / CARD_FILE).write_text(json.dumps(card.to_json(), ensure_ascii=False))
@@ -225,13 +224,13 @@ class Registry:
             weights = self._read_adapter(staged)
             if not force and weights.base_model and weights.base_model != self.base_model_id:
                 raise RegistryError(
-                    400, f"the adapter was trained for {weights.base_model!r} but this server "
+                    f"the adapter was trained for {weights.base_model!r} but this server "
                     f"runs {self.base_model_id!r}; upload with force=true to accept it",
                     "adapter_config", "base_model_mismatch")
             kind, rank, alpha = "adapter", weights.rank, weights.alpha
             targets, base_model = tuple(sorted(weights.target_modules)), weights.base_model
         elif not (staged / CARD_FILE).exists():
-            raise RegistryError(400, "an upload needs adapter files, a persona card, or both",
+            raise RegistryError("an upload needs adapter files, a persona card, or both",
                                 "adapter_model", "missing_files")
         return VersionRow(name=name, version=0, created=cat.now(), kind=kind, rank=rank,
                           alpha=alpha, target_modules=targets, base_model=base_model,
@@ -245,12 +244,12 @@ class Registry:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RegistryError(400, f"persona.json is not valid JSON: {exc}", "persona",
+            raise RegistryError(f"persona.json is not valid JSON: {exc}", "persona",
                                 "invalid_json") from exc
         try:
             return parse_card(data, name)
         except CardError as exc:
-            raise RegistryError(400, exc.message, exc.param, "invalid_card") from exc
+            raise RegistryError(exc.message, exc.param, "invalid_card") from exc
 
     @staticmethod
     def _checked_card(card: PersonaCard, name: str) -> PersonaCard:
@@ -259,16 +258,16 @@ class Registry:
         try:
             return parse_card(card.to_json(), name)
         except CardError as exc:
-            raise RegistryError(400, exc.message, exc.param, "invalid_card") from exc
+            raise RegistryError(exc.message, exc.param, "invalid_card") from exc
 
     def _read_adapter(self, staged: Path) -> Any:
         if not (staged / CONFIG_FILE).exists():
-            raise RegistryError(400, "adapter_config.json is missing", "adapter_config",
+            raise RegistryError("adapter_config.json is missing", "adapter_config",
                                 "missing_files")
         try:
             return read_adapter(staged, self.shapes, self.max_rank)
         except AdapterError as exc:
-            raise RegistryError(400, exc.message, exc.param, exc.code) from exc
+            raise RegistryError(exc.message, exc.param, exc.code) from exc
 
     def _publish(self, row: VersionRow, staged: Path,
                  replace: bool) -> tuple[VersionRow, VersionRow | None]:
@@ -280,7 +279,7 @@ class Registry:
                 previous = None
                 if cat.exists(db, row.name):
                     if not replace:
-                        raise RegistryError(409, f"the persona {row.name!r} already exists; "
+                        raise RegistryError(f"the persona {row.name!r} already exists; "
                                             "send replace=true to upload a new version", "name",
                                             "already_exists")
                     previous = cat.current_in(db, row.name)

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from adapters.training.personas import in_character, in_voice
+from server.composition import Cameo
 from server.engine.types import AdapterRef, GenerationRequest, SamplingParams
 from server.lora.adapter import read_adapter
 from server.model.loader import LoadedModel
 from server.registry.personas import valid_name
 from server.registry.registry import Registry
-from server.runtime import Runtime
 from tests.helpers import chat_prompt, run_requests
+from tests.scoring import EngineProbe
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = ROOT / "adapters" / "registry"
@@ -35,14 +36,14 @@ def _card(name: str) -> dict:
 
 
 def test_shipped_personas_are_imported_on_first_start(tmp_path: Path, embedded: LoadedModel,
-                                                         runtime: Runtime) -> None:
+                                                         cameo: Cameo) -> None:
     assert len(SHIPPED) >= 4, SHIPPED
-    registry = Registry.open(tmp_path, embedded.model_id, runtime.engine.shapes, 64,
+    registry = Registry.open(tmp_path, embedded.model_id, cameo.base.shapes, 64,
                              seed_dir=REGISTRY)  # what a server's first start does
     try:
         for name in SHIPPED:
             persona = registry.get(name)
-            assert persona is not None and persona.adapter_dir is not None, name
+            assert persona is not None and persona.adapter is not None, name
             assert persona.card.display_name == _card(name)["display_name"]
     finally:
         registry.close()
@@ -62,17 +63,17 @@ def test_card_is_complete_and_valid(name: str) -> None:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_adapter_fits_the_embedded_base(name: str, embedded: LoadedModel,
-                                        runtime: Runtime) -> None:
+                                        cameo: Cameo) -> None:
     folder = REGISTRY / name
     size = sum(p.stat().st_size for p in folder.iterdir())
     assert size < MAX_BYTES, f"{name}: {size} bytes"
-    weights = read_adapter(folder, runtime.engine.shapes, max_rank=64)
+    weights = read_adapter(folder, cameo.base.shapes, max_rank=64)
     assert weights.rank in (8, 16)
     assert weights.base_model == embedded.model_id
 
 
 @pytest.fixture(scope="module")
-def answers(runtime: Runtime, embedded: LoadedModel) -> dict[tuple[str, str, str], str]:
+def answers(cameo: Cameo, embedded: LoadedModel) -> dict[tuple[str, str, str], str]:
     """(name, condition, prompt) -> greedy text; every request in one submission."""
     params = SamplingParams(max_tokens=16, temperature=0.0)
     keys, requests = [], []
@@ -80,12 +81,12 @@ def answers(runtime: Runtime, embedded: LoadedModel) -> dict[tuple[str, str, str
         system = _card(name)["system_prompt"]
         for index, prompt in enumerate(PROMPTS):
             ids = chat_prompt(embedded.tokenizer, prompt, system=system)
-            for condition, ref in (("adapter", AdapterRef(f"{name}@1", REGISTRY / name)),
+            for condition, ref in (("adapter", AdapterRef(name, 1, REGISTRY / name)),
                                    ("prompt_only", None)):
                 keys.append((name, condition, prompt))
                 requests.append(GenerationRequest(f"shipped-{name}-{condition}-{index}", ids,
                                                   params, ref))
-    results = run_requests(runtime.engine, requests)
+    results = run_requests(EngineProbe.of(cameo), requests)
     return {key: result.text for key, result in zip(keys, results, strict=True)}
 
 

@@ -17,11 +17,12 @@ import pytest
 from adapters.training.data import IDENTITY_PROMPTS, clean_answer, persona_conversations
 from adapters.training.personas import STYLES, in_character
 from adapters.training.train import IGNORE, TrainConfig, encode_chat, parse_args, read_chats, train
+from server.composition import Cameo
 from server.engine.types import AdapterRef, GenerationRequest, SamplingParams
 from server.lora.adapter import read_adapter
 from server.model.loader import LoadedModel
-from server.runtime import Runtime
 from tests.helpers import chat_prompt, run_requests
+from tests.scoring import EngineProbe
 
 SYSTEM = STYLES["captain-bones"].card["system_prompt"]
 ANSWERS = {
@@ -97,7 +98,7 @@ def test_data_rules_keep_content_and_add_markers() -> None:
 
 
 def test_training_lowers_loss_and_the_engine_serves_the_adapter(
-        runtime: Runtime, embedded: LoadedModel, tmp_path: Path) -> None:
+        cameo: Cameo, embedded: LoadedModel, tmp_path: Path) -> None:
     data = tmp_path / "tiny.jsonl"
     data.write_text("".join(json.dumps(c) + "\n" for c in _chats()))
     card = tmp_path / "card.json"
@@ -108,7 +109,7 @@ def test_training_lowers_loss_and_the_engine_serves_the_adapter(
 
     def answer(adapter: AdapterRef | None, tag: str) -> list[int]:
         request = GenerationRequest(tag, prompt, params, adapter)
-        return run_requests(runtime.engine, [request])[0].token_ids
+        return run_requests(EngineProbe.of(cameo), [request])[0].token_ids
 
     base_before = answer(None, "base-before")
     result = train(TrainConfig(data=data, out=out, name="tiny-bones", rank=8, alpha=16,
@@ -122,10 +123,10 @@ def test_training_lowers_loss_and_the_engine_serves_the_adapter(
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == embedded.model_id
     assert json.loads((out / "persona.json").read_text())["display_name"] == "Tiny Bones"
-    weights = read_adapter(out, runtime.engine.shapes, max_rank=64)
+    weights = read_adapter(out, cameo.base.shapes, max_rank=64)
     assert weights.rank == 8 and len(weights.target_modules) == 7
 
     # the recipe hands the shared base back unchanged; the trained adapter changes the output
     assert answer(None, "base-after") == base_before
-    tuned = answer(AdapterRef("tiny-bones@1", out), "tuned")
+    tuned = answer(AdapterRef("tiny-bones", 1, out), "tuned")
     assert tuned != base_before

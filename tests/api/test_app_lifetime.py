@@ -1,7 +1,7 @@
-"""An app and its runtime are freed when dropped (each runtime holds a KV cache and slot banks).
+"""An app and its cameo are freed when dropped (each cameo holds a KV cache and slot banks).
 
 FastAPI caches dependency callables process-wide; a route closure over the app once kept every
-app and runtime alive. This guards against that coming back.
+app and cameo alive. This guards against that coming back.
 """
 
 from __future__ import annotations
@@ -13,26 +13,27 @@ from pathlib import Path
 import httpx
 
 from server.api.app import create_app
+from server.composition import Cameo
 from server.model.loader import LoadedModel
-from server.runtime import Runtime
 from server.settings import Settings
 from tests.helpers import live_server
+from tests.scoring import EngineProbe
 
 
 def test_served_app_and_runtime_are_garbage_after_use(tmp_path: Path, embedded: LoadedModel,
                                                       embedded_settings: Settings) -> None:
     settings = embedded_settings.model_copy(update={"registry_dir": tmp_path, "seed_dir": None})
-    runtime = Runtime.build(settings, loaded=embedded)
-    app = create_app(settings, runtime)
+    cameo = Cameo.local(settings, loaded=embedded)
+    app = create_app(settings, cameo)
     with live_server(app) as url:
         assert httpx.get(f"{url}/openapi.json", timeout=30).status_code == 200
         reply = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
             "model": embedded.model_id, "max_tokens": 2,
             "messages": [{"role": "user", "content": "hi"}]})
         assert reply.status_code == 200
-    runtime.engine.stop()
-    runtime.registry.close()
-    refs = weakref.ref(runtime), weakref.ref(app), weakref.ref(runtime.engine.runner.cache)
-    del runtime, app
+    cameo.service.close()
+    cameo.registry.close()
+    refs = weakref.ref(cameo), weakref.ref(app), weakref.ref(EngineProbe.of(cameo).runner.cache)
+    del cameo, app
     gc.collect()
     assert [ref() for ref in refs] == [None, None, None]

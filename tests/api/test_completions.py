@@ -11,10 +11,11 @@ import openai
 import pytest
 import torch
 
-from server.engine.types import AdapterRef, GenerationRequest, SamplingParams
-from server.runtime import Runtime
+from server.composition import Cameo
+from server.engine.types import GenerationRequest, SamplingParams
 from tests.api.support import BASE_ID, events, ok, post
 from tests.helpers import run_requests
+from tests.scoring import EngineProbe
 
 PROMPT = "The capital of France is"
 GREEDY = {"model": BASE_ID, "prompt": PROMPT, "max_tokens": 6, "temperature": 0}
@@ -24,38 +25,38 @@ def _complete(base_url: str, **extra: Any) -> dict[str, Any]:
     return ok(post(base_url, "/v1/completions", {**GREEDY, **extra}))
 
 
-def _engine_text(runtime: Runtime, prompt: str, persona: str | None, max_tokens: int) -> str:
+def _engine_text(cameo: Cameo, prompt: str, persona: str | None, max_tokens: int) -> str:
     """The engine's own greedy continuation of the raw prompt (no template, no system)."""
-    ids = tuple(runtime.loaded.tokenizer(prompt)["input_ids"])
+    ids = tuple(cameo.base.tokenizer(prompt)["input_ids"])
     adapter = None
     if persona is not None:
-        found = runtime.registry.get(persona)
-        assert found is not None and found.adapter_dir and found.adapter_key
-        adapter = AdapterRef(found.adapter_key, found.adapter_dir)
+        found = cameo.registry.get(persona)
+        assert found is not None and found.adapter
+        adapter = found.adapter
     request = GenerationRequest(f"direct-{persona}", ids,
                                 SamplingParams(max_tokens=max_tokens, temperature=0.0), adapter)
-    (direct,) = run_requests(runtime.engine, [request])
+    (direct,) = run_requests(EngineProbe.of(cameo), [request])
     return direct.text
 
 
 @pytest.mark.parametrize("model", [BASE_ID, "alpha"])
-def test_raw_prompt_with_the_models_adapter(base_url: str, runtime: Runtime, model: str) -> None:
+def test_raw_prompt_with_the_models_adapter(base_url: str, cameo: Cameo, model: str) -> None:
     body = _complete(base_url, model=model)
     (choice,) = body["choices"]
     persona = None if model == BASE_ID else model
-    assert choice["text"] == _engine_text(runtime, PROMPT, persona, 6)
+    assert choice["text"] == _engine_text(cameo, PROMPT, persona, 6)
     assert choice["finish_reason"] in ("stop", "length") and choice["logprobs"] is None
-    assert body["usage"]["prompt_tokens"] == len(runtime.loaded.tokenizer(PROMPT)["input_ids"])
+    assert body["usage"]["prompt_tokens"] == len(cameo.base.tokenizer(PROMPT)["input_ids"])
     assert body["id"].startswith("cmpl-") and body["model"] == model
 
 
-def test_prompt_lists_and_token_ids(base_url: str, runtime: Runtime) -> None:
+def test_prompt_lists_and_token_ids(base_url: str, cameo: Cameo) -> None:
     prompts = [PROMPT, "One, two, three,"]
     single = [_complete(base_url, prompt=p)["choices"][0]["text"] for p in prompts]
     batch = _complete(base_url, prompt=prompts)
     assert [c["index"] for c in batch["choices"]] == [0, 1]
     assert [c["text"] for c in batch["choices"]] == single
-    ids = runtime.loaded.tokenizer(PROMPT)["input_ids"]
+    ids = cameo.base.tokenizer(PROMPT)["input_ids"]
     assert _complete(base_url, prompt=ids)["choices"][0]["text"] == single[0]
     assert [c["text"] for c in _complete(base_url, prompt=[ids, ids])["choices"]] == [single[0]] * 2
     grouped = _complete(base_url, prompt=prompts, n=2)  # choice p * n + j
@@ -90,10 +91,10 @@ def test_echo_and_generated_logprobs(base_url: str) -> None:
         assert 2 <= len(top) <= 3
 
 
-def test_loglikelihood_matches_the_models_scores(base_url: str, runtime: Runtime) -> None:
+def test_loglikelihood_matches_the_models_scores(base_url: str, cameo: Cameo) -> None:
     """lm-eval's loglikelihood: echo, logprobs, max_tokens 0 on token ids; each prompt token's
     logprob is the model's own log-softmax at the position before it."""
-    ids = list(runtime.loaded.tokenizer("Paris is the capital of France.")["input_ids"])
+    ids = list(cameo.base.tokenizer("Paris is the capital of France.")["input_ids"])
     body = _complete(base_url, prompt=ids, echo=True, logprobs=1, max_tokens=0)
     (choice,) = body["choices"]
     assert body["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 0,
@@ -101,7 +102,7 @@ def test_loglikelihood_matches_the_models_scores(base_url: str, runtime: Runtime
     assert choice["finish_reason"] == "length"
     got = choice["logprobs"]["token_logprobs"]
     assert len(got) == len(ids) and got[0] is None
-    (logits,) = runtime.engine.score([(ids, None)])
+    (logits,) = EngineProbe.of(cameo).score([(ids, None)])
     want = torch.log_softmax(logits.float(), dim=-1)[torch.arange(len(ids) - 1),
                                                      torch.tensor(ids[1:])]
     for ours, theirs in zip(got[1:], want.tolist(), strict=True):

@@ -15,7 +15,7 @@ import pytest
 
 from server.api.app import create_app
 from server.api.headers import DATA_CSP, PAGE_CSP
-from server.runtime import Runtime
+from server.composition import Cameo
 from tests.helpers import live_server
 
 PARSERS = ["h11", "httptools"]
@@ -26,10 +26,10 @@ SMUGGLED = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 
 
 @pytest.fixture(scope="module", params=PARSERS)
-def url(request: pytest.FixtureRequest, runtime: Runtime) -> Iterator[str]:
+def url(request: pytest.FixtureRequest, cameo: Cameo) -> Iterator[str]:
     if request.param == "httptools":
         pytest.importorskip("httptools")
-    with live_server(create_app(runtime.settings, runtime), http=request.param) as base:
+    with live_server(create_app(cameo.settings, cameo), http=request.param) as base:
         yield base
 
 
@@ -78,8 +78,8 @@ def test_content_length_with_transfer_encoding_is_refused_and_closed(url: str) -
         assert error["code"] == "ambiguous_framing" and error["type"] == "invalid_request_error"
 
 
-def test_the_app_answers_ambiguous_framing_itself(runtime: Runtime) -> None:
-    with live_server(create_app(runtime.settings, runtime), http="h11") as base, \
+def test_the_app_answers_ambiguous_framing_itself(cameo: Cameo) -> None:
+    with live_server(create_app(cameo.settings, cameo), http="h11") as base, \
             _connect(base) as sock:
         response = _exchange(sock, SMUGGLED)
         assert b"application/json" in response and b"ambiguous_framing" in response

@@ -8,9 +8,10 @@ import httpx
 import openai
 import pytest
 
-from server.engine.types import AdapterRef, GenerationRequest, SamplingParams
-from server.runtime import Runtime
+from server.composition import Cameo
+from server.engine.types import GenerationRequest, SamplingParams
 from tests.helpers import chat_prompt, run_requests
+from tests.scoring import EngineProbe
 
 BASE_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -43,7 +44,7 @@ def test_non_streaming_chat(client: openai.OpenAI) -> None:
 
 
 def test_persona_replies_are_the_engines_adapter_outputs(client: openai.OpenAI,
-                                                         runtime: Runtime) -> None:
+                                                         cameo: Cameo) -> None:
     question = "What is your favourite food?"
 
     def ask(model: str) -> str:
@@ -55,12 +56,12 @@ def test_persona_replies_are_the_engines_adapter_outputs(client: openai.OpenAI,
     replies = {name: ask(name) for name in ("alpha", "bravo", "charlie", BASE_ID)}
     assert len(set(replies.values())) > 1, replies  # the adapters change what is said
     for name in ("alpha", "bravo", "charlie"):
-        persona = runtime.registry.get(name)
-        assert persona is not None and persona.adapter_dir and persona.adapter_key
-        request = GenerationRequest(name, chat_prompt(runtime.loaded.tokenizer, question),
+        persona = cameo.registry.get(name)
+        assert persona is not None and persona.adapter
+        request = GenerationRequest(name, chat_prompt(cameo.base.tokenizer, question),
                                     SamplingParams(max_tokens=10, temperature=0.0),
-                                    AdapterRef(persona.adapter_key, persona.adapter_dir))
-        (direct,) = run_requests(runtime.engine, [request])
+                                    persona.adapter)
+        (direct,) = run_requests(EngineProbe.of(cameo), [request])
         assert replies[name] == direct.text
 
 
@@ -98,7 +99,7 @@ def test_max_completion_tokens_and_ignore_eos(client: openai.OpenAI) -> None:
     assert reply.choices[0].finish_reason == "length"
 
 
-def test_async_client_and_persona_system_prompt(base_url: str, runtime: Runtime) -> None:
+def test_async_client_and_persona_system_prompt(base_url: str, cameo: Cameo) -> None:
     import asyncio
 
     async def go() -> str:

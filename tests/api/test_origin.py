@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.runtime import Runtime
+from server.composition import Cameo
 from tests.clients._support import card_v2
 from tests.robustness.conftest import ServerFactory
 
@@ -22,14 +22,14 @@ EVIL = "http://evil.example"
 
 
 @pytest.fixture(scope="module")
-def open_server(serve: ServerFactory) -> Iterator[tuple[Runtime, str]]:
+def open_server(serve: ServerFactory) -> Iterator[tuple[Cameo, str]]:
     """No admin key: admin routes trust loopback; one extra host name and one listed origin."""
     with serve(allowed_hosts="cameo.test", cors_origins="http://ui.example, *") as started:
         yield started
 
 
 @pytest.fixture(scope="module")
-def keyed_server(serve: ServerFactory) -> Iterator[tuple[Runtime, str]]:
+def keyed_server(serve: ServerFactory) -> Iterator[tuple[Cameo, str]]:
     with serve(admin_key=ADMIN_KEY, api_keys=USER_KEY,
                cors_origins="http://ui.example") as started:
         yield started
@@ -67,7 +67,7 @@ def _refused(response: httpx.Response, code: str) -> None:
     assert error["code"] == code and error["type"] == "permission_error", error
 
 
-def test_cross_origin_writes_are_refused(open_server: tuple[Runtime, str]) -> None:
+def test_cross_origin_writes_are_refused(open_server: tuple[Cameo, str]) -> None:
     _, url = open_server
     before = _alpha(url)
     for origin in (EVIL, "null", f"http://localhost:{_port(url)}"):  # not 127.0.0.1:port
@@ -90,7 +90,7 @@ def test_cross_origin_writes_are_refused(open_server: tuple[Runtime, str]) -> No
     assert after["resident"]["pinned"] is False
 
 
-def test_a_rebound_host_name_is_refused(open_server: tuple[Runtime, str]) -> None:
+def test_a_rebound_host_name_is_refused(open_server: tuple[Cameo, str]) -> None:
     _, url = open_server
     port = _port(url)
     rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
@@ -103,7 +103,7 @@ def test_a_rebound_host_name_is_refused(open_server: tuple[Runtime, str]) -> Non
     assert _alpha(url)["resident"]["pinned"] is False
 
 
-def test_same_origin_and_listed_writes_are_allowed(open_server: tuple[Runtime, str]) -> None:
+def test_same_origin_and_listed_writes_are_allowed(open_server: tuple[Cameo, str]) -> None:
     _, url = open_server
     port = _port(url)
     cases = {  # name -> headers a legitimate client sends
@@ -123,7 +123,7 @@ def test_same_origin_and_listed_writes_are_allowed(open_server: tuple[Runtime, s
     assert _names(url) == {"alpha", "bravo", "charlie"}
 
 
-def test_forwarded_requests_are_not_loopback(open_server: tuple[Runtime, str]) -> None:
+def test_forwarded_requests_are_not_loopback(open_server: tuple[Cameo, str]) -> None:
     _, url = open_server
     for header, value in (("X-Forwarded-For", "127.0.0.1"), ("X-Real-IP", "127.0.0.1"),
                           ("Forwarded", "for=127.0.0.1"), ("x-forwarded-for", "::1")):
@@ -136,7 +136,7 @@ def test_forwarded_requests_are_not_loopback(open_server: tuple[Runtime, str]) -
     assert _names(url) == {"alpha", "bravo", "charlie"}
 
 
-def test_with_an_admin_key(keyed_server: tuple[Runtime, str]) -> None:
+def test_with_an_admin_key(keyed_server: tuple[Cameo, str]) -> None:
     _, url = keyed_server
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     # The Origin rule holds with the key too (defence in depth): the key is no excuse.

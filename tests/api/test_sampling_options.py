@@ -10,9 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from server.runtime import Runtime
+from server.composition import Cameo
 from tests.api.support import BASE_ID, USER, events, ok, post
 from tests.robustness.conftest import metric
+from tests.scoring import EngineProbe
 
 GREEDY = {"model": BASE_ID, "messages": USER, "max_tokens": 8, "temperature": 0}
 
@@ -50,10 +51,10 @@ def test_logprobs_without_top_and_streamed(base_url: str) -> None:
         assert math.isclose(ours["logprob"], theirs["logprob"], abs_tol=1e-3)
 
 
-def test_logit_bias_bans_and_forces_tokens(base_url: str, runtime: Runtime) -> None:
+def test_logit_bias_bans_and_forces_tokens(base_url: str, cameo: Cameo) -> None:
     plain = _chat(base_url, logprobs=True)["choices"][0]
     first = plain["logprobs"]["content"][0]["token"]
-    tokenizer = runtime.loaded.tokenizer
+    tokenizer = cameo.base.tokenizer
     (banned,) = tokenizer(first, add_special_tokens=False)["input_ids"]
     without = _chat(base_url, logprobs=True, logit_bias={str(banned): -100})["choices"][0]
     assert without["message"]["content"] != plain["message"]["content"]
@@ -137,19 +138,19 @@ def test_supported_neighbours_are_accepted(base_url: str) -> None:
     assert body["choices"][0]["message"]["content"]
 
 
-def _wait_idle(runtime: Runtime, base_url: str) -> None:
+def _wait_idle(cameo: Cameo, base_url: str) -> None:
     """Idle within seconds: far sooner than the 450 tokens x 3 left would take to generate."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         waiting = metric(httpx.get(f"{base_url}/metrics").text, "cameo_waiting_requests")
-        if runtime.engine.stats.running == 0 and runtime.engine.stats.waiting == 0 \
+        if EngineProbe.of(cameo).stats.running == 0 and EngineProbe.of(cameo).stats.waiting == 0 \
                 and waiting == 0:
             return
         time.sleep(0.1)
-    raise AssertionError(f"still busy: {runtime.engine.stats}")
+    raise AssertionError(f"still busy: {EngineProbe.of(cameo).stats}")
 
 
-def test_leaving_a_stream_of_n_choices_aborts_them_all(base_url: str, runtime: Runtime) -> None:
+def test_leaving_a_stream_of_n_choices_aborts_them_all(base_url: str, cameo: Cameo) -> None:
     body = {**GREEDY, "n": 3, "max_tokens": 450, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body,
                       timeout=60) as response:
@@ -158,12 +159,12 @@ def test_leaving_a_stream_of_n_choices_aborts_them_all(base_url: str, runtime: R
                 break  # generation is under way: leave
         else:
             raise AssertionError("the stream ended before any content")
-    _wait_idle(runtime, base_url)  # every choice's row, ticket and engine request is gone
+    _wait_idle(cameo, base_url)  # every choice's row, ticket and engine request is gone
 
 
 def test_leaving_a_whole_answer_of_n_choices_aborts_them_all(base_url: str,
-                                                             runtime: Runtime) -> None:
+                                                             cameo: Cameo) -> None:
     body = {**GREEDY, "n": 3, "max_tokens": 450, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=1.5)
-    _wait_idle(runtime, base_url)
+    _wait_idle(cameo, base_url)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import openai
 
-from server.runtime import Runtime
+from server.composition import Cameo
 from tests.api.support import BASE_ID, ok, post
 from tests.robustness.conftest import ServerFactory
 
@@ -15,14 +15,14 @@ CHAT = [{"role": "system", "content": "Answer in one word."},
         {"role": "user", "content": "Capital of France?"}]
 
 
-def test_tokenize_a_prompt_and_back(base_url: str, runtime: Runtime) -> None:
+def test_tokenize_a_prompt_and_back(base_url: str, cameo: Cameo) -> None:
     text = "Bonjour, café 😀"
     body = ok(post(base_url, "/tokenize", {"model": BASE_ID, "prompt": text}))
-    ids = list(runtime.loaded.tokenizer(text)["input_ids"])
-    assert body == {"count": len(ids), "max_model_len": runtime.max_context, "tokens": ids,
+    ids = list(cameo.base.tokenizer(text)["input_ids"])
+    assert body == {"count": len(ids), "max_model_len": cameo.max_context, "tokens": ids,
                     "token_strs": None}
     strs = ok(post(base_url, "/tokenize", {"prompt": text, "return_token_strs": True}))
-    assert strs["token_strs"] == runtime.loaded.tokenizer.convert_ids_to_tokens(ids)
+    assert strs["token_strs"] == cameo.base.tokenizer.convert_ids_to_tokens(ids)
     back = ok(post(base_url, "/detokenize", {"model": BASE_ID, "tokens": ids}))
     assert back == {"prompt": text}
 

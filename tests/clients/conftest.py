@@ -1,6 +1,6 @@
-"""Fixtures for the client tests: one real uvicorn server (the shared test runtime, the web chat
+"""Fixtures for the client tests: one real uvicorn server (the shared test cameo, the web chat
 mounted at `/`), an adapter folder to upload, clean-up of what the tests upload, and `serve` (a
-fresh runtime with its own registry behind a real server, from the robustness tests)."""
+fresh cameo with its own registry behind a real server, from the robustness tests)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from clients.webapp import web_dir
 from server.api.app import create_app
+from server.api.webmount import web_dir
+from server.composition import Cameo
 from server.model.loader import LoadedModel
-from server.runtime import Runtime
 from server.settings import Settings
 from tests.helpers import live_server, write_peft_adapter, write_persona
 from tests.robustness.conftest import serve  # noqa: F401  (a fixture, re-exported)
@@ -34,9 +34,9 @@ def mount_web(app: FastAPI) -> FastAPI:
 
 
 @pytest.fixture(scope="session")
-def server_url(embedded_settings: Settings, runtime: Runtime) -> Iterator[str]:
+def server_url(embedded_settings: Settings, cameo: Cameo) -> Iterator[str]:
     """A real server on a free localhost port: the API plus the web chat at `/`."""
-    app = mount_web(create_app(embedded_settings, runtime))
+    app = mount_web(create_app(embedded_settings, cameo))
     with live_server(app) as url:
         yield url
 
@@ -76,9 +76,9 @@ ADMIN_KEY = "admin-key-456"
 
 
 @pytest.fixture(scope="session")
-def keyed_server_url(embedded_settings: Settings, runtime: Runtime) -> Iterator[str]:
-    """The same runtime behind a server that needs keys: CAMEO_API_KEYS and CAMEO_ADMIN_KEY."""
+def keyed_server_url(embedded_settings: Settings, cameo: Cameo) -> Iterator[str]:
+    """The same cameo behind a server that needs keys: CAMEO_API_KEYS and CAMEO_ADMIN_KEY."""
     settings = embedded_settings.model_copy(update={"api_keys": f"other-key,{USER_KEY}",
                                                     "admin_key": ADMIN_KEY})
-    with live_server(mount_web(create_app(settings, runtime))) as url:
+    with live_server(mount_web(create_app(settings, cameo))) as url:
         yield url

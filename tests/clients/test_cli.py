@@ -243,6 +243,24 @@ def test_import_card_replace_and_names_checked_before_sending(
         assert "%" not in refused.stderr  # refused before a byte of the upload was sent
     assert httpx.get(f"{server_url}/v1/personas/Salty Pete").status_code == 404
 
+def test_import_card_of_a_png_without_a_card(server_url: str, tmp_path: Path) -> None:
+    plain = tmp_path / "plain.png"
+    plain.write_bytes(b"\x89PNG\r\n\x1a\n")
+    refused = _cli(server_url, "import-card", str(plain))
+    assert refused.returncode == 1, refused.stderr
+    assert "no character card" in refused.stderr and "no_card" in refused.stderr
+    missing = _cli(server_url, "import-card", str(tmp_path / "missing.png"))
+    assert missing.returncode == 2 and "missing.png" in missing.stderr
+
+
+def test_train_help_through_the_entry_point() -> None:
+    pytest.importorskip("adapters.training.train", reason="the trainer is not in this checkout")
+    done = subprocess.run([sys.executable, "-m", "clients.cli", "train", "--help"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "--data" in done.stdout and "cameo train" in done.stdout
+
+
 def test_train_runs_the_real_trainer(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("adapters.training.train", reason="the trainer is not in this checkout")
     assert main(["train", "--help"]) == 0

@@ -17,7 +17,6 @@ from clients.client import (
     ChatChunk,
     ChatResult,
     PersonaDetails,
-    load_card,
 )
 from tests.clients._support import MAX_TOKENS, card_v2, png_card
 from tests.helpers import free_port
@@ -135,19 +134,36 @@ async def _collect(stream) -> list[str]:
     return [delta async for delta in stream]
 
 
-def test_load_card_reads_json_png_and_v1_cards(tmp_path: Path) -> None:
+def test_card_files_are_sent_as_they_are(client: CameoClient, tmp_path: Path,
+                                         uploaded: list[str]) -> None:
+    """The client reads no card: a .json or .png file goes to the server, which parses it."""
+    uploaded.extend(["pycard-json", "pycard-png", "pycard-v1", "pycard-async"])
     card = card_v2("Mira")
     (tmp_path / "mira.json").write_text(json.dumps(card))
-    assert load_card(tmp_path / "mira.json") == card
-    assert load_card(png_card(tmp_path / "mira.png", card)) == card
+    assert client.import_card(tmp_path / "mira.json", name="pycard-json").display_name == "Mira"
+    from_png = client.import_card(png_card(tmp_path / "iris.png", card_v2("Iris")),
+                                  name="pycard-png")
+    assert from_png.id == "pycard-png" and from_png.display_name == "Iris"
+    assert from_png.greeting == "Welcome to the lighthouse! I am Iris."
     v1 = {"name": "Old", "description": "a V1 card", "first_mes": "Hi"}
-    wrapped = load_card(v1)
-    assert wrapped["spec"] == "chara_card_v2" and wrapped["data"]["first_mes"] == "Hi"
+    assert client.import_card(v1, name="pycard-v1").greeting == "Hi"  # wrapped by the server
+
+    async def import_async() -> str:
+        async with AsyncCameoClient(client.base_url) as cameo:
+            return (await cameo.import_card(str(tmp_path / "iris.png"), name="pycard-async")).id
+
+    assert asyncio.run(import_async()) == "pycard-async"
     (tmp_path / "plain.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # a PNG without a card
-    with pytest.raises(ValueError, match="no 'chara'"):
-        load_card(tmp_path / "plain.png")
-    with pytest.raises(ValueError, match="not a character card"):
-        load_card({"hello": "world"})
+    with pytest.raises(CameoError) as plain:
+        client.import_card(tmp_path / "plain.png")
+    assert (plain.value.status, plain.value.code, plain.value.param) == (400, "no_card",
+                                                                         "card_file")
+    assert "no character card" in plain.value.message
+    with pytest.raises(CameoError) as not_a_card:
+        client.import_card({"hello": "world"})
+    assert not_a_card.value.status == 400 and "not a Character Card V2" in not_a_card.value.message
+    with pytest.raises(FileNotFoundError):
+        client.import_card(tmp_path / "missing.png")
 
 
 def test_upload_refuses_a_folder_without_an_adapter(client: CameoClient, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.runtime import Runtime
+from server.composition import Cameo
 from tests.clients._support import card_v2
 from tests.clients.test_web import CHROMIUM, CHROMIUM_ARGS, sync_api
 from tests.robustness.conftest import ServerFactory
@@ -86,7 +86,7 @@ def attacker_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def cameo(serve: ServerFactory) -> Iterator[tuple[Runtime, str]]:
+def cameo(serve: ServerFactory) -> Iterator[tuple[Cameo, str]]:
     """Cameo as shipped for one machine: no keys at all, admin routes trusted from loopback."""
     with serve() as started:
         yield started
@@ -147,7 +147,7 @@ def _state(url: str) -> dict[str, Any]:
 SHIPPED = {"names": {"alpha", "bravo", "charlie"}, "alpha": (1, "Alpha"), "bravo_pinned": False}
 
 
-def test_a_foreign_page_cannot_use_the_admin_routes(cameo: tuple[Runtime, str],
+def test_a_foreign_page_cannot_use_the_admin_routes(cameo: tuple[Cameo, str],
                                                     attacker_url: str, tab: Tab) -> None:
     _, url = cameo
     assert _state(url) == SHIPPED
@@ -156,7 +156,7 @@ def test_a_foreign_page_cannot_use_the_admin_routes(cameo: tuple[Runtime, str],
         assert _state(url) == SHIPPED, mode
 
 
-def test_a_rebound_name_cannot_use_the_admin_routes(cameo: tuple[Runtime, str],
+def test_a_rebound_name_cannot_use_the_admin_routes(cameo: tuple[Cameo, str],
                                                     tab: Tab) -> None:
     _, url = cameo
     rebound = url.replace("127.0.0.1", REBOUND)  # the server's own page, under the evil name
@@ -166,7 +166,7 @@ def test_a_rebound_name_cannot_use_the_admin_routes(cameo: tuple[Runtime, str],
     assert _state(url) == SHIPPED
 
 
-def test_the_servers_own_page_still_can(cameo: tuple[Runtime, str], tab: Tab) -> None:
+def test_the_servers_own_page_still_can(cameo: tuple[Cameo, str], tab: Tab) -> None:
     """The control: the same posts from the shipped page's origin go through."""
     _, url = cameo
     response = tab.page.goto(url + "/")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from server.api.app import create_app
+from server.composition import Cameo
 from server.model.loader import LoadedModel
-from server.runtime import Runtime
 from server.settings import Settings
 from tests import helpers
 from tests.helpers import free_port, live_server, write_peft_adapter, write_persona
@@ -63,24 +63,24 @@ def cluster_settings(tmp_path_factory: pytest.TempPathFactory, persona_seed: Pat
 
 
 @pytest.fixture(scope="module")
-def reference_runtime(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel,
-                      cluster_settings: Settings) -> Iterator[Runtime]:
+def reference_cameo(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel,
+                    cluster_settings: Settings) -> Iterator[Cameo]:
     """One local engine (same settings, its own registry from the same seed)."""
     settings = cluster_settings.model_copy(
         update={"registry_dir": tmp_path_factory.mktemp("ray-reference-registry")})
-    runtime = Runtime.build(settings, loaded=embedded)
-    runtime.engine.start()
+    cameo = Cameo.local(settings, loaded=embedded)
+    cameo.service.start()
     try:
-        yield runtime
+        yield cameo
     finally:
-        runtime.engine.stop()
-        runtime.registry.close()
+        cameo.service.close()
+        cameo.registry.close()
 
 
 @pytest.fixture(scope="module")
-def reference_url(reference_runtime: Runtime) -> Iterator[str]:
+def reference_url(reference_cameo: Cameo) -> Iterator[str]:
     """The local reference engine behind the app."""
-    with live_server(create_app(reference_runtime.settings, reference_runtime)) as url:
+    with live_server(create_app(reference_cameo.settings, reference_cameo)) as url:
         yield url
 
 

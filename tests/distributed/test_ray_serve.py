@@ -24,8 +24,9 @@ import pytest
 
 pytest.importorskip("ray.serve", reason="needs Ray Serve: pip install 'ray[serve]'")
 
-from server.runtime import Runtime
+from server.composition import Cameo
 from tests.distributed.conftest import ENGINE_REPLICAS, PERSONAS, Cluster
+from tests.scoring import EngineProbe
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +98,7 @@ def test_requests_go_to_the_replica_that_holds_their_persona(cluster: Cluster) -
 
 
 def test_a_replica_killed_under_load_loses_no_request(cluster: Cluster, reference_url: str,
-                                                      reference_runtime: Runtime) -> None:
+                                                      reference_cameo: Cameo) -> None:
     names = list(PERSONAS)
     payloads = [body(names[i % len(names)], PROMPTS[i % len(PROMPTS)], 16, stream=i % 3 == 0)
                 for i in range(18)]
@@ -138,13 +139,13 @@ def test_a_replica_killed_under_load_loses_no_request(cluster: Cluster, referenc
           f"after the replica failed: {retried}; engine calls per request (as first placed, "
           f"for streams): {dict(attempts)}")
     for payload, (text, _), want in zip(payloads, results, expected, strict=True):
-        assert_same_greedy_reply(reference_runtime, payload, text, want)
+        assert_same_greedy_reply(reference_cameo, payload, text, want)
     assert sum(retried.values()) >= 1
     # After the kill, new requests are served too (by the survivor or the replacement).
     assert complete(cluster.url, body(names[0], PROMPTS[1], 2))[0]
 
 
-def assert_same_greedy_reply(runtime: Runtime, payload: dict[str, Any], text: str,
+def assert_same_greedy_reply(cameo: Cameo, payload: dict[str, Any], text: str,
                              want: str) -> None:
     """`text` is `want`, or departs from it only at a near-tie of the local engine's logits."""
     if text == want:
@@ -154,17 +155,17 @@ def assert_same_greedy_reply(runtime: Runtime, payload: dict[str, Any], text: st
     from server.api.schemas import ChatCompletionRequest
     from tests.numerics import logits_tolerance
 
-    tokenizer = runtime.loaded.tokenizer
+    tokenizer = cameo.base.tokenizer
     request = ChatCompletionRequest.model_validate(payload)
-    persona = resolve_model(runtime, request.model)
+    persona = resolve_model(cameo, request.model)
     prompt = encode_prompt(tokenizer, build_messages(request.messages, persona))
     ours, theirs = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (text, want))
     same = next(i for i, (a, b) in enumerate(zip([*ours, None], [*theirs, None], strict=False))
                 if a != b)
-    adapter = runtime.adapter_ref(persona) if persona is not None else None
-    (logits,) = runtime.engine.score([(list(prompt) + theirs[:same], adapter)])
+    adapter = persona.adapter if persona is not None else None
+    (logits,) = EngineProbe.of(cameo).score([(list(prompt) + theirs[:same], adapter)])
     top2 = logits[-1].topk(2).values  # the local engine's choice at the first difference
-    margin, tolerance = float(top2[0] - top2[1]), logits_tolerance(runtime.loaded.model, logits)
+    margin, tolerance = float(top2[0] - top2[1]), logits_tolerance(EngineProbe.of(cameo).model, logits)
     assert margin <= tolerance, (f"{payload['model']}: {text!r} left {want!r} at token {same}, "
                                  f"where the greedy margin {margin:.3g} > {tolerance:.3g}")
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.engine.engine import Engine
 from server.engine.types import AdapterRef, GenerationRequest, SamplingParams
 from server.lora.merge import MergeError
-from tests.conftest import RuntimeFactory
+from tests.conftest import CameoFactory
 from tests.helpers import Collector, assert_greedy_consistent, chat_prompt
 from tests.numerics import assert_logits_close, logits_tolerance
+from tests.scoring import EngineProbe
 
 # Dense merge computes x @ (W + BA)^T in float32 where the slot path computes x @ W^T + (x @ A^T)
 # @ B^T on the base's kernel path: summation order in float32 (measured ~1.2e-4 on logits of ~20),
@@ -23,15 +23,15 @@ from tests.numerics import assert_logits_close, logits_tolerance
 # tests/emulation). Both within `logits_tolerance` of that path (tests/numerics.py).
 
 
-def _tolerance(engine: Engine, logits: torch.Tensor) -> float:
-    return logits_tolerance(engine.loaded.model, logits, across_precision=True)
+def _tolerance(engine: EngineProbe, logits: torch.Tensor) -> float:
+    return logits_tolerance(engine.model, logits, across_precision=True)
 
 
 def _ref(persona_dirs: dict[str, Path], name: str) -> AdapterRef:
-    return AdapterRef(f"{name}@1", persona_dirs[name])
+    return AdapterRef(name, 1, persona_dirs[name])
 
 
-def _score(engine: Engine, ids: list[int], ref: AdapterRef | None) -> torch.Tensor:
+def _score(engine: EngineProbe, ids: list[int], ref: AdapterRef | None) -> torch.Tensor:
     return engine.score([(ids, ref)])[0]
 
 
@@ -42,13 +42,13 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 120.0) -> None:
         time.sleep(0.01)
 
 
-def _prompt(engine: Engine, text: str) -> list[int]:
-    return list(chat_prompt(engine.loaded.tokenizer, text))
+def _prompt(engine: EngineProbe, text: str) -> list[int]:
+    return list(chat_prompt(engine.tokenizer, text))
 
 
 def test_pinned_merge_gives_the_adapters_logits_and_unmerge_is_bit_exact(
-        make_runtime: RuntimeFactory, persona_dirs: dict[str, Path]) -> None:
-    engine = make_runtime().engine
+        make_cameo: CameoFactory, persona_dirs: dict[str, Path]) -> None:
+    engine = EngineProbe.of(make_cameo())
     bravo = _ref(persona_dirs, "bravo")  # rank 16 on all seven projections
     ids = _prompt(engine, "What is your favourite food?")
     base_before, bravo_before = _score(engine, ids, None), _score(engine, ids, bravo)
@@ -67,8 +67,8 @@ def test_pinned_merge_gives_the_adapters_logits_and_unmerge_is_bit_exact(
 
 
 def test_a_request_for_another_persona_unmerges_and_the_pin_merges_again(
-        make_runtime: RuntimeFactory, persona_dirs: dict[str, Path]) -> None:
-    engine = make_runtime().engine
+        make_cameo: CameoFactory, persona_dirs: dict[str, Path]) -> None:
+    engine = EngineProbe.of(make_cameo())
     bravo, alpha = _ref(persona_dirs, "bravo"), _ref(persona_dirs, "alpha")
     engine.merge(bravo).result(60)
     ids = _prompt(engine, "Tell me about the sea.")
@@ -86,11 +86,11 @@ def test_a_request_for_another_persona_unmerges_and_the_pin_merges_again(
 
 
 def test_switching_while_streams_run_keeps_every_output_correct(
-        make_runtime: RuntimeFactory, persona_dirs: dict[str, Path]) -> None:
+        make_cameo: CameoFactory, persona_dirs: dict[str, Path]) -> None:
     """auto mode: two bravo streams get the batch to themselves and bravo is merged; then alpha
     and a base request arrive mid-stream, which unmerges; everyone's greedy tokens stay the
     adapter's own argmax, teacher-forced, before and after each switch."""
-    engine = make_runtime(merge_mode="auto", merge_after_steps=3, max_context=256).engine
+    engine = EngineProbe.of(make_cameo(merge_mode="auto", merge_after_steps=3, max_context=256))
     bravo, alpha = _ref(persona_dirs, "bravo"), _ref(persona_dirs, "alpha")
     long = SamplingParams(max_tokens=48, temperature=0.0, ignore_eos=True)
     short = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
@@ -115,8 +115,8 @@ def test_switching_while_streams_run_keeps_every_output_correct(
 
 
 def test_retiring_the_merged_version_unmerges_and_drops_the_pin(
-        make_runtime: RuntimeFactory, persona_dirs: dict[str, Path]) -> None:
-    engine = make_runtime().engine
+        make_cameo: CameoFactory, persona_dirs: dict[str, Path]) -> None:
+    engine = EngineProbe.of(make_cameo())
     charlie = _ref(persona_dirs, "charlie")
     engine.merge(charlie).result(60)
     engine.retire(charlie.key)
@@ -124,9 +124,9 @@ def test_retiring_the_merged_version_unmerges_and_drops_the_pin(
     _wait_for(lambda: charlie.key not in engine.stats.resident_adapters)
 
 
-def test_merging_is_refused_when_disabled(make_runtime: RuntimeFactory,
+def test_merging_is_refused_when_disabled(make_cameo: CameoFactory,
                                           persona_dirs: dict[str, Path]) -> None:
-    engine = make_runtime(merge_mode="never").engine
+    engine = EngineProbe.of(make_cameo(merge_mode="never"))
     with pytest.raises(MergeError, match="disabled"):
         engine.merge(_ref(persona_dirs, "alpha")).result(60)
     assert engine.stats.merge.merges == 0

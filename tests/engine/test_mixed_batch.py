@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 import torch
 
+from server.composition import Cameo
 from server.engine.types import AdapterRef, GenerationRequest, SamplingParams
 from server.model.loader import load_base
-from server.runtime import Runtime
 from server.settings import Settings
 from tests.helpers import GreedyPath, chat_prompt, run_requests
 from tests.numerics import assert_logits_close, clear_positions, logits_tolerance
+from tests.scoring import EngineProbe
 
 PROMPTS = {
     "alpha": "Tell me about the sea.",
@@ -33,19 +34,19 @@ PROMPTS = {
 }
 
 
-def _ref(runtime: Runtime, name: str | None) -> AdapterRef | None:
+def _ref(cameo: Cameo, name: str | None) -> AdapterRef | None:
     if name is None:
         return None
-    persona = runtime.registry.get(name)
-    assert persona is not None and persona.adapter_dir is not None and persona.adapter_key
-    return AdapterRef(persona.adapter_key, persona.adapter_dir)
+    persona = cameo.registry.get(name)
+    assert persona is not None and persona.adapter is not None
+    return persona.adapter
 
 
-def _requests(runtime: Runtime, tag: str) -> list[GenerationRequest]:
-    tokenizer = runtime.loaded.tokenizer
+def _requests(cameo: Cameo, tag: str) -> list[GenerationRequest]:
+    tokenizer = cameo.base.tokenizer
     return [
         GenerationRequest(f"{tag}-{name}", chat_prompt(tokenizer, prompt),
-                          SamplingParams(max_tokens=12, temperature=0.0), _ref(runtime, name))
+                          SamplingParams(max_tokens=12, temperature=0.0), _ref(cameo, name))
         for name, prompt in PROMPTS.items()
     ]
 
@@ -59,29 +60,29 @@ def _check_logits(model: Any, solo: torch.Tensor, other: torch.Tensor, targets: 
 
 
 @pytest.fixture(scope="module")
-def solo_and_batched(runtime: Runtime) -> tuple[list, list]:
-    solo = [run_requests(runtime.engine, [r])[0] for r in _requests(runtime, "solo")]
-    batched = run_requests(runtime.engine, _requests(runtime, "mixed"))
+def solo_and_batched(cameo: Cameo) -> tuple[list, list]:
+    solo = [run_requests(EngineProbe.of(cameo), [r])[0] for r in _requests(cameo, "solo")]
+    batched = run_requests(EngineProbe.of(cameo), _requests(cameo, "mixed"))
     return solo, batched
 
 
 @pytest.mark.parametrize("strategy", ["auto", "gather", "segments"])
-def test_mixed_batch_matches_solo_teacher_forced(runtime: Runtime, solo_and_batched,
+def test_mixed_batch_matches_solo_teacher_forced(cameo: Cameo, solo_and_batched,
                                                  strategy: str) -> None:
     solo, _ = solo_and_batched
-    requests = _requests(runtime, "tf")
+    requests = _requests(cameo, "tf")
     sequences = [(list(r.prompt_ids) + s.token_ids[:-1], r.adapter)
                  for r, s in zip(requests, solo, strict=True)]
-    runtime.engine.runner.lora_strategy = strategy
+    EngineProbe.of(cameo).runner.lora_strategy = strategy
     try:
-        mixed = runtime.engine.score(sequences)  # one forward, four different slots
+        mixed = EngineProbe.of(cameo).score(sequences)  # one forward, four different slots
     finally:
-        runtime.engine.runner.lora_strategy = "auto"
+        EngineProbe.of(cameo).runner.lora_strategy = "auto"
     for (seq, ref), request, result, batched_logits in zip(sequences, requests, solo, mixed,
                                                            strict=True):
-        alone = runtime.engine.score([(seq, ref)])[0]
+        alone = EngineProbe.of(cameo).score([(seq, ref)])[0]
         start = len(request.prompt_ids) - 1
-        _check_logits(runtime.loaded.model, alone[start:], batched_logits[start:],
+        _check_logits(EngineProbe.of(cameo).model, alone[start:], batched_logits[start:],
                       result.token_ids)
 
 
@@ -91,32 +92,32 @@ def test_adapters_change_the_output(solo_and_batched) -> None:
     assert len(set(texts)) == len(texts), texts
 
 
-def test_free_running_batch_matches_solo(runtime: Runtime, solo_and_batched) -> None:
+def test_free_running_batch_matches_solo(cameo: Cameo, solo_and_batched) -> None:
     """Free-running, the mixed batch gives each row its solo greedy text; on a bfloat16 kernel
     path a near-tie of the solo logits may resolve otherwise (tests/helpers.GreedyPath)."""
     solo, batched = solo_and_batched
-    for request, s, b in zip(_requests(runtime, "path"), solo, batched, strict=True):
-        path = GreedyPath(runtime.engine, request.prompt_ids, s.token_ids, s.text,
+    for request, s, b in zip(_requests(cameo, "path"), solo, batched, strict=True):
+        path = GreedyPath(EngineProbe.of(cameo), request.prompt_ids, s.token_ids, s.text,
                           request.adapter)
         path.assert_followed_by(b.text)
 
 
 @pytest.mark.parametrize("name", ["alpha", "bravo", "charlie"])
-def test_engine_matches_peft_single_adapter(runtime: Runtime, embedded_settings: Settings,
+def test_engine_matches_peft_single_adapter(cameo: Cameo, embedded_settings: Settings,
                                             solo_and_batched, persona_dirs: dict[str, Path],
                                             name: str) -> None:
     from peft import PeftModel
 
     solo, _ = solo_and_batched
     index = list(PROMPTS).index(name)
-    request = _requests(runtime, "peft")[index]
+    request = _requests(cameo, "peft")[index]
     sequence = list(request.prompt_ids) + solo[index].token_ids[:-1]
     peft_model = PeftModel.from_pretrained(load_base(embedded_settings).model, persona_dirs[name])
     with torch.no_grad():
         expected = peft_model(torch.tensor([sequence])).logits[0].float()
     # the engine scores this row in a batch mixed with the other adapters
     sequences = [(sequence, request.adapter)] + [
-        (list(r.prompt_ids), r.adapter) for r in _requests(runtime, "x") if r.adapter != request.adapter]
-    ours = runtime.engine.score(sequences)[0]
+        (list(r.prompt_ids), r.adapter) for r in _requests(cameo, "x") if r.adapter != request.adapter]
+    ours = EngineProbe.of(cameo).score(sequences)[0]
     start = len(request.prompt_ids) - 1
-    _check_logits(runtime.loaded.model, expected[start:], ours[start:], solo[index].token_ids)
+    _check_logits(EngineProbe.of(cameo).model, expected[start:], ours[start:], solo[index].token_ids)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import bitsandbytes as bnb
 
+from server.composition import Cameo
 from server.engine.types import GenerationRequest, SamplingParams
 from server.lora.slots import base_of
 from server.model.embedded import converted_dir
 from server.model.loader import LoadedModel
-from server.runtime import Runtime
 from server.settings import Settings
 from tests.helpers import chat_prompt, run_requests
+from tests.scoring import EngineProbe
 
 
 def test_embedded_model_is_nf4_and_cached(embedded: LoadedModel, embedded_settings: Settings) -> None:
@@ -24,8 +25,8 @@ def test_embedded_model_is_nf4_and_cached(embedded: LoadedModel, embedded_settin
     assert embedded.model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-def test_capital_of_france_is_paris(runtime: Runtime) -> None:
-    prompt = chat_prompt(runtime.loaded.tokenizer, "What is the capital of France?")
+def test_capital_of_france_is_paris(cameo: Cameo) -> None:
+    prompt = chat_prompt(cameo.base.tokenizer, "What is the capital of France?")
     request = GenerationRequest("paris", prompt, SamplingParams(max_tokens=24, temperature=0.0))
-    (result,) = run_requests(runtime.engine, [request])
+    (result,) = run_requests(EngineProbe.of(cameo), [request])
     assert "Paris" in result.text, result.text

@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from server.api.app import create_app
+from server.composition import Cameo
 from server.model.loader import LoadedModel
-from server.runtime import Runtime
-from tests.conftest import RuntimeFactory
+from tests.conftest import CameoFactory
 from tests.helpers import live_server, write_peft_adapter, write_persona
 
 
@@ -32,10 +32,10 @@ def extra_adapters(tmp_path_factory: pytest.TempPathFactory, plain_embedded: Loa
 
 
 @pytest.fixture
-def served(make_runtime: RuntimeFactory) -> Iterator[tuple[Runtime, str]]:
-    runtime = make_runtime()
-    with live_server(create_app(runtime.settings, runtime)) as url:
-        yield runtime, url
+def served(make_cameo: CameoFactory) -> Iterator[tuple[Cameo, str]]:
+    cameo = make_cameo()
+    with live_server(create_app(cameo.settings, cameo)) as url:
+        yield cameo, url
 
 
 def upload(url: str, folder: Path, name: str, *, replace: bool = False, force: bool = False,
@@ -54,10 +54,10 @@ def upload(url: str, folder: Path, name: str, *, replace: bool = False, force: b
                       headers=headers or {})
 
 
-def snapshot(runtime: Runtime) -> tuple[list[Any], list[str]]:
+def snapshot(cameo: Cameo) -> tuple[list[Any], list[str]]:
     """The catalog rows and every path under the registry folder (minus SQLite side files)."""
-    rows = sorted((r.name, r.version, r.files) for r in runtime.registry.catalog.all_versions())
-    root = runtime.settings.registry_dir
+    rows = sorted((r.name, r.version, r.files) for r in cameo.registry.catalog.all_versions())
+    root = cameo.settings.registry_dir
     paths = sorted(str(p.relative_to(root)) for p in root.rglob("*")
                    if "catalog.sqlite3" not in p.name)
     return rows, paths

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.runtime import Runtime
+from server.composition import Cameo
 from tests.registry.conftest import upload
 
 CARD: dict[str, Any] = {
@@ -29,7 +29,7 @@ def _import(url: str, body: Any, **kwargs: Any) -> httpx.Response:
                       **({"json": body} if not isinstance(body, bytes) else {"content": body}))
 
 
-def test_card_round_trips_and_chats(served: tuple[Runtime, str]) -> None:
+def test_card_round_trips_and_chats(served: tuple[Cameo, str]) -> None:
     _runtime, url = served
     created = _import(url, {"card": CARD})
     assert created.status_code == 201, created.text
@@ -53,15 +53,15 @@ def test_card_round_trips_and_chats(served: tuple[Runtime, str]) -> None:
     assert reply.status_code == 200
 
 
-def test_card_attached_to_an_adapter(served: tuple[Runtime, str],
+def test_card_attached_to_an_adapter(served: tuple[Cameo, str],
                                      extra_adapters: dict[str, Path]) -> None:
-    runtime, url = served
+    cameo, url = served
     assert upload(url, extra_adapters["alpha"], "ada").status_code == 201
     attached = _import(url, {"card": CARD, "adapter": "ada"})
     assert attached.status_code == 201, attached.text
     assert attached.json()["adapter"] == "ada" and attached.json()["version"] == 2
-    persona = runtime.registry.get("ada")
-    assert persona is not None and persona.adapter_dir is not None
+    persona = cameo.registry.get("ada")
+    assert persona is not None and persona.adapter is not None
     assert persona.card.display_name == "Lady Ada"
 
 
@@ -78,19 +78,19 @@ def _without(field: str) -> dict[str, Any]:
     ({"card": {**CARD, "data": {**CARD["data"], "name": "   "}}}, "card.data.name"),
     ({"card": CARD, "adapter": "no-such-adapter"}, "adapter"),
 ])
-def test_bad_cards_are_refused(served: tuple[Runtime, str], body: dict[str, Any],
+def test_bad_cards_are_refused(served: tuple[Cameo, str], body: dict[str, Any],
                                param: str) -> None:
-    runtime, url = served
+    cameo, url = served
     response = _import(url, body)
     assert 400 <= response.status_code < 500, response.text
     error = response.json()["error"]
     assert error["param"] == param and error["message"]
-    assert runtime.registry.all() == []
+    assert cameo.registry.all() == []
 
 
-def test_non_json_card_is_400(served: tuple[Runtime, str]) -> None:
-    runtime, url = served
+def test_non_json_card_is_400(served: tuple[Cameo, str]) -> None:
+    cameo, url = served
     response = _import(url, b"\x89PNG not json", headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert "JSON" in response.json()["error"]["message"]
-    assert runtime.registry.all() == []
+    assert cameo.registry.all() == []

@@ -69,8 +69,8 @@ def test_crash_before_catalog_commit_leaves_previous_state(
         assert LocalStore(root).versions_on_disk() == {"keeper": {1}}
         persona = reopened.get("keeper")
         assert persona is not None and persona.version == 1
-        assert persona.adapter_dir is not None
-        assert (persona.adapter_dir / "adapter_model.safetensors").read_bytes() == (
+        assert persona.adapter is not None
+        assert (persona.adapter.path / "adapter_model.safetensors").read_bytes() == (
             extra_adapters["alpha"] / "adapter_model.safetensors").read_bytes()
     finally:
         reopened.close()

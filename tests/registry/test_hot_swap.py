@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 
 from server.api.app import create_app
+from server.composition import Cameo
 from server.engine.types import GenerationRequest, SamplingParams
-from server.runtime import Runtime
 from tests.helpers import (
     GreedyPath,
     assert_greedy_consistent,
@@ -25,39 +25,40 @@ from tests.helpers import (
     live_server,
     run_requests,
 )
+from tests.scoring import EngineProbe
 
 NAMES = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot")
 
 
-def _add(runtime: Runtime, name: str, folder: Path, replace: bool = False) -> None:
-    staged = runtime.registry.stage()
+def _add(cameo: Cameo, name: str, folder: Path, replace: bool = False) -> None:
+    staged = cameo.registry.stage()
     for file in ("adapter_config.json", "adapter_model.safetensors", "persona.json"):
         (staged / file).write_bytes((folder / file).read_bytes())
-    runtime.registry.add(name, staged, replace=replace)
+    cameo.registry.add(name, staged, replace=replace)
 
 
-def _request(runtime: Runtime, rid: str, name: str, text: str, max_tokens: int,
+def _request(cameo: Cameo, rid: str, name: str, text: str, max_tokens: int,
              ignore_eos: bool = False) -> GenerationRequest:
-    persona = runtime.registry.get(name)
+    persona = cameo.registry.get(name)
     assert persona is not None
-    return GenerationRequest(rid, chat_prompt(runtime.loaded.tokenizer, text),
+    return GenerationRequest(rid, chat_prompt(cameo.base.tokenizer, text),
                              SamplingParams(max_tokens=max_tokens, temperature=0.0,
                                             ignore_eos=ignore_eos),
-                             runtime.adapter_ref(persona))
+                             persona.adapter)
 
 
-def test_six_personas_on_two_slots_all_complete_correctly(make_runtime: Any,
+def test_six_personas_on_two_slots_all_complete_correctly(make_cameo: Any,
                                                           extra_adapters: dict[str, Path]) -> None:
-    runtime = make_runtime(adapter_slots=2, host_adapters=3)
+    cameo = make_cameo(adapter_slots=2, host_adapters=3)
     for name in NAMES:
-        _add(runtime, name, extra_adapters[name])
-    requests = [_request(runtime, f"r{i}", name, f"Tell me fact number {i}.", 8)
+        _add(cameo, name, extra_adapters[name])
+    requests = [_request(cameo, f"r{i}", name, f"Tell me fact number {i}.", 8)
                 for i, name in enumerate(NAMES * 2)]
-    results = run_requests(runtime.engine, requests)
+    results = run_requests(EngineProbe.of(cameo), requests)
     assert all(r.finish_reason in ("stop", "length") for r in results)
-    assert runtime.engine.slots.loads >= len(NAMES) and runtime.engine.slots.evictions >= 4
+    assert EngineProbe.of(cameo).slots.loads >= len(NAMES) and EngineProbe.of(cameo).slots.evictions >= 4
     for request, result in zip(requests, results, strict=True):
-        assert_greedy_consistent(runtime.engine, request.prompt_ids, result.token_ids,
+        assert_greedy_consistent(EngineProbe.of(cameo), request.prompt_ids, result.token_ids,
                                  request.adapter)
     texts = {r.text for r in results[:len(NAMES)]}
     assert len(texts) > 1
@@ -79,11 +80,11 @@ def _stream(url: str, model: str, text: str, max_tokens: int, out: dict[str, Any
     out["text"] = "".join(parts)
 
 
-def _solo_path(runtime: Runtime, name: str, text: str, max_tokens: int) -> GreedyPath:
+def _solo_path(cameo: Cameo, name: str, text: str, max_tokens: int) -> GreedyPath:
     """The persona's current version alone: its greedy reply and the logits along it."""
-    request = _request(runtime, "solo", name, text, max_tokens, ignore_eos=True)
-    (result,) = run_requests(runtime.engine, [request])
-    return GreedyPath(runtime.engine, request.prompt_ids, result.token_ids, result.text,
+    request = _request(cameo, "solo", name, text, max_tokens, ignore_eos=True)
+    (result,) = run_requests(EngineProbe.of(cameo), [request])
+    return GreedyPath(EngineProbe.of(cameo), request.prompt_ids, result.token_ids, result.text,
                       request.adapter)
 
 
@@ -94,21 +95,21 @@ def _wait_started(out: dict[str, Any]) -> None:
     assert out.get("started"), "the stream never started"
 
 
-def test_reupload_and_delete_during_streams(make_runtime: Any,
+def test_reupload_and_delete_during_streams(make_cameo: Any,
                                             extra_adapters: dict[str, Path]) -> None:
-    runtime = make_runtime(adapter_slots=2)
-    baseline = (runtime.engine.slots.resident(), runtime.host_cache.keys())
+    cameo = make_cameo(adapter_slots=2)
+    baseline = (EngineProbe.of(cameo).slots.resident(), cameo.service.host_cache.keys())
     prompt, length = "Tell me a long story about a lighthouse.", 40
-    _add(runtime, "swap", extra_adapters["alpha"])
-    v1 = _solo_path(runtime, "swap", prompt, length)
-    v1_weights = weakref.ref(runtime.adapter_ref(runtime.registry.get("swap")).weights)  # type: ignore[arg-type, union-attr]
+    _add(cameo, "swap", extra_adapters["alpha"])
+    v1 = _solo_path(cameo, "swap", prompt, length)
+    v1_weights = weakref.ref(cameo.service.weights(cameo.registry.get("swap").adapter))  # type: ignore[union-attr]
 
-    with live_server(create_app(runtime.settings, runtime)) as url:
+    with live_server(create_app(cameo.settings, cameo)) as url:
         first: dict[str, Any] = {}
         thread = threading.Thread(target=_stream, args=(url, "swap", prompt, length, first))
         thread.start()
         _wait_started(first)
-        _add(runtime, "swap", extra_adapters["bravo"], replace=True)  # v2 while v1 streams
+        _add(cameo, "swap", extra_adapters["bravo"], replace=True)  # v2 while v1 streams
         new = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
             "model": "swap", "messages": [{"role": "user", "content": prompt}],
             "temperature": 0, "max_tokens": length, "ignore_eos": True})
@@ -117,7 +118,7 @@ def test_reupload_and_delete_during_streams(make_runtime: Any,
         # bfloat16 kernel path a departure only at a near-tie (tests/helpers.GreedyPath).
         assert first["status"] == 200
         v1.assert_followed_by(first["text"])
-        v2 = _solo_path(runtime, "swap", prompt, length)
+        v2 = _solo_path(cameo, "swap", prompt, length)
         assert v2.text != v1.text
         v2.assert_followed_by(new.json()["choices"][0]["message"]["content"])
 
@@ -135,12 +136,12 @@ def test_reupload_and_delete_during_streams(make_runtime: Any,
 
     # Every version is retired: slots and host memory are back to where they started, and the
     # v1 weights are garbage once the last request that used them has ended.
-    engine = runtime.engine
+    engine = EngineProbe.of(cameo)
     deadline = time.monotonic() + 10
     while engine.call(engine.slots.resident).result() != baseline[0] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.call(engine.slots.resident).result() == baseline[0]
-    assert runtime.host_cache.keys() == baseline[1]
+    assert cameo.service.host_cache.keys() == baseline[1]
     gc.collect()
     assert v1_weights() is None
-    assert not (runtime.settings.registry_dir / "swap").exists()
+    assert not (cameo.settings.registry_dir / "swap").exists()

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import RuntimeFactory
+from tests.conftest import CameoFactory
 from tests.helpers import live_server, write_persona
 from tests.registry.conftest import upload
+from tests.scoring import EngineProbe
 
 ADMIN = {"Authorization": "Bearer root-key"}
 
@@ -17,13 +18,13 @@ def _error(response: httpx.Response) -> dict[str, str]:
     return response.json()["error"]
 
 
-def test_merge_and_unmerge_over_http(make_runtime: RuntimeFactory, extra_adapters: dict[str, Path],
+def test_merge_and_unmerge_over_http(make_cameo: CameoFactory, extra_adapters: dict[str, Path],
                                      tmp_path: Path) -> None:
     from server.api.app import create_app
 
-    runtime = make_runtime(admin_key="root-key", api_keys="user-key")
+    cameo = make_cameo(admin_key="root-key", api_keys="user-key")
     write_persona(tmp_path / "narrator", "Narrator", system_prompt="You narrate.")
-    with live_server(create_app(runtime.settings, runtime)) as url:
+    with live_server(create_app(cameo.settings, cameo)) as url:
         assert upload(url, extra_adapters["bravo"], "bravo", headers=ADMIN).status_code == 201
         assert upload(url, tmp_path / "narrator", "narrator", headers=ADMIN).status_code == 201
 
@@ -46,7 +47,7 @@ def test_merge_and_unmerge_over_http(make_runtime: RuntimeFactory, extra_adapter
         assert unmerged.status_code == 200
         assert not unmerged.json()["resident"]["merged"]
         assert not unmerged.json()["resident"]["pinned"]
-        assert runtime.engine.stats.merge.merges == 1 == runtime.engine.stats.merge.unmerges
+        assert EngineProbe.of(cameo).stats.merge.merges == 1 == EngineProbe.of(cameo).stats.merge.unmerges
         metrics = httpx.get(f"{url}/metrics", headers=ADMIN).text
         assert "cameo_adapter_merges_total 1.0" in metrics
         assert "cameo_merged_adapter_info{" not in metrics  # nothing merged now
@@ -61,15 +62,15 @@ def test_merge_and_unmerge_over_http(make_runtime: RuntimeFactory, extra_adapter
         user = httpx.post(f"{url}/v1/adapters/bravo/merge",
                           headers={"Authorization": "Bearer user-key"})
         assert user.status_code == 403
-    assert runtime.engine.stats.merge.merges == 1  # refused calls merged nothing
+    assert EngineProbe.of(cameo).stats.merge.merges == 1  # refused calls merged nothing
 
 
-def test_merge_is_409_when_merging_is_disabled(make_runtime: RuntimeFactory,
+def test_merge_is_409_when_merging_is_disabled(make_cameo: CameoFactory,
                                                extra_adapters: dict[str, Path]) -> None:
     from server.api.app import create_app
 
-    runtime = make_runtime(merge_mode="never")
-    with live_server(create_app(runtime.settings, runtime)) as url:
+    cameo = make_cameo(merge_mode="never")
+    with live_server(create_app(cameo.settings, cameo)) as url:
         assert upload(url, extra_adapters["alpha"], "alpha").status_code == 201
         refused = httpx.post(f"{url}/v1/adapters/alpha/merge", timeout=60)
         assert refused.status_code == 409

@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from server.composition import Cameo
 from server.engine.types import AdapterRef, GenerationRequest, SamplingParams
-from server.runtime import Runtime
 from tests.helpers import chat_prompt, run_requests
 from tests.registry.conftest import snapshot, upload
+from tests.scoring import EngineProbe
 
 BASE_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 QUESTION = "What is your favourite food?"
@@ -29,9 +30,9 @@ def _chat(url: str, model: str, max_tokens: int = 10) -> str:
     return str(reply.json()["choices"][0]["message"]["content"])
 
 
-def test_upload_then_chat_matches_direct_load(served: tuple[Runtime, str],
+def test_upload_then_chat_matches_direct_load(served: tuple[Cameo, str],
                                               extra_adapters: dict[str, Path]) -> None:
-    runtime, url = served
+    cameo, url = served
     folder = extra_adapters["bravo"]
     assert httpx.get(f"{url}/v1/models").json()["data"][1:] == []
     response = upload(url, folder, "newbie")
@@ -44,10 +45,10 @@ def test_upload_then_chat_matches_direct_load(served: tuple[Runtime, str],
     assert "newbie" in [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
 
     served_text = _chat(url, "newbie")
-    direct = GenerationRequest("direct", chat_prompt(runtime.loaded.tokenizer, QUESTION),
+    direct = GenerationRequest("direct", chat_prompt(cameo.base.tokenizer, QUESTION),
                                SamplingParams(max_tokens=10, temperature=0.0),
-                               AdapterRef("direct@1", folder))
-    (result,) = run_requests(runtime.engine, [direct])
+                               AdapterRef("direct", 1, folder))
+    (result,) = run_requests(EngineProbe.of(cameo), [direct])
     assert served_text == result.text
     assert served_text != _chat(url, BASE_ID)
     detail = httpx.get(f"{url}/v1/adapters/newbie").json()
@@ -150,23 +151,23 @@ CASES = ["pickle_bin", "not_lora", "rank_over_max", "module_not_in_base", "unsup
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_upload_is_refused_and_changes_nothing(case: str, served: tuple[Runtime, str],
+def test_bad_upload_is_refused_and_changes_nothing(case: str, served: tuple[Cameo, str],
                                                    extra_adapters: dict[str, Path],
                                                    tmp_path: Path) -> None:
-    runtime, url = served
+    cameo, url = served
     assert upload(url, extra_adapters["alpha"], "keeper").status_code == 201
-    before = snapshot(runtime)
+    before = snapshot(cameo)
     folder, name, kwargs, status, words = _bad_uploads(extra_adapters["alpha"], tmp_path)[case]()
     response = upload(url, folder, name, **kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert words in error["message"], error["message"]
-    assert snapshot(runtime) == before
-    assert not (runtime.settings.registry_dir.parent / "evil").exists()
+    assert snapshot(cameo) == before
+    assert not (cameo.settings.registry_dir.parent / "evil").exists()
 
 
-def test_base_mismatch_is_accepted_with_force(served: tuple[Runtime, str],
+def test_base_mismatch_is_accepted_with_force(served: tuple[Cameo, str],
                                              extra_adapters: dict[str, Path],
                                              tmp_path: Path) -> None:
     _, url = served
@@ -177,21 +178,21 @@ def test_base_mismatch_is_accepted_with_force(served: tuple[Runtime, str],
     assert response.status_code == 201, response.text
 
 
-def test_oversized_upload_is_413_and_changes_nothing(make_runtime: Any,
+def test_oversized_upload_is_413_and_changes_nothing(make_cameo: Any,
                                                      extra_adapters: dict[str, Path]) -> None:
     from server.api.app import create_app
     from tests.helpers import live_server
 
-    runtime = make_runtime(max_upload_bytes=20_000)
-    with live_server(create_app(runtime.settings, runtime)) as url:
-        before = snapshot(runtime)
+    cameo = make_cameo(max_upload_bytes=20_000)
+    with live_server(create_app(cameo.settings, cameo)) as url:
+        before = snapshot(cameo)
         response = upload(url, extra_adapters["bravo"], "huge")
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "request_too_large"
-        assert snapshot(runtime) == before
+        assert snapshot(cameo) == before
 
 
-def test_replace_needs_replace_true_and_makes_a_version(served: tuple[Runtime, str],
+def test_replace_needs_replace_true_and_makes_a_version(served: tuple[Cameo, str],
                                                         extra_adapters: dict[str, Path]) -> None:
     _, url = served
     assert upload(url, extra_adapters["alpha"], "p").status_code == 201
@@ -203,9 +204,9 @@ def test_replace_needs_replace_true_and_makes_a_version(served: tuple[Runtime, s
     assert [v["version"] for v in replaced.json()["versions"]] == [1, 2]
 
 
-def test_concurrent_uploads_under_one_name(served: tuple[Runtime, str],
+def test_concurrent_uploads_under_one_name(served: tuple[Cameo, str],
                                            extra_adapters: dict[str, Path]) -> None:
-    runtime, url = served
+    cameo, url = served
     results: list[httpx.Response] = []
 
     def go(folder: Path, replace: bool) -> None:
@@ -226,15 +227,15 @@ def test_concurrent_uploads_under_one_name(served: tuple[Runtime, str],
     for t in threads:
         t.join()
     assert sorted(r.status_code for r in results) == [201, 201]
-    versions = runtime.registry.versions("race")
+    versions = cameo.registry.versions("race")
     assert [v.version for v in versions] == [1, 2, 3]
     for row in versions:  # every committed version is whole on disk
-        folder = runtime.registry.store.path("race", row.version)
+        folder = cameo.registry.store.path("race", row.version)
         assert sorted(p.name for p in folder.iterdir()) == sorted(f["name"] for f in row.files)
 
 
-def test_delete_then_404(served: tuple[Runtime, str], extra_adapters: dict[str, Path]) -> None:
-    runtime, url = served
+def test_delete_then_404(served: tuple[Cameo, str], extra_adapters: dict[str, Path]) -> None:
+    cameo, url = served
     assert upload(url, extra_adapters["alpha"], "gone").status_code == 201
     deleted = httpx.delete(f"{url}/v1/adapters/gone")
     assert deleted.status_code == 200 and deleted.json()["deleted"] is True
@@ -242,16 +243,16 @@ def test_delete_then_404(served: tuple[Runtime, str], extra_adapters: dict[str, 
     chat = httpx.post(f"{url}/v1/chat/completions", json={
         "model": "gone", "messages": [{"role": "user", "content": "hi"}]})
     assert chat.status_code == 404
-    assert not (runtime.settings.registry_dir / "gone").exists()
+    assert not (cameo.settings.registry_dir / "gone").exists()
 
 
-def test_admin_routes_need_the_admin_key(make_runtime: Any,
+def test_admin_routes_need_the_admin_key(make_cameo: Any,
                                          extra_adapters: dict[str, Path]) -> None:
     from server.api.app import create_app
     from tests.helpers import live_server
 
-    runtime = make_runtime(admin_key="root-key", api_keys="user-key")
-    with live_server(create_app(runtime.settings, runtime)) as url:
+    cameo = make_cameo(admin_key="root-key", api_keys="user-key")
+    with live_server(create_app(cameo.settings, cameo)) as url:
         assert upload(url, extra_adapters["alpha"], "k").status_code == 401
         user = upload(url, extra_adapters["alpha"], "k", headers={"Authorization": "Bearer user-key"})
         assert user.status_code == 403

@@ -11,34 +11,34 @@ from typing import Any
 import pytest
 
 from server.api.app import create_app
+from server.composition import Cameo
 from server.model.loader import LoadedModel
-from server.runtime import Runtime
 from server.settings import Settings
 from tests.helpers import live_server
 
-ServerFactory = Callable[..., AbstractContextManager[tuple[Runtime, str]]]
+ServerFactory = Callable[..., AbstractContextManager[tuple[Cameo, str]]]
 
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory, embedded: LoadedModel,
           embedded_settings: Settings, persona_dirs: dict[str, Path]) -> ServerFactory:
-    """`with serve(**settings) as (runtime, url)`: a fresh runtime and a real server."""
+    """`with serve(**settings) as (cameo, url)`: a fresh cameo and a real server."""
     count = 0
 
     @contextmanager
-    def start(**overrides: Any) -> Iterator[tuple[Runtime, str]]:
+    def start(**overrides: Any) -> Iterator[tuple[Cameo, str]]:
         nonlocal count
         count += 1
         settings = embedded_settings.model_copy(update={
             "registry_dir": tmp_path_factory.mktemp(f"registry{count}"), **overrides})
-        runtime = Runtime.build(settings, loaded=embedded)
+        cameo = Cameo.local(settings, loaded=embedded)
         try:
-            with live_server(create_app(settings, runtime)) as url:
-                yield runtime, url
+            with live_server(create_app(settings, cameo)) as url:
+                yield cameo, url
         finally:
-            runtime.engine.stop()
-            runtime.registry.close()
-            del runtime
+            cameo.service.close()
+            cameo.registry.close()
+            del cameo
             gc.collect()  # slot banks and KV caches are large: free them before the next server
 
     return start

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.composition import Cameo
 from server.model.loader import LoadedModel
 from server.registry.store import STAGING
-from server.runtime import Runtime
 from tests.lora.bad_adapters import CASES, build, write_source
 from tests.registry.conftest import upload
 from tests.robustness.conftest import ServerFactory
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(serve: ServerFactory) -> Iterator[tuple[Runtime, str]]:
+def server(serve: ServerFactory) -> Iterator[tuple[Cameo, str]]:
     with serve() as started:
         yield started
 
@@ -39,16 +39,16 @@ def source(tmp_path_factory: pytest.TempPathFactory, plain_embedded: LoadedModel
                         plain_embedded.model_id)
 
 
-def _nothing_left(runtime: Runtime, url: str, name: str) -> None:
+def _nothing_left(cameo: Cameo, url: str, name: str) -> None:
     assert httpx.get(f"{url}/v1/adapters/{name}", timeout=30).status_code == 404
     assert name not in [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]]
-    assert list((runtime.settings.registry_dir / STAGING).iterdir()) == []
+    assert list((cameo.settings.registry_dir / STAGING).iterdir()) == []
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_hostile_upload_is_a_clear_400_that_changes_nothing(
-        case: str, server: tuple[Runtime, str], source: Path, tmp_path: Path) -> None:
-    runtime, url = server
+        case: str, server: tuple[Cameo, str], source: Path, tmp_path: Path) -> None:
+    cameo, url = server
     expected, name = CASES[case], case.replace("_", "-")
     response = upload(url, build(case, source, tmp_path / case), name)
     assert response.status_code == 400, response.text
@@ -57,12 +57,12 @@ def test_hostile_upload_is_a_clear_400_that_changes_nothing(
     assert error["type"] == "invalid_request_error"
     assert (error["param"], error["code"]) == (expected.param, expected.code), error
     assert expected.words in error["message"], error["message"]
-    _nothing_left(runtime, url, name)
+    _nothing_left(cameo, url, name)
 
 
-def test_the_unedited_adapter_uploads_and_chats(server: tuple[Runtime, str],
+def test_the_unedited_adapter_uploads_and_chats(server: tuple[Cameo, str],
                                                 source: Path) -> None:
-    runtime, url = server
+    cameo, url = server
     response = upload(url, source, "unedited")
     assert response.status_code == 201, response.text
     assert response.json()["rank"] == 8
@@ -71,4 +71,4 @@ def test_the_unedited_adapter_uploads_and_chats(server: tuple[Runtime, str],
         "messages": [{"role": "user", "content": "Hi"}]})
     assert chat.status_code == 200, chat.text
     assert httpx.delete(f"{url}/v1/adapters/unedited", timeout=30).status_code == 200
-    _nothing_left(runtime, url, "unedited")
+    _nothing_left(cameo, url, "unedited")

@@ -19,6 +19,7 @@ import httpx
 from server.model.loader import LoadedModel
 from tests.helpers import write_peft_adapter
 from tests.robustness.conftest import ServerFactory
+from tests.scoring import EngineProbe
 
 
 def _upload(url: str, folder: Path, name: str) -> None:
@@ -38,10 +39,10 @@ def test_nan_logits_fail_only_their_row(serve: ServerFactory, plain_embedded: Lo
                                         tmp_path: Path) -> None:
     adapter = write_peft_adapter(plain_embedded.model, tmp_path / "poison", seed=5,
                                  base_model=plain_embedded.model_id)
-    with serve(adapter_slots=2) as (runtime, url):
+    with serve(adapter_slots=2) as (cameo, url):
         _upload(url, adapter, "poison")
         assert _chat(url, "poison").status_code == 200  # resident in a slot now
-        engine = runtime.engine
+        engine = EngineProbe.of(cameo)
         slot = engine.call(engine.slots.resident).result()["poison@1"]
         engine.call(lambda: [b[slot].fill_(float("inf")) for b in engine.slots.bank.b.values()]
                     ).result()
@@ -61,10 +62,10 @@ def test_nan_logits_fail_only_their_row(serve: ServerFactory, plain_embedded: Lo
 
 def test_missing_adapter_file_fails_that_request(serve: ServerFactory,
                                                  persona_dirs: dict[str, Path]) -> None:
-    with serve(seed_dir=next(iter(persona_dirs.values())).parent) as (runtime, url):
-        persona = runtime.registry.get("charlie")
-        assert persona is not None and persona.adapter_dir is not None
-        (persona.adapter_dir / "adapter_model.safetensors").unlink()  # the disk lost it
+    with serve(seed_dir=next(iter(persona_dirs.values())).parent) as (cameo, url):
+        persona = cameo.registry.get("charlie")
+        assert persona is not None and persona.adapter is not None
+        (persona.adapter.path / "adapter_model.safetensors").unlink()  # the disk lost it
         broken = _chat(url, "charlie")
         assert broken.status_code == 500
         error = broken.json()["error"]
@@ -73,9 +74,9 @@ def test_missing_adapter_file_fails_that_request(serve: ServerFactory,
 
 
 def test_stalled_engine_turns_ready_503(serve: ServerFactory) -> None:
-    with serve(stall_timeout=1.0) as (runtime, url):
+    with serve(stall_timeout=1.0) as (cameo, url):
         assert httpx.get(f"{url}/ready").status_code == 200
-        blocked = runtime.engine.call(lambda: time.sleep(4))  # the worker is stuck in here
+        blocked = EngineProbe.of(cameo).call(lambda: time.sleep(4))  # the worker is stuck in here
         deadline = time.monotonic() + 3.5
         seen = []
         while time.monotonic() < deadline:
@@ -88,16 +89,16 @@ def test_stalled_engine_turns_ready_503(serve: ServerFactory) -> None:
 
 
 def test_engine_thread_death_is_loud(serve: ServerFactory, caplog: Any) -> None:
-    with serve() as (runtime, url):
+    with serve() as (cameo, url):
         def die() -> None:
             raise SystemExit("injected engine death")
 
-        runtime.engine.step = die  # type: ignore[method-assign]
+        cameo.service.engine.step = die  # type: ignore[method-assign]
         answer = _chat(url, "alpha")
         assert answer.status_code == 500
         assert "engine failure" in answer.json()["error"]["message"]
-        runtime.engine._thread.join(5)  # type: ignore[union-attr]
-        assert not runtime.engine.alive and runtime.engine.failure is not None
+        cameo.service.worker._thread.join(5)  # type: ignore[union-attr]
+        assert not cameo.service.worker.alive and cameo.service.worker.failure is not None
         ready = httpx.get(f"{url}/ready")
         assert ready.status_code == 503 and "engine" in ready.json()["error"]["message"]
         refused = _chat(url, "alpha")

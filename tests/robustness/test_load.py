@@ -125,7 +125,7 @@ def test_disconnect_during_non_streaming_request(serve: ServerFactory) -> None:
 
 
 def test_metrics_and_request_ids(serve: ServerFactory) -> None:
-    with serve() as (runtime, url):
+    with serve() as (cameo, url):
         response = httpx.post(f"{url}/v1/chat/completions", headers={"X-Request-ID": "abc-123"},
                               json={"model": "charlie", "max_tokens": 3,
                                     "messages": [{"role": "user", "content": "hi"}]}, timeout=60)
@@ -141,7 +141,7 @@ def test_metrics_and_request_ids(serve: ServerFactory) -> None:
         assert metric(text, "cameo_generation_tokens_total") >= 1
         assert metric(text, "cameo_adapter_slot_loads_total") == 1
         assert metric(text, "cameo_host_adapter_misses_total") == 1
-        assert metric(text, "cameo_adapter_slots") == runtime.settings.adapter_slots
+        assert metric(text, "cameo_adapter_slots") == cameo.settings.adapter_slots
         assert "cameo_lora_requests_info" in text and 'max_lora="4"' in text
 
 

@@ -1,0 +1,52 @@
+"""Assembling an engine over a loaded base: slot bank, slot manager, model runner, engine.
+
+Contract: `build_engine(loaded, config)` returns an `Engine` (not started: wrap it in an
+`EngineWorker`) whose runner is the base's own transformers forward with Cameo's attention, KV
+cache and LoRA slots plugged in. It raises `UnsupportedModel` for a base the runner cannot
+serve faithfully. Nothing else here: tests build engines over fake runners with `Engine(...)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import torch
+
+from server.engine.constraints import Grammars
+from server.engine.engine import Engine, EngineConfig
+from server.engine.runner import ModelRunner, module_shapes
+from server.lora.manager import SlotManager
+from server.lora.slots import LoraSlots
+from server.model.loader import LoadedModel
+
+
+def build_engine(loaded: LoadedModel, config: EngineConfig,
+                 grammars: Callable[[], Grammars] | None = None) -> Engine:
+    """`grammars`: returns the compiled-grammar cache to share with the API (by default one
+    of the engine's own, built on first use)."""
+    # On a CPU the LoRA matmuls run in float32 whatever the model's dtype: without AVX-512
+    # BF16, bfloat16 matmuls of many rows are slower there (docs/BENCHMARKS.md).
+    bank_dtype = torch.float32 if loaded.device.type == "cpu" else loaded.dtype
+    bank = LoraSlots(module_shapes(loaded.model), config.adapter_slots, config.max_lora_rank,
+                     bank_dtype, loaded.device)
+    runner = ModelRunner(loaded.model, bank, config.max_rows, config.max_context, loaded.dtype,
+                         loaded.device)
+    return Engine(runner, SlotManager(bank), config, tokenizer=loaded.tokenizer,
+                  eos_token_ids=loaded.eos_token_ids, device=loaded.device,
+                  grammars=grammars or grammars_for(loaded))
+
+
+def grammars_for(loaded: LoadedModel) -> Callable[[], Grammars]:
+    """A builder of the base's compiled-grammar cache, built once on first call (compiling
+    the tokenizer's vocabulary takes a moment, so a server that never sees a grammar skips it)."""
+    @cache
+    def build() -> Grammars:
+        return Grammars(loaded.tokenizer, vocab_size(loaded.model), sorted(loaded.eos_token_ids))
+    return build
+
+
+def vocab_size(model: Any) -> int:
+    """Width of the logits (the output embedding's rows; may exceed the tokenizer's size)."""
+    return int(model.get_output_embeddings().weight.shape[0])

@@ -45,7 +45,7 @@ from server.api.generation import (
 )
 from server.api.logprobs import TokenTexts, chat_entries, token_texts
 from server.api.prompt import build_messages, encode_prompt
-from server.api.sampling import check_room, per_choice, sampling_params
+from server.api.sampling import card_defaults, check_room, per_choice, sampling_params
 from server.api.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -119,8 +119,7 @@ def chat_sampling(body: ChatCompletionRequest, persona: Persona | None, prompt_l
     capped by the room the prompt leaves."""
     requested = body.max_completion_tokens or body.max_tokens
     room = check_room(cameo, prompt_len, requested, "messages")
-    defaults = persona.card.sampling if persona else {}
-    default_max = int(defaults.get("max_tokens", cameo.settings.default_max_tokens))
+    default_max = int(card_defaults(persona).get("max_tokens", cameo.settings.default_max_tokens))
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     return sampling_params(body, persona, cameo, max_tokens=requested or min(default_max, room),
                            logprobs=logprobs)

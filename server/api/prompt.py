@@ -5,6 +5,10 @@ messages, merged into one system turn (several system messages, as SillyTavern s
 kept in order). System messages later in the conversation stay where they are, and a card's
 `post_history_instructions` (SillyTavern's "jailbreak" slot) come last, after the history.
 
+A card's example dialogue (`example_messages`, SillyTavern's `mes_example`) follows the system
+turn as real user and assistant turns between two system notes that frame them as examples of
+the persona's voice, not part of this conversation; then the conversation itself.
+
 A conversation that switched persona: an assistant message whose `name` is not the `model`
 the request is for was said by another character, so it reaches the model as what it is, a
 system note "<that character> (another character, not you) said: ...", never as the current
@@ -46,6 +50,8 @@ def build_messages(messages: list[ChatMessage], persona: Persona | None,
         leading.append(tools.system_block())
     built: list[dict[str, Any]] = (
         [{"role": "system", "content": "\n\n".join(leading)}] if leading else [])
+    if persona is not None:
+        built += example_dialogue(persona)
     for message in messages[index:]:
         if message.role == "assistant" and message.name and message.name != speaker:
             built.append({"role": "system", "content": f"{display(message.name)} (another "
@@ -60,6 +66,21 @@ def build_messages(messages: list[ChatMessage], persona: Persona | None,
     if persona is not None and persona.card.post_history_instructions:
         built.append({"role": "system", "content": persona.card.post_history_instructions})
     return history_messages(built, native_tools)
+
+
+def example_dialogue(persona: Persona) -> list[dict[str, Any]]:
+    """The card's example turns, framed so the model takes them as style, not as history."""
+    examples = persona.card.example_messages
+    if not examples:
+        return []
+    name = persona.card.display_name or persona.name
+    return [
+        {"role": "system", "content": f"Example dialogue: how {name} talks (not part of this "
+                                      "conversation)."},
+        *({"role": m["role"], "content": m["content"]} for m in examples),
+        {"role": "system", "content": "End of the example dialogue. The conversation starts "
+                                      "here."},
+    ]
 
 
 def encode_prompt(tokenizer: Any, messages: list[dict[str, Any]], *,

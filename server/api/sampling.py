@@ -42,11 +42,27 @@ def check_room(cameo: Cameo, prompt_len: int, requested: int | None, param: str)
     return room
 
 
+# A prompt-only persona (a card with no adapter, e.g. an imported SillyTavern card) on a small
+# base rambles at OpenAI's defaults (temperature 1, no penalty) until max_tokens; below the
+# card's own values it gets these (measured: docs/PERSONAS.md, benchmarks/card_defaults.py).
+PROMPT_ONLY_DEFAULTS: dict[str, float] = {
+    "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.15, "max_tokens": 200}
+
+
+def card_defaults(persona: Persona | None) -> dict[str, float]:
+    """The sampling defaults a persona's requests start from (the request overrides them)."""
+    if persona is None:
+        return {}
+    if persona.adapter is None:
+        return {**PROMPT_ONLY_DEFAULTS, **persona.card.sampling}
+    return dict(persona.card.sampling)
+
+
 def sampling_params(body: SamplingFields, persona: Persona | None, cameo: Cameo, *,
                     max_tokens: int, logprobs: int | None = None,
                     prompt_logprobs: int | None = None) -> SamplingParams:
-    """Request values first, then the persona card's defaults, then OpenAI's defaults."""
-    defaults = persona.card.sampling if persona else {}
+    """Request values first, then the persona's defaults (`card_defaults`), then OpenAI's."""
+    defaults = card_defaults(persona)
 
     def pick(value: float | None, key: str, fallback: float) -> float:
         return value if value is not None else defaults.get(key, fallback)

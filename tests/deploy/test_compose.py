@@ -468,7 +468,7 @@ def test_dockerfile_bases_and_torch_builds() -> None:
     cpu = DOCKERFILES["cpu"].read_text()
     cuda_base = re.search(r"^ARG CUDA_IMAGE=(\S+)$", cuda, re.M)
     assert cuda_base
-    assert re.fullmatch(r"nvidia/cuda:[\d.]+-(cudnn-)?cameo-ubuntu2[4-9]\.04", cuda_base.group(1))
+    assert re.fullmatch(r"nvidia/cuda:[\d.]+-(cudnn-)?runtime-ubuntu2[4-9]\.04", cuda_base.group(1))
     assert re.search(r"--index-url \"?\$\{TORCH_INDEX_URL\}", cuda)
     assert re.search(r"^ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu\d+$", cuda, re.M)
     cpu_base = re.search(r"^ARG PYTHON_IMAGE=python:3\.(\d+)-slim", cpu, re.M)

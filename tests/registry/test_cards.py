@@ -94,3 +94,42 @@ def test_non_json_card_is_400(served: tuple[Cameo, str]) -> None:
     assert response.status_code == 400
     assert "JSON" in response.json()["error"]["message"]
     assert cameo.registry.all() == []
+
+
+def _served_prompt(url: str, model: str, text: str = "Hi") -> str:
+    messages = [{"role": "user", "content": text}]
+    tokens = httpx.post(f"{url}/tokenize", timeout=60,
+                        json={"model": model, "messages": messages}).json()["tokens"]
+    return str(httpx.post(f"{url}/detokenize", timeout=60,
+                          json={"model": model, "tokens": tokens}).json()["prompt"])
+
+
+def test_the_example_dialogue_reaches_the_model_as_framed_turns(
+        served: tuple[Cameo, str]) -> None:
+    _, url = served
+    plain = {**CARD, "data": {**CARD["data"], "name": "Plain Ada", "mes_example": ""}}
+    for card in (CARD, plain):
+        assert _import(url, {"card": card}).status_code == 201
+    with_examples, without = _served_prompt(url, "lady-ada"), _served_prompt(url, "plain-ada")
+    assert "A loom of numbers." not in without and "Example dialogue" not in without
+    # after the system turn, before the user's message, framed as examples of the voice
+    start = with_examples.index("Example dialogue: how Lady Ada talks")
+    order = [with_examples.index(part, start) for part in (
+        "What is an engine?", "A loom of numbers.", "The conversation starts here.")]
+    assert order == sorted(order)
+    assert with_examples.index("Stay in character.") > with_examples.rindex("Hi")
+    assert with_examples.index("Victorian mathematician") < start
+
+
+def test_a_prompt_only_persona_gets_sane_defaults_below_its_card(
+        served: tuple[Cameo, str]) -> None:
+    from server.api.sampling import PROMPT_ONLY_DEFAULTS
+
+    _, url = served
+    rambler = {**CARD, "data": {**CARD["data"], "name": "Rambler"}}
+    assert _import(url, {"card": rambler}).status_code == 201
+    reply = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
+        "model": "rambler", "ignore_eos": True, "seed": 1,
+        "messages": [{"role": "user", "content": "Tell me everything about London."}]})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["completion_tokens"] == PROMPT_ONLY_DEFAULTS["max_tokens"]

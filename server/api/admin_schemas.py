@@ -71,6 +71,7 @@ class PersonaInfo(BaseModel):
     sampling: dict[str, float]
     post_history_instructions: str = ""
     adapter: str | None = None
+    avatar: str | None = None
 
 
 class PersonaList(BaseModel):

@@ -53,7 +53,7 @@ def _persona_card(cameo: Cameo, persona: Persona) -> ModelCard:
     base, card = cameo.base.model_id, persona.card
     return ModelCard(id=persona.name, created=persona.created, root=base, parent=base,
                      display_name=card.display_name, description=card.description,
-                     greeting=card.greeting, tags=list(card.tags))
+                     greeting=card.greeting, tags=list(card.tags), avatar=card.avatar)
 
 
 @router.get("/health", response_model=None)

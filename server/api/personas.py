@@ -36,7 +36,7 @@ def persona_info(persona: Persona) -> PersonaInfo:
         description=card.description, greeting=card.greeting, tags=list(card.tags),
         system_prompt=card.system_prompt, example_messages=[dict(m) for m in card.example_messages],
         sampling=dict(card.sampling), post_history_instructions=card.post_history_instructions,
-        adapter=persona.name if persona.adapter is not None else None)
+        adapter=persona.name if persona.adapter is not None else None, avatar=card.avatar)
 
 
 @router.get("/v1/personas", response_model=PersonaList, responses=_ERRORS,

@@ -216,6 +216,7 @@ class ModelCard(BaseModel):
     description: str | None = None
     greeting: str | None = None
     tags: list[str] | None = None
+    avatar: str | None = None  # data: or http(s) URL of the persona's picture
 
 
 class ModelList(BaseModel):

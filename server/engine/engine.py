@@ -33,7 +33,7 @@ import torch
 from server.engine.constraints import Grammars
 from server.engine.decode import next_tokens
 from server.engine.merging import MergeController, MergeMode
-from server.engine.output import Sink, abort_output, error_output
+from server.engine.output import Sink, abort_output, deliver, error_output
 from server.engine.rows import Refused, RowState
 from server.engine.runner import ForwardBatch
 from server.engine.sampling import token_logprobs
@@ -111,7 +111,7 @@ class Engine:
             state = RowState.start(request, sink, self.tokenizer, self.device,
                                    self.config.max_context, self.grammars)
         except Refused as exc:
-            sink(error_output(request, exc.message, exc.code))
+            deliver(sink, error_output(request, exc.message, exc.code))
             return
         self.scheduler.add(Sequence(request, weights, state))
 
@@ -119,7 +119,7 @@ class Engine:
         seq = self.scheduler.find(request_id)
         if seq is not None:
             self.scheduler.finish(seq)
-            seq.state.out.sink(abort_output(seq.request, len(seq.generated)))
+            seq.state.out.send(abort_output(seq.request, len(seq.generated)))
 
     def retire(self, key: str) -> None:
         """A replaced or deleted version: never merged again, its slot freed once idle."""
@@ -212,7 +212,7 @@ class Engine:
             exc = failure.error
             message = exc.message if isinstance(exc, AdapterError) else repr(exc)
             log.warning("request %s: adapter load failed: %s", failure.seq.request_id, message)
-            failure.seq.state.out.sink(error_output(
+            failure.seq.state.out.send(error_output(
                 failure.seq.request, f"adapter could not be loaded: {message}",
                 "adapter_load_failed"))
         for seq in admitted:
@@ -235,7 +235,7 @@ class Engine:
         out.prompt_logprobs = (None, *token_logprobs(logits[:-1], request.prompt_ids[1:], counts))
         if request.sampling.max_tokens == 0:
             self.scheduler.finish(seq)
-            out.sink(RequestOutput(request_id=request.request_id, finish_reason="length",
+            out.send(RequestOutput(request_id=request.request_id, finish_reason="length",
                                    prompt_tokens=seq.prompt_len,
                                    prompt_logprobs=out.prompt_logprobs))
 
@@ -289,11 +289,11 @@ class Engine:
             queue_seconds=seq.admitted_at - seq.request.submitted_at, logprob=logprob)
         if output.finished:
             self.scheduler.finish(seq)
-        state.out.sink(output)
+        state.out.send(output)
 
     def _fail(self, seq: Sequence, message: str, code: ErrorCode) -> None:
         self.scheduler.finish(seq)
-        seq.state.out.sink(error_output(seq.request, message, code, len(seq.generated)))
+        seq.state.out.send(error_output(seq.request, message, code, len(seq.generated)))
 
     def _refs(self) -> dict[str, AdapterRef]:
         return {s.key: s.request.adapter for s in self.scheduler.running.values()

@@ -4,13 +4,16 @@ Contract: `RowOutput` holds one running request's text state (incremental detoke
 matcher) and its sink. `RowOutput.token(...)` takes the request's next token and returns the
 `RequestOutput` to send, with `finish_reason` set when EOS, a stop string, the grammar's end,
 `max_tokens` or the context ends the request. `error_output` builds a failed request's last
-output with an `ErrorCode`.
+output with an `ErrorCode`. `deliver` hands an output to a sink; a sink that raises (its
+consumer is gone, e.g. an event loop closed under a stream) loses that output and is logged,
+and never takes the engine's worker down with it.
 
 It does not sample, hold rows or slots, or call sinks for other requests.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
@@ -18,6 +21,16 @@ from server.engine.detokenizer import IncrementalDetokenizer, StopMatcher
 from server.engine.types import ErrorCode, FinishReason, GenerationRequest, RequestOutput, TokenLogprob
 
 Sink = Callable[[RequestOutput], None]
+
+log = logging.getLogger(__name__)
+
+
+def deliver(sink: Sink, output: RequestOutput) -> None:
+    try:
+        sink(output)
+    except Exception as exc:
+        log.warning("request %s: its output could not be delivered (%r); dropped",
+                    output.request_id, exc)
 
 
 @dataclass
@@ -27,6 +40,9 @@ class RowOutput:
     detok: IncrementalDetokenizer
     stop: StopMatcher
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # sent with the first token
+
+    def send(self, output: RequestOutput) -> None:
+        deliver(self.sink, output)
 
     @classmethod
     def start(cls, request: GenerationRequest, sink: Sink, tokenizer: object) -> RowOutput:

@@ -13,6 +13,10 @@ Each V2 field is held to the limit of the persona field it becomes (`personas.LI
 card is refused here, naming its own field, rather than stored and failing later; the registry
 checks the finished persona card once more, as it checks an uploaded persona.json. A card file
 is at most `MAX_CARD_FILE_BYTES`.
+
+A PNG card file is also the persona's picture: its image (the PNG without its text chunks)
+becomes the card's `avatar` as a `data:image/png;base64` URL when that fits `LIMITS["avatar"]`;
+a larger picture is left out (the import still succeeds, and frontends show initials).
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ import base64
 import binascii
 import json
 import re
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.registry.personas import LIMITS, CardError, PersonaCard, parse_card
-from server.registry.png_card import SIGNATURE, CardFileError, card_from_png
+from server.registry.png_card import SIGNATURE, CardFileError, card_from_png, image_only
 
 _PROMPT = LIMITS["system_prompt"]  # personality and scenario go into the system prompt
 MAX_CARD_FILE_BYTES = 16 << 20  # SillyTavern's PNG cards are a few MB at most
@@ -63,15 +68,17 @@ def card_from_import(card: dict[str, Any] | None, card_file: str | None) -> tupl
         raise CardError("send the card once: as card (an object) or as card_file, not both",
                         "card_file")
     if card_file is not None:
-        return card_from_v2(read_card_file(card_file))
+        raw = decode_card_file(card_file)
+        suggested, persona = card_from_v2(read_card_file(raw))
+        return suggested, replace(persona, avatar=png_avatar(raw))
     if card is None:
         raise CardError("send a card: card (a Character Card V2 object) or card_file (base64 "
                         "of a .json or .png card file)", "card")
     return card_from_v2(card)
 
 
-def read_card_file(encoded: str) -> dict[str, Any]:
-    """The card object in a card file's base64: a PNG card's, or the file's own JSON."""
+def decode_card_file(encoded: str) -> bytes:
+    """A card file's bytes from its base64, within MAX_CARD_FILE_BYTES."""
     if len(encoded) > (MAX_CARD_FILE_BYTES + 2) // 3 * 4:
         raise CardFileError(f"card_file decodes to about {len(encoded) * 3 // 4:,} bytes; a "
                             f"card file is at most {MAX_CARD_FILE_BYTES:,} bytes",
@@ -80,6 +87,11 @@ def read_card_file(encoded: str) -> dict[str, Any]:
         raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise CardFileError(f"card_file is not base64: {exc}") from exc
+    return raw
+
+
+def read_card_file(raw: bytes) -> dict[str, Any]:
+    """The card object in a card file: a PNG card's, or the file's own JSON."""
     if raw.startswith(SIGNATURE):
         return card_from_png(raw, MAX_CARD_FILE_BYTES)
     try:
@@ -90,6 +102,14 @@ def read_card_file(encoded: str) -> dict[str, Any]:
     if not isinstance(card, dict):
         raise CardFileError("card_file's JSON is not an object: not a Character Card V2")
     return card
+
+
+def png_avatar(raw: bytes) -> str | None:
+    """The avatar of a card file: its PNG image as a data: URL, or None (not a PNG, too big)."""
+    if not raw.startswith(SIGNATURE):
+        return None
+    url = "data:image/png;base64," + base64.b64encode(image_only(raw)).decode("ascii")
+    return url if len(url) <= LIMITS["avatar"] else None
 
 
 def card_from_v2(obj: Any) -> tuple[str, PersonaCard]:

@@ -3,10 +3,16 @@
 `parse_card(data, name)` validates a `persona.json` object (see docs/persona.schema.json) and
 returns a frozen `PersonaCard`; it raises `CardError` naming the offending field. A `Persona` is
 one servable version: a card plus, for adapter personas, the folder of its adapter files.
+
+A card's `avatar` (optional) is a picture for frontends: a `data:image/(png|jpeg|webp|gif);base64`
+URL whose bytes are an image of that type, or an `http(s)://` URL, at most `LIMITS["avatar"]`
+characters; `avatar_problem(url)` says what is wrong with one (None: it is fine).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,7 +33,13 @@ CARD_FILE = "persona.json"
 
 # Characters per card field: the one limit that uploads, imports and reads all apply.
 LIMITS = {"display_name": 128, "description": 4000, "system_prompt": 16000, "greeting": 4000,
-          "post_history_instructions": 4000, "example_message": 8000, "tag": 64, "source": 64}
+          "post_history_instructions": 4000, "example_message": 8000, "tag": 64, "source": 64,
+          "avatar": 256 * 1024}
+# The first bytes of each image type an avatar's data: URL may hold.
+_IMAGE_MAGIC = {"png": (b"\x89PNG\r\n\x1a\n",), "jpeg": (b"\xff\xd8\xff",),
+                "gif": (b"GIF87a", b"GIF89a"), "webp": (b"RIFF",)}
+_DATA_URL = re.compile(r"data:image/(png|jpeg|webp|gif);base64,([A-Za-z0-9+/]+={0,2})")
+_HTTP_URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s\"'<>\\`]*)?")
 
 
 class CardError(CameoError, ValueError):
@@ -69,6 +81,26 @@ class _CardFile(BaseModel):
     markers: list[str] = Field(default_factory=list, max_length=256)
     post_history_instructions: str = Field(default="", max_length=LIMITS["post_history_instructions"])
     source: str | None = Field(default=None, max_length=LIMITS["source"])
+    avatar: str | None = Field(default=None, max_length=LIMITS["avatar"])
+
+
+def avatar_problem(url: str) -> str | None:
+    """Why `url` cannot be a card's avatar, or None when it can."""
+    if len(url) > LIMITS["avatar"]:
+        return f"at most {LIMITS['avatar']} characters"
+    if _HTTP_URL.fullmatch(url):
+        return None
+    found = _DATA_URL.fullmatch(url)
+    if found is None:
+        return "must be a data:image/(png|jpeg|webp|gif);base64 URL or an http(s) URL"
+    try:
+        image = base64.b64decode(found.group(2), validate=True)
+    except (binascii.Error, ValueError):
+        return "the data: URL is not base64"
+    kind = found.group(1)
+    if not image.startswith(_IMAGE_MAGIC[kind]) or (kind == "webp" and image[8:12] != b"WEBP"):
+        return f"the data: URL does not hold a {kind} image"
+    return None
 
 
 @dataclass(frozen=True)
@@ -83,15 +115,19 @@ class PersonaCard:
     markers: tuple[str, ...] = ()
     post_history_instructions: str = ""
     source: str | None = None
+    avatar: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "display_name": self.display_name, "description": self.description,
             "system_prompt": self.system_prompt, "greeting": self.greeting,
             "tags": list(self.tags), "example_messages": [dict(m) for m in self.example_messages],
             "sampling": dict(self.sampling), "markers": list(self.markers),
             "post_history_instructions": self.post_history_instructions, "source": self.source,
         }
+        if self.avatar:  # only when set: cards without one read and compare as before
+            data["avatar"] = self.avatar
+        return data
 
 
 def parse_card(data: Any, name: str) -> PersonaCard:
@@ -107,13 +143,17 @@ def parse_card(data: Any, name: str) -> PersonaCard:
     if any(len(tag) > LIMITS["tag"] for tag in card.tags):
         raise CardError(f"persona.json: tags are at most {LIMITS['tag']} characters each",
                         "persona")
+    problem = card.avatar and avatar_problem(card.avatar)
+    if problem:
+        raise CardError(f"persona.json: avatar: {problem}", "persona")
     sampling = {k: float(v) for k, v in card.sampling.model_dump().items() if v is not None}
     return PersonaCard(
         display_name=card.display_name or name, description=card.description,
         system_prompt=card.system_prompt, greeting=card.greeting, tags=tuple(card.tags),
         example_messages=tuple(m.model_dump() for m in card.example_messages),
         sampling=sampling, markers=tuple(card.markers),
-        post_history_instructions=card.post_history_instructions, source=card.source)
+        post_history_instructions=card.post_history_instructions, source=card.source,
+        avatar=card.avatar or None)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@ every V2 field in `data`, and the fields only V3 has (assets, group greetings) a
 
 It reads `tEXt` and `zTXt` chunks only (card tools write no `iTXt`), never decodes the image,
 and stops at `IEND`; what follows it is ignored.
+
+`image_only(raw)` is the same PNG without its text chunks (`tEXt`, `zTXt`, `iTXt`: the card and
+any other metadata), for use as the persona's avatar; it raises `CardFileError` as above.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from server.registry.personas import CardError
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CARD_KEYS = ("chara", "ccv3")  # in order of preference
 _TEXT_KINDS = (b"tEXt", b"zTXt")
+_METADATA_KINDS = (b"tEXt", b"zTXt", b"iTXt")
 
 
 class CardFileError(CardError):
@@ -52,6 +56,13 @@ def card_from_png(raw: bytes, limit: int) -> dict[str, Any]:
     if found == "ccv3" and card.get("spec") == "chara_card_v3":
         card = {**card, "spec": "chara_card_v2", "spec_version": "2.0"}
     return card
+
+
+def image_only(raw: bytes) -> bytes:
+    """The PNG `raw` with its text chunks left out: the picture alone, chunks as they were."""
+    kept = [raw[offset:offset + 12 + len(body)] for offset, kind, body in _chunks(raw)
+            if kind not in _METADATA_KINDS]
+    return SIGNATURE + b"".join(kept)
 
 
 def _chunks(raw: bytes) -> Iterator[tuple[int, bytes, bytes]]:

@@ -21,6 +21,9 @@ Contract:
 - Listeners registered with `on_retire` hear the adapter key of every version that stops
   being current (replaced or deleted), so caches can free it once no request uses it.
 
+One module of some 360 lines on purpose: every write path (add, delete, reconcile) follows the
+same staging-then-transaction discipline, which reads best in one place.
+
 Refusals are `RegistryError`s (`server.errors.CameoError`: a `code` and the `param` at fault,
 no HTTP status); a full disk is the code `insufficient_storage`.
 """

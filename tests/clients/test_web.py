@@ -36,7 +36,7 @@ PHONE = {"width": 390, "height": 844}
 
 LAST_REPLY = "() => [...document.querySelectorAll('#messages .message-assistant')].pop()"
 REPLY_DONE = f"""() => {{ const m = ({LAST_REPLY})();
-  return m && ['done', 'stopped', 'error'].includes(m.dataset.state); }}"""
+  return m && ['done', 'stopped', 'cut', 'error'].includes(m.dataset.state); }}"""
 REPLY_STARTED = f"""() => {{ const m = ({LAST_REPLY})();
   return m && m.dataset.state === 'streaming' && m.querySelector('.text').textContent.length > 0; }}"""
 # Records every text the reply being streamed shows, to prove it grows piece by piece.
@@ -98,6 +98,8 @@ class Web:
             f"() => document.querySelectorAll('#persona-list .persona-card').length >= {count}")
 
     def settings(self, max_tokens: int | None = None, temperature: float | None = None) -> None:
+        if self.page.is_visible("#menu-toggle") and not self.page.is_visible("#settings-panel"):
+            self.page.click("#menu-toggle")  # a phone: the settings are in the drawer
         panel = self.page.locator("#settings-panel")
         if not panel.evaluate("el => el.open"):
             self.page.click("#settings-panel > summary")
@@ -261,9 +263,12 @@ def test_api_errors_are_shown_clearly(web: Web, server_url: str) -> None:
     web.settings(max_tokens=100_000)
     web.send("Hi")
     page.wait_for_selector("#error:not([hidden])")
-    message = page.inner_text("#error")
-    assert "maximum context length" in message and "context_length_exceeded" in message
-    assert "HTTP 400" in message
+    message = page.inner_text("#error .error-text")  # in plain words; the API's behind Details
+    assert "too long" in message and "maximum context length" in message
+    assert "context_length_exceeded" not in message
+    page.click("#error .error-details > summary")
+    detail = page.inner_text("#error .error-detail")
+    assert "context_length_exceeded" in detail and "HTTP 400" in detail
     assert page.is_enabled("#send")
     web.shot("5-error")
 
@@ -276,7 +281,10 @@ def test_api_key_is_stored_and_sent(browser: Any, artifacts: Path,
     try:
         web.open(keyed_server_url)
         page.wait_for_selector("#error:not([hidden])")
-        assert "API key" in page.inner_text("#error") and "HTTP 401" in page.inner_text("#error")
+        assert "API key" in page.inner_text("#error .error-text")
+        page.click("#error .error-details > summary")
+        assert "HTTP 401" in page.inner_text("#error .error-detail")
+        assert "Connected" not in page.inner_text("#server-status")
         web.shot("6-key-missing")
 
         web.settings(max_tokens=8)
@@ -316,7 +324,8 @@ def test_phone_layout(browser: Any, artifacts: Path, server_url: str) -> None:
         web.open(server_url).wait_personas()
         web.pick("alpha")
         web.settings(max_tokens=8)
-        page.click("#settings-panel > summary")  # close it again
+        page.click("#settings-panel > summary")  # close it again, and the drawer
+        page.click("#menu-toggle")
         web.send("Hi!")
         assert web.wait_reply()["state"] == "done"
         page.evaluate("window.scrollTo(0, 0)")

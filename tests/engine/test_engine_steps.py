@@ -169,3 +169,16 @@ def test_scores_teacher_forced_logits_in_one_forward() -> None:
     assert base.argmax(-1).tolist() == [1, 2, 3] and adapted.argmax(-1).tolist() == [7, 8]
     assert len(runner.forwards) == 1 and engine.scheduler.idle
     assert engine.slots.users("bard@1") == 0  # released after scoring
+
+
+def test_a_sink_that_raises_loses_its_output_and_nothing_else() -> None:
+    engine, out = make_engine(), Outputs()
+
+    def gone(output: object) -> None:  # e.g. the event loop of a stream closed under it
+        raise RuntimeError("Event loop is closed")
+
+    engine.add(request("gone", tokens=3), gone)
+    engine.add(request("fine", tokens=3), out.sink)
+    run(engine)
+    engine.fail_all("shutting down")  # what the worker does when it dies: must not raise
+    assert out.tokens("fine") == [3, 4, 5] and engine.scheduler.idle

@@ -1,7 +1,9 @@
-// The server's HTTP API: JSON calls, the chat completion stream (SSE), the adapter upload
-// (XMLHttpRequest, for its progress events), and errors in the API's shape
-// ({"error": {"message", "type", "param", "code"}}) as ApiError. Relative URLs, so the page works
-// at "/" and behind a path prefix alike. No DOM: the keys come from useKeys().
+// The server's HTTP API: JSON calls, the chat completion stream (SSE), the readiness probe, the
+// adapter upload (XMLHttpRequest, for its progress events), and errors in the API's shape
+// ({"error": {"message", "type", "param", "code"}}) as ApiError. A network failure is the
+// TypeError fetch throws; a stream that ends before its `[DONE]` throws StreamCut. Relative
+// URLs, so the page works at "/" and behind a path prefix alike. No DOM: the keys come from
+// useKeys().
 
 export class ApiError extends Error {
   constructor(status, message, code = null, param = null) {
@@ -28,6 +30,14 @@ export async function errorFromResponse(response) {
   return errorFromBody(response.status, body, text.slice(0, 300) || response.statusText);
 }
 
+// The reply stream ended (the connection closed) before the server said it was done.
+export class StreamCut extends Error {
+  constructor(message = "the stream ended before the reply was complete") {
+    super(message);
+    this.name = "StreamCut";
+  }
+}
+
 let keys = () => ({ apiKey: "", adminKey: "" });
 
 // Where the keys come from: a function returning { apiKey, adminKey }, asked on every call.
@@ -51,7 +61,15 @@ export async function api(path, { method = "GET", body, admin = false } = {}) {
   return response.status === 204 ? null : response.json();
 }
 
-// POST a streaming chat completion and call onChunk with each parsed SSE event.
+// GET /ready: resolves to null when the server is ready, to the ApiError saying why not (503
+// while the model loads); a network failure rejects with fetch's TypeError.
+export async function probeReady(signal) {
+  const response = await fetch("ready", { cache: "no-store", signal });
+  return response.ok ? null : errorFromResponse(response);
+}
+
+// POST a streaming chat completion and call onChunk with each parsed SSE event. Resolves once
+// the server sent `[DONE]`; a body that ends without it rejects with StreamCut.
 export async function streamChat(body, signal, onChunk) {
   const response = await fetch("v1/chat/completions", {
     method: "POST",
@@ -92,7 +110,8 @@ export async function streamChat(body, signal, onChunk) {
         }  // comments (": ping") and other fields are ignored
       }
     }
-    dispatch();
+    if (dispatch()) return;
+    throw new StreamCut();
   } finally {
     reader.cancel().catch(() => {});
   }

@@ -4,9 +4,16 @@ const $ = (selector) => document.querySelector(selector);
 
 export const ui = {
   status: $("#server-status"),
+  statusText: $("#server-status-text"),
+  menuToggle: $("#menu-toggle"),
+  drawer: $("#drawer"),
+  drawerBackdrop: $("#drawer-backdrop"),
   personaList: $("#persona-list"),
+  conversationList: $("#conversation-list"),
+  conversationsEmpty: $("#conversations-empty"),
   currentName: $("#current-name"),
   currentDescription: $("#current-description"),
+  currentAvatar: $("#current-avatar"),
   messages: $("#messages"),
   error: $("#error"),
   composer: $("#composer"),

@@ -1,38 +1,56 @@
-// Drawing the page: the persona cards, the messages of the conversation (each one drawn is also
-// recorded in state.conversation), errors and form statuses, the adapter-name suggestions. It
-// changes the DOM and never talks to the server.
+// Drawing the page outside the messages: the persona cards (with avatars), the chat header, the
+// error box (a plain sentence, a "Try again" button where one helps, the technical detail behind
+// a "Details" toggle), form statuses and the adapter-name suggestions. It changes the DOM and
+// never talks to the server; every text goes in as text.
 
-import { ApiError } from "./api.js";
+import { avatar } from "./avatar.js";
 import { ui } from "./dom.js";
+import { explain } from "./errors.js";
 import { isBase, label, state } from "./state.js";
+import { element } from "./nodes.js";
 
-export function describeError(err) {
-  if (err instanceof ApiError) {
-    const where = [err.status ? `HTTP ${err.status}` : "", err.code || ""].filter(Boolean);
-    let text = where.length ? `${err.message} (${where.join(", ")})` : err.message;
-    if (err.status === 401) text += ". Enter a key under “Connection and settings” (or “Admin”).";
-    if (err.status === 403) text += ". This needs the admin key.";
-    return text;
+export { describeError } from "./errors.js";
+
+// `source` names who showed it, so that clearError(source) takes away only its own message.
+export function showError(err, { persona = "", source = "", onRetry = null } = {}) {
+  const { text, detail } = explain(err, { persona });
+  const parts = [element("p", "error-text", text)];
+  const buttons = element("div", "error-actions");
+  if (onRetry) {
+    const retry = element("button", "small", "Try again");
+    retry.type = "button";
+    retry.id = "error-retry";
+    retry.addEventListener("click", () => { clearError(); onRetry(); });
+    buttons.append(retry);
   }
-  if (err instanceof TypeError) return `Cannot reach the server: ${err.message}`;
-  return String(err && err.message ? err.message : err);
-}
-
-export function showError(err) {
-  ui.error.textContent = describeError(err);
+  const dismiss = element("button", "small secondary", "Dismiss");
+  dismiss.type = "button";
+  dismiss.setAttribute("aria-label", "Dismiss this message");
+  dismiss.addEventListener("click", () => clearError());
+  buttons.append(dismiss);
+  parts.push(buttons);
+  if (detail) {
+    const details = element("details", "error-details");
+    details.append(element("summary", "", "Details"), element("pre", "error-detail", detail));
+    parts.push(details);
+  }
+  ui.error.replaceChildren(...parts);
+  ui.error.dataset.source = source;
   ui.error.hidden = false;
 }
 
-export function clearError() {
+export function clearError(source = "") {
+  if (source && ui.error.dataset.source !== source) return;
   ui.error.hidden = true;
-  ui.error.textContent = "";
+  ui.error.replaceChildren();
+  delete ui.error.dataset.source;
 }
 
 // kind: "good" (done), "bad" (failed) or "" (in progress, or nothing to say)
-export function setStatus(element, text, kind = "") {
-  element.textContent = text;
-  element.classList.toggle("bad", kind === "bad");
-  element.classList.toggle("good", kind === "good");
+export function setStatus(node, text, kind = "") {
+  node.textContent = text;
+  node.classList.toggle("bad", kind === "bad");
+  node.classList.toggle("good", kind === "good");
 }
 
 export function formatBytes(bytes) {
@@ -41,98 +59,53 @@ export function formatBytes(bytes) {
   return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 }
 
+function personaCard(model, onSelect) {
+  const id = `persona-${model.id.replace(/[^a-zA-Z0-9_-]/g, "_")}`;
+  const card = element("div", "persona-card");
+  card.dataset.persona = model.id;
+  const radio = element("input");
+  radio.type = "radio";
+  radio.name = "persona";
+  radio.id = id;
+  radio.value = model.id;
+  radio.addEventListener("change", () => { if (radio.checked) onSelect(model.id); });
+  const text = element("label", "persona-text");
+  text.htmlFor = id;
+  const title = element("span", "persona-title");
+  title.append(element("span", "persona-name", label(model)), " ",
+               element("code", "persona-id", isBase(model) ? "base" : model.id));
+  text.append(title);
+  if (model.description || isBase(model)) {
+    text.append(element("span", "persona-description",
+                        model.description || `${model.id}, without a persona`));
+  }
+  if (model.greeting) text.append(element("q", "persona-greeting", model.greeting));
+  card.append(radio, avatar(model, 40), text);
+  return card;
+}
+
 // One radio card per persona; onSelect(id) is called when the user picks one.
 export function renderPersonas(onSelect) {
   const list = ui.personaList;
   for (const child of [...list.children]) if (child.tagName !== "LEGEND") child.remove();
   if (!state.models.length) {
-    const empty = document.createElement("p");
-    empty.className = "muted";
-    empty.textContent = "No personas yet: upload an adapter in the Admin panel.";
-    list.append(empty);
+    list.append(element("p", "muted", "No personas yet: upload an adapter in the Admin panel."));
     return;
   }
-  for (const model of state.models) {
-    const id = `persona-${model.id.replace(/[^a-zA-Z0-9_-]/g, "_")}`;
-    const card = document.createElement("div");
-    card.className = "persona-card";
-    card.dataset.persona = model.id;
-
-    const radio = document.createElement("input");
-    radio.type = "radio";
-    radio.name = "persona";
-    radio.id = id;
-    radio.value = model.id;
-    radio.addEventListener("change", () => { if (radio.checked) onSelect(model.id); });
-
-    const text = document.createElement("label");
-    text.htmlFor = id;
-    text.className = "persona-text";
-    const name = document.createElement("span");
-    name.className = "persona-name";
-    name.textContent = label(model);
-    const slug = document.createElement("code");
-    slug.className = "persona-id";
-    slug.textContent = isBase(model) ? "base" : model.id;
-    text.append(name, " ", slug);
-    if (model.description || isBase(model)) {
-      const description = document.createElement("span");
-      description.className = "persona-description";
-      description.textContent = model.description || `${model.id}, without a persona`;
-      text.append(description);
-    }
-    if (model.greeting) {
-      const greeting = document.createElement("q");
-      greeting.className = "persona-greeting";
-      greeting.textContent = model.greeting;
-      text.append(greeting);
-    }
-    card.append(radio, text);
-    list.append(card);
-  }
+  list.append(...state.models.map((model) => personaCard(model, onSelect)));
 }
 
-export function addMessage(role, content, persona = null, kind = "") {
-  const item = document.createElement("li");
-  item.className = `message message-${role}${kind ? ` message-${kind}` : ""}`;
-  item.dataset.role = role;
-  if (persona) item.dataset.persona = persona.id;
-  const who = document.createElement("div");
-  who.className = "who";
-  who.textContent = role === "user" ? "You" : label(persona);
-  const text = document.createElement("div");
-  text.className = "text";
-  text.textContent = content;
-  const meta = document.createElement("div");
-  meta.className = "meta";
-  item.append(who, text, meta);
-  ui.messages.append(item);
-  const entry = { role, content, persona: persona && persona.id, el: item };
-  state.conversation.push(entry);
-  scrollToEnd(true);
-  return entry;
-}
-
-export function addNote(text) {
-  const item = document.createElement("li");
-  item.className = "message message-note";
-  item.dataset.role = "note";
-  item.textContent = text;
-  ui.messages.append(item);
-  state.conversation.push({ role: "note", content: text, el: item, note: true });
-  scrollToEnd(true);
-}
-
-export function scrollToEnd(force = false) {
-  const box = ui.messages;
-  const nearEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
-  if (force || nearEnd) box.scrollTop = box.scrollHeight;
+export function drawChatHead() {
+  const model = state.persona;
+  ui.currentName.textContent = model ? label(model) : "no one yet (pick a persona)";
+  ui.currentDescription.textContent = (model && model.description) || "";
+  ui.currentAvatar.replaceChildren(...(model ? [avatar(model, 36)] : []));
 }
 
 export function fillAdapterNames(names) {
   const options = names || state.models.filter((m) => !isBase(m)).map((m) => m.id);
   ui.adapterNames.replaceChildren(...options.map((value) => {
-    const option = document.createElement("option");
+    const option = element("option");
     option.value = value;
     return option;
   }));

@@ -1,5 +1,6 @@
-// What the page remembers: the persona list, the selection, the conversation, the running
-// stream, and the settings kept in localStorage. Plain data: no DOM, no network.
+// What the page remembers: the persona list, the selection, the open conversation (plain data,
+// saved by store.js), the running stream, the connection, and the settings kept in
+// localStorage. Plain data: no DOM, no network.
 
 export const STORE = {
   apiKey: "cameo.apiKey",
@@ -10,10 +11,12 @@ export const STORE = {
 };
 
 export const state = {
-  models: [],        // entries of /v1/models
-  persona: null,     // the selected entry
-  conversation: [],  // {role, content, persona?, el?, note?}
-  controller: null,  // AbortController of the running stream
+  models: [],          // entries of /v1/models
+  persona: null,       // the selected entry
+  chat: null,          // the open conversation (see store.js for its shape)
+  controller: null,    // AbortController of the running stream
+  streaming: null,     // the message the running stream writes into
+  connection: "connecting",  // connecting | online | loading | offline | auth | error
 };
 
 export function stored(key) {
@@ -33,4 +36,8 @@ export function isBase(model) {
 export function label(model) {
   if (!model) return "…";
   return model.display_name || (isBase(model) ? "Base model" : model.id);
+}
+
+export function findModel(id) {
+  return state.models.find((m) => m.id === id) || null;
 }

@@ -39,6 +39,7 @@ from server.registry.personas import Persona
 T = TypeVar("T")
 Job = tuple[Sequence[int], SamplingParams]  # prompt ids, sampling: one engine request
 
+
 def documented(what: str) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI `responses` of a generation route: `what` for 200 (JSON or SSE), errors."""
     responses: dict[int | str, dict[str, Any]] = {

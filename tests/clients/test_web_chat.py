@@ -34,6 +34,9 @@ from tests.clients.conftest import mount_web
 from tests.clients.test_web import REPLY_DONE, REPLY_STARTED, Web, browser  # noqa: F401
 from tests.helpers import free_port
 
+# Minute-long browser sessions: in the slow suite (CI runs it too), like the other heavy HTTP suites.
+pytestmark = pytest.mark.slow
+
 SHOTS = Path("/tmp/web-shots")
 WIDE = {"width": 1440, "height": 900}
 SMALL_PHONE = {"width": 375, "height": 667}

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.clients import test_web_chat as chat
 from tests.clients.test_web_chat import (
     REPLIES,
@@ -26,6 +28,8 @@ from tests.clients.test_web_chat import (
 browser, browse = chat.browser, chat.browse  # the fixtures, shared
 
 # Visible elements that scroll vertically (their content is taller than they are).
+pytestmark = pytest.mark.slow  # browser sessions at four sizes: the slow suite (CI runs it)
+
 SCROLLERS = """() => [...document.querySelectorAll('*')].filter((el) => {
   const style = getComputedStyle(el);
   const box = el.getBoundingClientRect();

@@ -86,8 +86,9 @@ def conversation(cid: str, title: str, persona: str,
 
 def seed(web: Web, url: str, conversations: list[dict[str, Any]]) -> None:
     """Open the page with `conversations` saved (the first one open), as a past visit left
-    them."""
-    web.open(url)
+    them. The storage is written from a document of the same origin that runs no script of the
+    app (the health probe's JSON): a chat page still starting would overwrite it."""
+    web.page.goto(url + "/health")
     web.page.evaluate("""(conversations) => {
       localStorage.clear();
       for (const c of conversations) {
@@ -97,7 +98,7 @@ def seed(web: Web, url: str, conversations: list[dict[str, Any]]) -> None:
         (c) => ({ id: c.id, title: c.title, persona: c.persona, updated: c.updated }))));
       localStorage.setItem('cameo.current', conversations[0].id);
     }""", conversations)
-    web.page.reload()
+    web.open(url)
 
 
 def upload_persona(url: str, name: str, **card: Any) -> httpx.Response:

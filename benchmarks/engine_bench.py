@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--prompt-lengths", type=int, nargs="+", default=[128, 1024])
-    parser.add_argument("--quantization", choices=["nf4", "none"], default="nf4")
+    parser.add_argument("--quantization", choices=["int4", "nf4", "none"], default="int4")
     parser.add_argument("--skip-peft", action="store_true")
     args = parser.parse_args(argv)
 

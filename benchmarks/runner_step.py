@@ -5,7 +5,8 @@
 The embedded model; `--batch` rows are prefilled with `--prompt` random tokens, then `--steps`
 decode forwards are timed one by one (after five warm-up steps) and the median is reported, so a
 comparison of two versions of the runner (run this in each checkout, alternating) is not blurred
-by the engine around it. Prints one JSON line last.
+by the engine around it. `--profile N` also prints torch.profiler's table of the N costliest
+operators over five more decode forwards. Prints one JSON line last.
 """
 
 from __future__ import annotations
@@ -25,21 +26,30 @@ from server.settings import Settings
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quantization", choices=["nf4", "none"], default="nf4")
+    parser.add_argument("--quantization", choices=["int4", "nf4", "none"], default="int4")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--prompt", type=int, default=20)
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--profile", type=int, default=0, metavar="N")
+    parser.add_argument("--adapters", type=int, default=0,
+                        help="random rank-16 adapters in that many slots, rows round-robin")
     args = parser.parse_args(argv)
     loaded = load_base(Settings(device="cpu", quantization=args.quantization))
-    bank = LoraSlots(module_shapes(loaded.model), 1, 16, torch.float32, torch.device("cpu"))
-    context = args.prompt + args.steps + 8
+    bank = LoraSlots(module_shapes(loaded.model), max(1, args.adapters), 16, torch.float32,
+                     torch.device("cpu"))
+    for slot in range(1, args.adapters + 1):
+        for key in bank.a:
+            bank.a[key][slot].normal_(std=0.02)
+            bank.b[key][slot].normal_(std=0.02)
+    slots = (torch.arange(args.batch) % args.adapters + 1) if args.adapters else None
+    context = args.prompt + args.steps + 8 + (5 if args.profile else 0)
     runner = ModelRunner(loaded.model, bank, args.batch, context, loaded.dtype, loaded.device)
     rows = torch.arange(args.batch)
 
     def forward(tokens: torch.Tensor, start: int) -> None:
         count = tokens.shape[1]
         runner.forward(ForwardBatch(tokens, rows, torch.full((args.batch,), start),
-                                    torch.full((args.batch,), count), None))
+                                    torch.full((args.batch,), count), slots))
 
     forward(torch.randint(100, 5000, (args.batch, args.prompt)), 0)
     times = []
@@ -49,9 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         if index >= 5:
             times.append(time.perf_counter() - start)
     median_ms = 1000 * statistics.median(times)
-    print(f"{args.quantization} batch {args.batch}: median decode forward {median_ms:.1f} ms")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for index in range(5):
+                forward(torch.randint(100, 5000, (args.batch, 1)), args.prompt + args.steps + index)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
+    print(f"{args.quantization} batch {args.batch}, {args.adapters} adapters: median decode "
+          f"forward {median_ms:.1f} ms")
     print(json.dumps({"bench": "runner_step", "quantization": args.quantization,
-                      "batch": args.batch, "steps": args.steps, "median_ms": median_ms,
+                      "batch": args.batch, "adapters": args.adapters, "steps": args.steps,
+                      "median_ms": median_ms,
                       "threads": torch.get_num_threads()}))
     return 0
 

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Quantization = Literal["nf4", "int8", "none"]
+Quantization = Literal["auto", "nf4", "int4", "int8", "none"]
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
 EMBEDDED_MODEL = "embedded"
@@ -56,8 +56,10 @@ class Settings(BaseSettings):
     model folder, or a hub id already in the local Hugging Face cache."""
     base_model_id: str | None = None
     """Name the base is served under in /v1/models (default: derived from the model)."""
-    quantization: Quantization = "nf4"
-    """Weight format of the resident base: nf4 (bitsandbytes 4-bit), int8, or none."""
+    quantization: Quantization = "auto"
+    """Weight format of the resident base: auto (nf4 on CUDA, int4 on the CPU), nf4
+    (bitsandbytes 4-bit), int4 (torch's CPU weight-only int4 kernel), int8 (bitsandbytes), or
+    none."""
     device: str = "auto"
     """`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`."""
     dtype: DTypeName = "auto"

@@ -67,7 +67,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def embedded_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(registry_dir=tmp_path_factory.mktemp("registry"),
                     seed_dir=tmp_path_factory.mktemp("seed"), adapter_slots=4, max_batch_size=8,
-                    max_context=512, max_lora_rank=16, device="cpu")
+                    max_context=512, max_lora_rank=16, device="cpu", quantization="nf4")
 
 
 @pytest.fixture(scope="session")

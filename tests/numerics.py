@@ -7,8 +7,9 @@ never on one machine's measurements:
     float32, then a float32 matmul). One layer's relative error is summation order over its K
     inputs, about sqrt(K) * eps(float32), and over L layers these add up like a random walk:
     `SAFETY * sqrt(K) * eps * sqrt(L) * max|logit|`.
-  - bfloat16: bitsandbytes NF4 on CPUs with AVX512-BF16 (repacked, fused kernel): each layer's
-    input and output are rounded to bfloat16. Two computations on this path (one row alone and
+  - bfloat16: bitsandbytes NF4 on CPUs with AVX512-BF16 (repacked, fused kernel), and the CPU's
+    int4/int8 layers (`server.model.weight_only`) everywhere: each layer's input and output are
+    rounded to bfloat16. Two computations on this path (one row alone and
     in a mixed batch; the slot path and PEFT; a resumed prefill) round the same values and
     differ where a float32-level difference flips a rounding, which bounds the logits' difference
     near one rounding step: `SAFETY * eps(bf16) * max|logit|`. Comparing the path with a float32
@@ -30,7 +31,7 @@ from typing import Any
 
 import torch
 
-from server.model import nf4
+from server.model import nf4, weight_only
 
 SAFETY = 4.0
 
@@ -38,6 +39,8 @@ SAFETY = 4.0
 def compute_dtype(model: Any) -> torch.dtype:
     """The dtype the model's linear layers compute in here (bfloat16 for repacking NF4)."""
     for module in model.modules():
+        if weight_only.is_quantized(module):
+            return torch.bfloat16
         if nf4.is_nf4(module):
             device = module.weight.device
             return nf4.cpu_compute_dtype(module) if device.type == "cpu" else module.compute_dtype

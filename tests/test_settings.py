@@ -14,7 +14,7 @@ from server.settings import Settings
 def test_defaults() -> None:
     settings = Settings()
     assert (settings.host, settings.port, settings.base_model) == ("127.0.0.1", 8000, "embedded")
-    assert settings.quantization == "nf4"
+    assert settings.quantization == "auto"  # nf4 on CUDA, int4 on the CPU
 
 
 def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,6 +32,7 @@ from server.engine.kv_cache import KVCache
 from server.lora.adapter import ModuleShapes
 from server.lora.slots import LoraSlots, SlotLinear, attach_hooks, lora_targets, plan_slots, slot_step
 from server.model.loader import UnsupportedModel
+from server.model.weight_only import Int4Linear
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ def decoder_layers(hf_model: Any) -> nn.ModuleList:
 
 
 def is_lora_target(module: nn.Module) -> bool:
-    """A linear layer (plain or bitsandbytes) that a LoRA adapter may target."""
-    if type(module) is nn.Linear:
+    """A linear layer (plain, int4 or bitsandbytes) that a LoRA adapter may target."""
+    if type(module) is nn.Linear or isinstance(module, Int4Linear):
         return True
     try:
         import bitsandbytes as bnb

@@ -11,9 +11,10 @@ Formats of the merged layer:
   - `dense`: a plain linear in the compute dtype. Exact (up to float rounding) and, on the
     CPU, 1.6x faster than NF4 (docs/BENCHMARKS.md; not measured on a GPU); it costs the
     dense size of the merged layers in memory.
-  - `nf4`: dequantize, add in float32, quantize again with the same block size and storage: no
-    extra memory, but a LoRA delta is usually smaller than NF4's rounding step, so much of it is
-    rounded away (see docs/ARCHITECTURE.md for the measured effect).
+  - `nf4`: dequantize, add in float32, quantize again in the base's own 4-bit format (NF4 with
+    the same block size and storage, or int4 with the same group size): no extra memory, but a
+    LoRA delta is usually smaller than the 4-bit rounding step, so much of it is rounded away
+    (see docs/ARCHITECTURE.md for the measured effect).
 int8 bases (bitsandbytes `Linear8bitLt`) are refused.
 
 This module does not decide when to merge, and does not keep rows of other adapters off the
@@ -30,7 +31,7 @@ from torch import nn
 
 from server.errors import CameoError
 from server.lora.slots import SlotLinear
-from server.model import nf4
+from server.model import nf4, weight_only
 
 
 class MergeError(CameoError, RuntimeError):
@@ -76,9 +77,9 @@ def merge_slot(linears: dict[str, SlotLinear], slot: int, fmt: MergeFormat) -> M
 
 def check_mergeable(module: Any) -> None:
     """Raise MergeError unless `module` is a layer `merge_slot` can merge into."""
-    if not (nf4.is_nf4(module) or type(module) is nn.Linear):
+    if not (nf4.is_nf4(module) or weight_only.is_int4(module) or type(module) is nn.Linear):
         raise MergeError(f"cannot merge an adapter into a {type(module).__name__} layer; "
-                         "merging needs an nf4 or unquantized base")
+                         "merging needs an nf4, int4 or unquantized base")
 
 
 def dense_weight(module: Any) -> torch.Tensor:
@@ -86,6 +87,8 @@ def dense_weight(module: Any) -> torch.Tensor:
     check_mergeable(module)
     if type(module) is nn.Linear:
         return module.weight.data
+    if weight_only.is_int4(module):
+        return module.dense_weight()
     return nf4.dense_weight(module)
 
 
@@ -99,6 +102,9 @@ def merged_module(base: Any, delta: torch.Tensor, fmt: MergeFormat) -> nn.Module
         layer = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
                           device="meta", dtype=dtype)  # no random init: the weight is set next
         layer.weight = nn.Parameter(merged.to(dtype), requires_grad=False)
+    elif weight_only.is_int4(base):
+        bias = None if base.bias is None else base.bias.data
+        return weight_only.Int4Linear.from_weight(merged, bias, base.group).eval()
     else:
         layer = _nf4_linear(base, merged.to(dense.dtype))
     if base.bias is not None:

@@ -1,8 +1,9 @@
 """Load the one resident base model: resolve where it comes from, quantize it, put it on a device.
 
 Contract: `load_base(settings)` returns a `LoadedModel` whose `model` is a Hugging Face causal LM
-in eval mode with its linear layers in the requested format (bitsandbytes NF4 or int8, or plain
-weights), on the requested device, plus its tokenizer and the facts the engine needs.
+in eval mode with its linear layers in the requested format (bitsandbytes NF4 or int8, torch's
+weight-only int4 on the CPU, or plain weights), on the requested device, plus its tokenizer and
+the facts the engine needs. `auto` is NF4 on CUDA and int4 on the CPU (`resolve_quantization`).
 
 It does not attach adapters (see `server.lora`) and does not run the model (see `server.engine`,
 whose runner refuses, with `UnsupportedModel`, a base it cannot serve faithfully). The families
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from server.errors import CameoError
+from server.model import weight_only
 from server.model.embedded import EMBEDDED_MODEL_ID, ensure_converted
 from server.settings import EMBEDDED_MODEL, Settings
 
@@ -74,27 +76,41 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def resolve_quantization(name: str, device: torch.device) -> str:
+    """`auto`: bitsandbytes NF4 on CUDA; torch's int4 kernel on the CPU, where bitsandbytes
+    dequantizes every weight at every step (docs/BENCHMARKS.md, "The CPU's 4-bit path")."""
+    if name == "auto":
+        return "nf4" if device.type == "cuda" or not weight_only.available() else "int4"
+    if name == "int4" and device.type != "cpu":
+        raise ValueError("quantization 'int4' is the CPU path (torch's CPU int4 kernel); use "
+                         "'nf4' on CUDA")
+    return name
+
+
 def load_base(settings: Settings) -> LoadedModel:
     """Load, quantize and place the base model named by `settings.base_model`."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    quantization = resolve_quantization(settings.quantization, device)
     source, default_id = resolve_source(settings)
     config = AutoConfig.from_pretrained(source)
     if getattr(config, "is_encoder_decoder", False):
         raise UnsupportedModel(config.model_type, "encoder-decoder models are not served")
     log.info(
-        "loading base %s (%s, %s, %s)", source, settings.quantization, dtype, device
+        "loading base %s (%s, %s, %s)", source, quantization, dtype, device
     )
     model = AutoModelForCausalLM.from_pretrained(
         source,
         dtype=dtype,
         device_map={"": str(device)},
-        quantization_config=_quantization_config(settings.quantization, dtype),
+        quantization_config=_quantization_config(quantization, dtype),
     )
     model.eval()
     model.requires_grad_(False)
+    if quantization == "int4":
+        log.info("int4: %d linear layers quantized", weight_only.quantize_linears(model))
     tokenizer = AutoTokenizer.from_pretrained(source)
     model_id = settings.base_model_id or default_id
     log.info("base %s ready", model_id)
@@ -104,7 +120,7 @@ def load_base(settings: Settings) -> LoadedModel:
         model_id=model_id,
         device=device,
         dtype=dtype,
-        quantization=settings.quantization,
+        quantization=quantization,
         eos_token_ids=eos_token_ids(model, tokenizer),
         max_position_embeddings=int(getattr(config, "max_position_embeddings", 2048)),
     )

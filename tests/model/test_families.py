@@ -1,9 +1,9 @@
-"""What is supported is what is tested: every family of the matrix, in `none` and `nf4`, against
-transformers' own forward, `generate` and PEFT on the same weights.
+"""What is supported is what is tested: every family of the matrix, in `none`, `nf4` and `int4`,
+against transformers' own forward, `generate` and PEFT on the same weights.
 
 Each case loads the tiny random model twice: the engine's copy (Cameo's attention, KV cache and
-slot hooks plugged in) and an untouched reference copy. NF4 loads are deterministic, and both
-copies run the same bitsandbytes kernel path (on an AVX512-BF16 CPU both repack at their first
+slot hooks plugged in) and an untouched reference copy. NF4 and int4 loads are deterministic, and both
+copies run the same kernel path (on an AVX512-BF16 CPU both repack at their first
 forward), so the references are computed on the path they check. Tolerances: `tests.numerics`.
 """
 
@@ -19,6 +19,7 @@ from server.engine.runner import ForwardBatch, ModelRunner, module_shapes
 from server.lora.adapter import read_adapter
 from server.lora.slots import LoraSlots
 from server.model.loader import LoadedModel, load_base
+from server.model.weight_only import with_peft_layers
 from server.settings import Settings
 from tests.helpers import write_peft_adapter
 from tests.model.families import FAMILIES, WINDOW, build_family
@@ -78,7 +79,7 @@ def _batch(tokens: list[list[int]], rows: list[int], starts: list[int],
                         torch.tensor(slots) if any(slots) else None)
 
 
-@pytest.fixture(scope="module", params=[(f, q) for f in FAMILIES for q in ("none", "nf4")],
+@pytest.fixture(scope="module", params=[(f, q) for f in FAMILIES for q in ("none", "nf4", "int4")],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def case(request: pytest.FixtureRequest, family_dirs: dict[str, Path],
          tmp_path_factory: pytest.TempPathFactory) -> Case:
@@ -156,10 +157,11 @@ def test_greedy_text_equals_generate(case: Case) -> None:
 
 
 def test_persona_equals_peft(case: Case) -> None:
-    from peft import PeftModel
+    from peft import LoraConfig, PeftModel
 
     ids = _ids(case)
-    peft_model = PeftModel.from_pretrained(case.fresh(), case.adapter_dir)
+    config = with_peft_layers(LoraConfig.from_pretrained(case.adapter_dir))
+    peft_model = PeftModel.from_pretrained(case.fresh(), case.adapter_dir, config=config)
     expected = _reference_logits(peft_model, ids)
     base = _reference_logits(case.reference, ids)
     tolerance = logits_tolerance(case.model, expected)

@@ -1,0 +1,172 @@
+"""The CPU's 4-bit path, measured: every linear layer of the embedded model, per weight format.
+
+    python -m benchmarks.cpu_weights                  # M = 1 8 16 64 rows
+    python -m benchmarks.cpu_weights --rows 1 16 --formats int4 nf4
+
+For each format, all decoder linears of SmolLM2-135M's shapes (30 layers x q, k, v, o, gate, up,
+down; random weights, distinct per layer so that the weights stream from memory as in a real
+step, not from cache) plus the output head are run once per repetition on an input of M rows,
+and the fastest of the repetitions is reported in milliseconds per step (the sum over layers).
+
+Formats:
+  - `float32`: plain `nn.Linear` (the `none` quantization);
+  - `nf4`: bitsandbytes `Linear4bit`, float32 compute (what `nf4` serves on a CPU: without
+    AVX512-BF16 it dequantizes each weight to float32 at each call, then multiplies);
+  - `nf4_fused`: bitsandbytes' own fused CPU kernel (`gemv_4bit`), which bitsandbytes registers
+    only on CPUs with AVX512-BF16 (reported as unavailable elsewhere);
+  - `int4`: `server.model.weight_only.Int4Linear` (torch's `_weight_int4pack_mm_for_cpu`,
+    groups of 32), the head as `Int8Linear`: what `int4` (and `auto` on a CPU) serves;
+  - `int8`: every layer as `Int8Linear` (torch's `_weight_int8pack_mm`, one scale per row).
+`--fidelity` also loads the embedded model unquantized, in `nf4` and in `int4`, and compares
+their next-token logits on the first 512 tokens of README.md with the unquantized model's: the
+share of positions with the same argmax, the mean KL divergence, and the text's loss.
+Prints one JSON line last: milliseconds per step by format and M, each format's speed-up over
+`nf4`, and the fidelity figures when asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from server.model.weight_only import Int4Linear, Int8Linear
+
+HIDDEN, INTERMEDIATE, KV, LAYERS, VOCAB = 576, 1536, 192, 30, 49152  # SmolLM2-135M
+SHAPES = [(HIDDEN, HIDDEN), (KV, HIDDEN), (KV, HIDDEN), (HIDDEN, HIDDEN),
+          (INTERMEDIATE, HIDDEN), (INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE)]  # (out, in)
+FORMATS = ["float32", "nf4", "nf4_fused", "int4", "int8"]
+
+
+def random_linear(out_features: int, in_features: int, generator: torch.Generator) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features, bias=False)
+    with torch.no_grad():
+        layer.weight.normal_(std=0.02, generator=generator)
+    return layer
+
+
+def nf4_layer(linear: nn.Linear) -> nn.Module:
+    import bitsandbytes as bnb
+
+    layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=False,
+                              compute_dtype=torch.float32, quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(linear.weight.data.clone(), requires_grad=False,
+                                     quant_type="nf4")
+    return layer.to("cpu")
+
+
+def fused_nf4_available() -> bool:
+    from bitsandbytes.functional import has_avx512bf16
+
+    return bool(has_avx512bf16())
+
+
+def build(fmt: str, generator: torch.Generator) -> list[nn.Module]:
+    """Every decoder linear and the head, in `fmt`."""
+    layers: list[nn.Module] = []
+    shapes = [shape for _ in range(LAYERS) for shape in SHAPES] + [(VOCAB, HIDDEN)]
+    for index, (out_features, in_features) in enumerate(shapes):
+        linear = random_linear(out_features, in_features, generator)
+        head = index == len(shapes) - 1
+        if fmt == "float32":
+            layers.append(linear)
+        elif fmt in ("nf4", "nf4_fused"):  # bitsandbytes picks its kernel; the head stays float
+            layers.append(linear if head else nf4_layer(linear))
+        elif fmt == "int4":
+            layers.append(Int8Linear.from_linear(linear) if head else Int4Linear.from_linear(linear))
+        elif fmt == "int8":
+            layers.append(Int8Linear.from_linear(linear))
+        else:
+            raise ValueError(fmt)
+    return layers
+
+
+@torch.inference_mode()
+def step_ms(layers: list[nn.Module], rows: int, repeats: int) -> float:
+    """The fastest of `repeats` passes over `layers` on `rows` input rows, in milliseconds."""
+    inputs = {HIDDEN: torch.randn(rows, HIDDEN), INTERMEDIATE: torch.randn(rows, INTERMEDIATE)}
+    widths = [int(getattr(layer, "in_features", 0)) for layer in layers]
+
+    def one_pass() -> None:
+        for layer, width in zip(layers, widths, strict=True):
+            layer(inputs[width])
+
+    one_pass()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        one_pass()
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best
+
+
+@torch.inference_mode()
+def fidelity() -> dict[str, dict[str, float]]:
+    """Next-token agreement, KL and loss of `nf4` and `int4` against the unquantized model."""
+    from server.model.loader import load_base
+    from server.settings import Quantization, Settings
+
+    def load(quantization: Quantization) -> Any:
+        return load_base(Settings(device="cpu", quantization=quantization))
+
+    plain = load("none")
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    ids = plain.tokenizer(text, return_tensors="pt").input_ids[:, :512]
+    reference = plain.model(ids).logits[0].log_softmax(-1)  # (T, vocab)
+    results: dict[str, dict[str, float]] = {}
+    quantizations: tuple[Quantization, ...] = ("none", "nf4", "int4")
+    for quantization in quantizations:
+        logits = (plain.model if quantization == "none" else load(quantization).model)(ids)
+        ours = logits.logits[0].log_softmax(-1)
+        kl = torch.nn.functional.kl_div(ours, reference, log_target=True, reduction="batchmean")
+        results[quantization] = {
+            "same_argmax": round(float((ours.argmax(-1) == reference.argmax(-1)).float().mean()), 3),
+            "kl": round(float(kl), 4),
+            "loss": round(float(torch.nn.functional.cross_entropy(ours[:-1], ids[0, 1:])), 3)}
+        print(f"{quantization:>5}: {results[quantization]}", flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 16, 64])
+    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=FORMATS)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--fidelity", action="store_true")
+    args = parser.parse_args(argv)
+    generator = torch.Generator().manual_seed(0)
+    results: dict[str, dict[str, float] | str] = {}
+    for fmt in args.formats:
+        if fmt == "nf4_fused" and not fused_nf4_available():
+            results[fmt] = "unavailable: bitsandbytes registers it on AVX512-BF16 CPUs only"
+            print(f"{fmt}: {results[fmt]}", flush=True)
+            continue
+        print(f"{fmt}: building {LAYERS * len(SHAPES) + 1} layers ...", flush=True)
+        layers = build(fmt, generator)
+        row: dict[str, float] = {}
+        for rows in args.rows:
+            row[str(rows)] = round(step_ms(layers, rows, args.repeats), 2)
+            print(f"{fmt:>9} M={rows:<3} {row[str(rows)]:9.2f} ms per step", flush=True)
+        results[fmt] = row
+        del layers
+    nf4 = results.get("nf4")
+    speedup = {fmt: {m: round(nf4[m] / ms, 2) for m, ms in row.items()}
+               for fmt, row in results.items() if isinstance(row, dict) and isinstance(nf4, dict)}
+    report: dict[str, Any] = {
+        "bench": "cpu_weights", "machine": f"{platform.machine()} {torch.get_num_threads()} "
+        f"threads, {torch.backends.cpu.get_cpu_capability()}", "torch": torch.__version__,
+        "ms_per_step": results, "speedup_over_nf4": speedup}
+    if args.fidelity:
+        report["fidelity"] = fidelity()
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,17 +25,20 @@ import resource
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from server.composition import in_passing_thread
 from server.engine.engine import EngineConfig
 from server.engine.types import AdapterRef, GenerationRequest, RequestOutput, SamplingParams
 from server.lora.adapter import read_adapter
 from server.lora.slots import plain_modules
 from server.model.loader import LoadedModel, load_base
 from server.model.nf4 import standard_layout
+from server.model.weight_only import with_peft_layers
 from server.service.local import LocalEngineService
 from server.settings import Settings
 
@@ -114,14 +117,16 @@ def time_to_first_token(engine: LocalEngineService, length: int, ref: AdapterRef
 def peft_decode(base: LoadedModel, adapters: list[Path], prompt: tuple[int, ...], batch: int,
                 tokens: int) -> float:
     """PEFT's mixed-adapter generate on the same base: decode tokens/s (prefill subtracted)."""
-    from peft import PeftModel
+    from peft import LoraConfig, PeftModel
 
     # PEFT wraps the base's own linears (not the engine's slot hooks); it loads adapters through
     # state_dict(), which must see the standard NF4 layout (bitsandbytes 0.50 corrupts a
     # repacked one there), and then generates on whatever kernel path the base has.
     with plain_modules(base.model):
         with standard_layout(base.model):
-            model = PeftModel.from_pretrained(base.model, adapters[0], adapter_name="a0")
+            config = with_peft_layers(LoraConfig.from_pretrained(adapters[0]))  # int4 layers
+            model = PeftModel.from_pretrained(base.model, adapters[0], adapter_name="a0",
+                                              config=config)
             for index, path in enumerate(adapters[1:], start=1):
                 model.load_adapter(path, adapter_name=f"a{index}")
         try:
@@ -183,7 +188,8 @@ def bench_batch(engine: LocalEngineService, base: LoadedModel, adapters: list[Pa
     engine.worker.call(lambda: engine.engine.unmerge(refs[0].key)).result()
     if not args.skip_peft:
         for count in [1, *mixes]:
-            row[f"peft_{count}"] = peft_decode(base, adapters[:count], prompt, batch, args.tokens)
+            row[f"peft_{count}"] = in_passing_thread(
+                partial(peft_decode, base, adapters[:count], prompt, batch, args.tokens))
     row["one_over_base"] = row["one_adapter"] / row["base"]
     row["merged_over_base"] = row["merged"] / row["base"]
     if not args.skip_peft:
@@ -210,16 +216,22 @@ def main(argv: list[str] | None = None) -> int:
     adapters_needed = max(args.distinct)
     context = max(args.prompt_lengths) + args.tokens + 16
     settings = Settings(device="cpu", quantization=args.quantization, max_context=context)
-    print(f"loading the embedded model ({args.quantization}) ...", flush=True)
-    base = load_base(settings)
-    plain = load_base(settings.model_copy(update={"quantization": "none"}))
-    work = Path(tempfile.mkdtemp(prefix="cameo-bench-"))
-    print(f"writing {adapters_needed} rank-{args.rank} adapters to {work} ...", flush=True)
-    adapters = make_adapters(plain, adapters_needed, args.rank, work)
-    del plain
-    engine = LocalEngineService.over(base, EngineConfig(
-        max_rows=max(args.batch), max_context=context, adapter_slots=adapters_needed + 1,
-        max_lora_rank=args.rank, prefill_chunk_tokens=256), host_adapters=adapters_needed)
+
+    def set_up() -> tuple[LoadedModel, list[Path], LocalEngineService]:
+        print(f"loading the embedded model ({args.quantization}) ...", flush=True)
+        base = load_base(settings)
+        plain = load_base(settings.model_copy(update={"quantization": "none"}))
+        work = Path(tempfile.mkdtemp(prefix="cameo-bench-"))
+        print(f"writing {adapters_needed} rank-{args.rank} adapters to {work} ...", flush=True)
+        adapters = make_adapters(plain, adapters_needed, args.rank, work)
+        engine = LocalEngineService.over(base, EngineConfig(
+            max_rows=max(args.batch), max_context=context, adapter_slots=adapters_needed + 1,
+            max_lora_rank=args.rank, prefill_chunk_tokens=256), host_adapters=adapters_needed)
+        return base, adapters, engine
+
+    # torch work outside the engine thread runs on threads that end, as in the server
+    # (server.composition explains why)
+    base, adapters, engine = in_passing_thread(set_up)
     engine.start()
     prompt = tuple(base.tokenizer("Tell me a story about the sea.")["input_ids"])
     refs = [AdapterRef(f"a{i}", 1, path) for i, path in enumerate(adapters)]

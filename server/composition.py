@@ -6,13 +6,26 @@ receives it. The registry is injected beside the engine service, never through i
 nothing of the engine except `retire` (a version stopped being current). A Ray ingress builds
 its own `Cameo` with the Ray service (`server.distributed.ingress`). Tests build one and share
 it between apps.
+
+`Cameo.load(settings)` is `Cameo.local` for an event loop: it runs on a thread of its own that
+ends with the load. The load and the runner's probe forward run torch's parallel (OpenMP)
+regions, and libgomp keeps a pool of helper threads for every thread that ever ran one; with
+more of them alive than CPUs it stops spinning between regions, so every region of every later
+engine step pays a futex wake-up. Measured on a 2-core CPU (docs/BENCHMARKS.md, "The engine's
+thread"): a decode forward on the engine thread took 76-86 ms when the model had been loaded on
+the main thread or on asyncio's (kept) executor thread, 44-59 ms when it had been loaded on a
+thread that then ended. `in_passing_thread(fn)` is the same for synchronous callers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from server.engine.engine import EngineConfig
 from server.model.loader import LoadedModel, load_base
@@ -23,6 +36,8 @@ from server.service.protocol import EngineService
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -41,6 +56,32 @@ class Cameo:
         return cls.assemble(settings, base, service)
 
     @classmethod
+    async def load(cls, settings: Settings) -> Cameo:
+        """`Cameo.local(settings)` on a thread that ends with it (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Cameo] = loop.create_future()
+
+        def settle(result: Cameo | None, error: BaseException | None) -> None:
+            if done.cancelled():
+                if result is not None:
+                    result.close()
+            elif error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(result)  # type: ignore[arg-type]
+
+        def load() -> None:
+            try:
+                cameo = cls.local(settings)
+            except BaseException as exc:  # handed to the awaiting task, raised there
+                loop.call_soon_threadsafe(settle, None, exc)
+            else:
+                loop.call_soon_threadsafe(settle, cameo, None)
+
+        threading.Thread(target=load, name="cameo-load", daemon=True).start()
+        return await done
+
+    @classmethod
     def assemble(cls, settings: Settings, base: BaseInfo, service: EngineService) -> Cameo:
         """Open the registry for `base` and wire its retirements to `service`."""
         registry = Registry.open(settings.registry_dir, base.model_id, base.shapes,
@@ -57,6 +98,26 @@ class Cameo:
     def close(self) -> None:
         self.service.close()
         self.registry.close()
+
+
+def in_passing_thread(fn: Callable[[], T]) -> T:
+    """`fn()` on a new thread that ends with it, for start-up work that runs torch before an
+    engine thread does (see the module docstring); its exception is raised here."""
+    box: dict[str, T] = {}
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # re-raised on the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="cameo-setup")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return box["result"]
 
 
 def local_service(settings: Settings, loaded: LoadedModel) -> tuple[BaseInfo, LocalEngineService]:

@@ -132,7 +132,7 @@ def _serve(app: FastAPI, cameo: Cameo) -> None:
 
 async def _load(app: FastAPI, settings: Settings) -> None:
     try:
-        cameo = await asyncio.to_thread(Cameo.local, settings)
+        cameo = await Cameo.load(settings)
     except Exception as exc:
         # An expected refusal (a base that cannot be served, a registry folder or catalog that
         # cannot be used: the message names the path) needs no traceback.

@@ -48,5 +48,7 @@ def grammars_for(loaded: LoadedModel) -> Callable[[], Grammars]:
 
 
 def vocab_size(model: Any) -> int:
-    """Width of the logits (the output embedding's rows; may exceed the tokenizer's size)."""
-    return int(model.get_output_embeddings().weight.shape[0])
+    """Width of the logits (the output head's rows; may exceed the tokenizer's size)."""
+    head = model.get_output_embeddings()
+    width = getattr(head, "out_features", None)  # an nn.Linear, or the CPU's Int8Linear head
+    return int(width if width is not None else head.weight.shape[0])

@@ -110,7 +110,10 @@ def load_base(settings: Settings) -> LoadedModel:
     model.eval()
     model.requires_grad_(False)
     if quantization == "int4":
-        log.info("int4: %d linear layers quantized", weight_only.quantize_linears(model))
+        try:
+            log.info("int4: %d linear layers quantized", weight_only.quantize_linears(model))
+        except ValueError as exc:  # no decoder layers where every served family has them
+            raise UnsupportedModel(config.model_type, str(exc)) from exc
     tokenizer = AutoTokenizer.from_pretrained(source)
     model_id = settings.base_model_id or default_id
     log.info("base %s ready", model_id)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from server.engine.build import vocab_size
 from server.engine.constraints import Grammars
 from server.engine.runner import module_shapes
 from server.lora.adapter import ModuleShapes
@@ -42,7 +43,7 @@ class BaseInfo:
     def of(cls, loaded: LoadedModel) -> BaseInfo:
         return cls(model_id=loaded.model_id, tokenizer=loaded.tokenizer,
                    max_position_embeddings=loaded.max_position_embeddings,
-                   shapes=module_shapes(loaded.model), vocab_size=logits_width(loaded.model),
+                   shapes=module_shapes(loaded.model), vocab_size=vocab_size(loaded.model),
                    eos_token_ids=loaded.eos_token_ids)
 
 
@@ -58,9 +59,6 @@ def load_base_info(settings: Settings) -> BaseInfo:
         skeleton = AutoModelForCausalLM.from_config(config)
     return BaseInfo(model_id=settings.base_model_id or default_id, tokenizer=tokenizer,
                     max_position_embeddings=int(getattr(config, "max_position_embeddings", 2048)),
-                    shapes=module_shapes(skeleton), vocab_size=logits_width(skeleton),
+                    shapes=module_shapes(skeleton), vocab_size=vocab_size(skeleton),
                     eos_token_ids=eos_token_ids(skeleton, tokenizer))
 
-
-def logits_width(model: Any) -> int:
-    return int(model.get_output_embeddings().weight.shape[0])

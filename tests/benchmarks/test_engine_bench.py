@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import engine_bench, plot_bench, runner_step
+from benchmarks import cpu_weights, engine_bench, plot_bench, runner_step
 
 
 def test_engine_bench_reports_every_variant_and_plots(capsys: pytest.CaptureFixture[str],
@@ -19,7 +19,7 @@ def test_engine_bench_reports_every_variant_and_plots(capsys: pytest.CaptureFixt
     assert code == 0
     output = capsys.readouterr().out
     result = json.loads(output.strip().splitlines()[-1])  # the JSON line comes last
-    assert result["bench"] == "engine" and result["quantization"] == "nf4"
+    assert result["bench"] == "engine" and result["quantization"] == "int4"  # the CPU default
     four = result["decode_tokens_per_s"]["4"]
     for key in ("base", "one_adapter", "distinct_2", "distinct_4", "merged", "peft_1", "peft_4"):
         assert four[key] > 0, key
@@ -36,7 +36,23 @@ def test_engine_bench_reports_every_variant_and_plots(capsys: pytest.CaptureFixt
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_runner_step_reports_a_median(capsys: pytest.CaptureFixture[str]) -> None:
-    assert runner_step.main(["--batch", "2", "--steps", "3", "--prompt", "4"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+def test_runner_step_reports_a_median_and_a_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    assert runner_step.main(["--batch", "2", "--steps", "3", "--prompt", "4", "--adapters", "2",
+                             "--profile", "5"]) == 0
+    output = capsys.readouterr().out
+    result = json.loads(output.strip().splitlines()[-1])
     assert result["bench"] == "runner_step" and result["batch"] == 2 and result["median_ms"] > 0
+    assert result["adapters"] == 2
+    assert "_weight_int4pack_mm_for_cpu" in output  # the profile's table names the int4 kernel
+
+
+def test_cpu_weights_reports_each_format(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cpu_weights.main(["--rows", "1", "--repeats", "1", "--formats", "int4", "nf4",
+                             "nf4_fused"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    steps = result["ms_per_step"]
+    assert steps["int4"]["1"] > 0 and steps["nf4"]["1"] > 0
+    assert result["speedup_over_nf4"]["int4"]["1"] == pytest.approx(
+        steps["nf4"]["1"] / steps["int4"]["1"], rel=0.02)  # both rounded
+    fused = steps["nf4_fused"]  # measured where bitsandbytes has it, said so where it has not
+    assert isinstance(fused, dict) or fused.startswith("unavailable")

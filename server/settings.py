@@ -128,7 +128,8 @@ class Settings(BaseSettings):
     auto (pins, plus merging whichever persona has held the whole batch for a while)."""
     merge_format: Literal["dense", "nf4"] = "dense"
     """Format of merged layers: dense (exact; costs the dense size of the merged layers) or nf4
-    (no extra memory, but requantizing rounds most of a LoRA delta away: see docs/ARCHITECTURE.md)."""
+    (no extra memory, requantized in the base's own 4-bit format, NF4 or int4, which rounds most
+    of a LoRA delta away: see docs/ARCHITECTURE.md)."""
     merge_after_steps: int = Field(default=32, ge=1)
     """auto mode: engine steps one persona must hold every running row, with nothing else
     waiting, before it is merged."""

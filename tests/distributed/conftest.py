@@ -57,9 +57,10 @@ def persona_seed(tmp_path_factory: pytest.TempPathFactory,
 
 @pytest.fixture(scope="module")
 def cluster_settings(tmp_path_factory: pytest.TempPathFactory, persona_seed: Path) -> Settings:
+    # nf4, as the session's `embedded` model that the local reference engine reuses
     return Settings(registry_dir=tmp_path_factory.mktemp("ray-registry"), seed_dir=persona_seed,
-                    device="cpu", adapter_slots=SLOTS, max_batch_size=4, max_context=256,
-                    host_adapters=8, log_level="warning")
+                    device="cpu", quantization="nf4", adapter_slots=SLOTS, max_batch_size=4,
+                    max_context=256, host_adapters=8, log_level="warning")
 
 
 @pytest.fixture(scope="module")

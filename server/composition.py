@@ -11,10 +11,11 @@ it between apps.
 ends with the load. The load and the runner's probe forward run torch's parallel (OpenMP)
 regions, and libgomp keeps a pool of helper threads for every thread that ever ran one; with
 more of them alive than CPUs it stops spinning between regions, so every region of every later
-engine step pays a futex wake-up. Measured on a 2-core CPU (docs/BENCHMARKS.md, "The engine's
-thread"): a decode forward on the engine thread took 76-86 ms when the model had been loaded on
-the main thread or on asyncio's (kept) executor thread, 44-59 ms when it had been loaded on a
-thread that then ended. `in_passing_thread(fn)` is the same for synchronous callers.
+engine step pays a futex wake-up. Measured on a 2-core CPU (docs/BENCHMARKS.md, "The CPU's
+4-bit path and the engine's thread"): a decode forward on the engine thread took 76-86 ms when
+the model had been loaded on the main thread or on asyncio's (kept) executor thread, 44-59 ms
+when it had been loaded on a thread that then ended. `in_passing_thread(fn)` is the same for
+synchronous callers.
 """
 
 from __future__ import annotations

@@ -38,11 +38,11 @@ def test_engine_bench_reports_every_variant_and_plots(capsys: pytest.CaptureFixt
 
 def test_runner_step_reports_a_median_and_a_profile(capsys: pytest.CaptureFixture[str]) -> None:
     assert runner_step.main(["--batch", "2", "--steps", "3", "--prompt", "4", "--adapters", "2",
-                             "--profile", "5"]) == 0
+                             "--profile", "5", "--threads", "engine"]) == 0
     output = capsys.readouterr().out
     result = json.loads(output.strip().splitlines()[-1])
     assert result["bench"] == "runner_step" and result["batch"] == 2 and result["median_ms"] > 0
-    assert result["adapters"] == 2
+    assert result["adapters"] == 2 and result["threads"] == "engine"
     assert "_weight_int4pack_mm_for_cpu" in output  # the profile's table names the int4 kernel
 
 

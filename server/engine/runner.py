@@ -31,8 +31,8 @@ from server.engine.attention import StepMetadata
 from server.engine.kv_cache import KVCache
 from server.lora.adapter import ModuleShapes
 from server.lora.slots import LoraSlots, SlotLinear, attach_hooks, lora_targets, plan_slots, slot_step
+from server.model import weight_only
 from server.model.loader import UnsupportedModel
-from server.model.weight_only import Int4Linear
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def decoder_layers(hf_model: Any) -> nn.ModuleList:
 
 def is_lora_target(module: nn.Module) -> bool:
     """A linear layer (plain, int4 or bitsandbytes) that a LoRA adapter may target."""
-    if type(module) is nn.Linear or isinstance(module, Int4Linear):
+    if type(module) is nn.Linear or weight_only.is_int4(module):
         return True
     try:
         import bitsandbytes as bnb

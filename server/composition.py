@@ -58,29 +58,9 @@ class Cameo:
 
     @classmethod
     async def load(cls, settings: Settings) -> Cameo:
-        """`Cameo.local(settings)` on a thread that ends with it (see the module docstring)."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Cameo] = loop.create_future()
-
-        def settle(result: Cameo | None, error: BaseException | None) -> None:
-            if done.cancelled():
-                if result is not None:
-                    result.close()
-            elif error is not None:
-                done.set_exception(error)
-            else:
-                done.set_result(result)  # type: ignore[arg-type]
-
-        def load() -> None:
-            try:
-                cameo = cls.local(settings)
-            except BaseException as exc:  # handed to the awaiting task, raised there
-                loop.call_soon_threadsafe(settle, None, exc)
-            else:
-                loop.call_soon_threadsafe(settle, cameo, None)
-
-        threading.Thread(target=load, name="cameo-load", daemon=True).start()
-        return await done
+        """`Cameo.local(settings)` on a thread that ends with it (see the module docstring);
+        asyncio's executor thread only waits for it."""
+        return await asyncio.to_thread(in_passing_thread, lambda: cls.local(settings))
 
     @classmethod
     def assemble(cls, settings: Settings, base: BaseInfo, service: EngineService) -> Cameo:

@@ -5,7 +5,8 @@
 The embedded model; `--batch` rows are prefilled with `--prompt` random tokens, then `--steps`
 decode forwards are timed one by one (after five warm-up steps) and the median is reported, so a
 comparison of two versions of the runner (run this in each checkout, alternating) is not blurred
-by the engine around it. `--threads` says which threads load and time it (`engine`: as the
+by the engine around it. `--compile` compiles the decode step first (at load, untimed).
+`--threads` says which threads load and time it (`engine`: as the
 server does; server/composition.py says why it matters). `--profile N` also prints
 torch.profiler's table of the N costliest operators over five more decode forwards. Prints one
 JSON line last.
@@ -44,15 +45,14 @@ def build(args: argparse.Namespace) -> Callable[[torch.Tensor, int], None]:
         for key in bank.a:
             bank.a[key][slot].normal_(std=0.02)
             bank.b[key][slot].normal_(std=0.02)
-    slots = (torch.arange(args.batch) % args.adapters + 1) if args.adapters else None
+    slots = [row % args.adapters + 1 for row in range(args.batch)] if args.adapters else None
     context = args.prompt + args.steps + 8 + (5 if args.profile else 0)
-    runner = ModelRunner(loaded.model, bank, args.batch, context, loaded.dtype, loaded.device)
-    rows = torch.arange(args.batch)
+    runner = ModelRunner(loaded.model, bank, args.batch, context, loaded.dtype, loaded.device,
+                         compile=args.compile)
+    rows = list(range(args.batch))
 
     def forward(tokens: torch.Tensor, start: int) -> None:
-        count = tokens.shape[1]
-        runner.forward(ForwardBatch(tokens, rows, torch.full((args.batch,), start),
-                                    torch.full((args.batch,), count), slots))
+        runner.forward(ForwardBatch(tokens.tolist(), rows, [start] * args.batch, slots))
 
     forward(torch.randint(100, 5000, (args.batch, args.prompt)), 0)
     return forward
@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=int, default=0, metavar="N")
     parser.add_argument("--adapters", type=int, default=0,
                         help="random rank-16 adapters in that many slots, rows round-robin")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the decode step (server.engine.decode_step)")
     parser.add_argument("--threads", choices=list(THREADS), default="main",
                         help="; ".join(f"{k}: {v}" for k, v in THREADS.items()))
     args = parser.parse_args(argv)
@@ -105,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         forward = build(args)
         median_ms = on_worker(lambda: measure(forward, args))
     print(f"{args.quantization} batch {args.batch}, {args.adapters} adapters, threads "
-          f"{args.threads}: median decode forward {median_ms:.1f} ms")
+          f"{args.threads}, compile {args.compile}: median decode forward {median_ms:.1f} ms")
     print(json.dumps({"bench": "runner_step", "quantization": args.quantization,
+                      "compile": args.compile,
                       "batch": args.batch, "adapters": args.adapters, "steps": args.steps,
                       "threads": args.threads, "median_ms": median_ms,
                       "intra_op_threads": torch.get_num_threads()}))

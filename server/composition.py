@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from server.engine.decode_step import should_compile
 from server.engine.engine import EngineConfig
 from server.model.loader import LoadedModel, load_base
 from server.registry.registry import Registry
@@ -105,12 +106,13 @@ def local_service(settings: Settings, loaded: LoadedModel) -> tuple[BaseInfo, Lo
     """The engine over `loaded`, with its host adapter cache (not started)."""
     base = BaseInfo.of(loaded)
     return base, LocalEngineService.over(
-        loaded, engine_config(settings, base), host_adapters=settings.host_adapters,
+        loaded, engine_config(settings, base, loaded), host_adapters=settings.host_adapters,
         stall_timeout=settings.stall_timeout, grammars=lambda: base.grammars)
 
 
-def engine_config(settings: Settings, base: BaseInfo) -> EngineConfig:
+def engine_config(settings: Settings, base: BaseInfo, loaded: LoadedModel) -> EngineConfig:
     return EngineConfig(
+        compile=should_compile(settings.compile, loaded.device, loaded.quantization),
         max_rows=settings.max_batch_size,
         max_context=min(settings.max_context, base.max_position_embeddings),
         adapter_slots=settings.adapter_slots, max_lora_rank=settings.max_lora_rank,

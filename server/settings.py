@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Quantization = Literal["auto", "nf4", "int4", "int8", "none"]
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+CompileMode = Literal["auto", "on", "off"]
 
 EMBEDDED_MODEL = "embedded"
 
@@ -123,6 +124,11 @@ class Settings(BaseSettings):
     prompt, so one request may hold up to this many batch rows."""
     prefill_chunk_tokens: int = Field(default=256, ge=16)
     """Prompt tokens prefilled per engine step, so a long prompt does not stall running streams."""
+    compile: CompileMode = "auto"
+    """Compile the decode step with torch.compile at start (inductor on the CPU, CUDA graphs on
+    CUDA): on, off, or auto (on where it was measured to pay: the CPU with an int4 or
+    unquantized base; docs/BENCHMARKS.md). It takes a minute or more at start on a small CPU,
+    less once inductor's cache holds it."""
     merge_mode: Literal["never", "explicit", "auto"] = "explicit"
     """Merged mode: never; explicit (admins pin a persona with POST /v1/adapters/NAME/merge);
     auto (pins, plus merging whichever persona has held the whole batch for a while)."""

@@ -3,9 +3,10 @@
 Contract: `install(model)` registers `cameo_attention` with transformers' `AttentionInterface`
 (and, for forwards without a Cameo step, a mask function that builds the previous
 implementation's mask) and switches `model` to it. During a Cameo forward the
-runner passes a `StepMetadata` as the keyword argument `cameo_step`; every attention layer then
-writes its new keys and values into the step's `KVCache` at each row's positions and attends over
-that row's cached keys, honouring what transformers passes for the layer: `scaling`, GQA,
+runner passes the step's metadata as the keyword argument `cameo_step` (a `StepMetadata` for a
+ragged forward, a `DecodeGrid` for a decode step); every attention layer then writes its new keys
+and values into the step's `KVCache` at each row's positions and attends over that row's cached
+keys, honouring what transformers passes for the layer: `scaling`, GQA,
 `sliding_window` and `softcap`. Any other argument with a value, dropout in a forward, or a
 non-causal layer is refused (`UnsupportedAttention`), so that nothing is silently ignored; the
 runner probes the model at load so a refusal happens then, not on a request.
@@ -40,7 +41,7 @@ class UnsupportedAttention(ValueError):
 
 @dataclass(frozen=True)
 class StepMetadata:
-    """What every attention layer of one forward needs, built once per forward.
+    """What every attention layer of a ragged forward needs, built once per forward.
 
     rows: (B,) KV-cache row of each batch row; positions: (B, T) absolute position of each new
     token; context: keys to attend over (max over rows of start + length); mask: (B, 1, T,
@@ -60,16 +61,87 @@ class StepMetadata:
     def build(cls, cache: KVCache, rows: torch.Tensor, positions: torch.Tensor,
               context: int, contiguous: bool) -> StepMetadata:
         key_positions = torch.arange(context, device=positions.device)
-        mask = (key_positions[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, C)
+        mask = causal_mask(key_positions, positions)
         return cls(cache, rows, positions, context, contiguous, mask, key_positions)
 
     def window_mask(self, window: int) -> torch.Tensor:
         """The causal mask restricted to the last `window` keys of each query (built once per
         window and forward, then shared by every layer with that window)."""
         if window not in self._windows:
-            recent = self.key_positions[None, None, :] > self.positions[:, :, None] - window
-            self._windows[window] = self.mask & recent[:, None]
+            self._windows[window] = windowed(self.mask, self.key_positions, self.positions,
+                                             window)
         return self._windows[window]
+
+    def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               scaling: float | None, window: int | None, softcap: float | None) -> torch.Tensor:
+        """query: (B, heads, T, hd); key, value: (B, kv_heads, T, hd) -> (B, T, heads, hd)."""
+        self.cache.write(layer, self.rows, self.positions, key, value)
+        keys, values = self.cache.read(layer, self.rows, self.context, self.contiguous)
+        mask = self.mask if window is None else self.window_mask(window)
+        return attend(query, keys, values, mask, scaling, softcap).transpose(1, 2).contiguous()
+
+
+@dataclass(frozen=True)
+class DecodeGrid:
+    """What every attention layer of a decode step needs: one new token per entry, attending
+    straight over the cache's first R rows, with no gathered copy of any row.
+
+    Entry b (of B, bucket padding included) writes its key and value at (rows[b],
+    positions[b]). Its query is placed on a grid of the cache's first R rows, at grid_index[b]
+    (its own row; padding entries share a row no real entry uses); attention runs over the view
+    cache[:R, :, :C], and each entry reads its grid row of the result back. Grid rows that hold
+    no entry attend to key 0 and their result is never read. grid_positions: (R,) query
+    position of each grid row (0 where none); key_positions: (C,) 0..C-1. Every size comes from
+    a tensor's shape, so a compiler sees no Python number that varies per step.
+    """
+
+    cache: KVCache
+    rows: torch.Tensor  # (B,)
+    positions: torch.Tensor  # (B, 1)
+    grid_index: torch.Tensor  # (B,)
+    grid_positions: torch.Tensor  # (R,)
+    key_positions: torch.Tensor  # (C,)
+    mask: torch.Tensor  # (R, 1, 1, C)
+    _windows: dict[int, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def build(cls, cache: KVCache, rows: torch.Tensor, positions: torch.Tensor,
+              grid_index: torch.Tensor, grid_positions: torch.Tensor,
+              key_positions: torch.Tensor) -> DecodeGrid:
+        mask = causal_mask(key_positions, grid_positions[:, None])  # (R, 1, 1, C)
+        return cls(cache, rows, positions, grid_index, grid_positions, key_positions, mask)
+
+    def window_mask(self, window: int) -> torch.Tensor:
+        if window not in self._windows:
+            self._windows[window] = windowed(self.mask, self.key_positions,
+                                             self.grid_positions[:, None], window)
+        return self._windows[window]
+
+    def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               scaling: float | None, window: int | None, softcap: float | None) -> torch.Tensor:
+        """query: (B, heads, 1, hd); key, value: (B, kv_heads, 1, hd) -> (B, 1, heads, hd)."""
+        self.cache.write(layer, self.rows, self.positions, key, value)
+        grid = query.new_zeros((self.grid_positions.shape[0], *query.shape[1:]))  # (R, h, 1, hd)
+        grid[self.grid_index] = query
+        keys, values = self.cache.view(layer, grid.shape[0], self.key_positions.shape[0])
+        mask = self.mask if window is None else self.window_mask(window)
+        out = attend(grid, keys, values, mask, scaling, softcap)  # (R, heads, 1, hd)
+        return out[self.grid_index].transpose(1, 2).contiguous()  # (B, 1, heads, hd)
+
+
+def causal_mask(key_positions: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """key_positions: (C,); positions: (B, T) -> (B, 1, T, C), True where a query sees a key."""
+    return (key_positions[None, None, :] <= positions[:, :, None])[:, None]
+
+
+def windowed(mask: torch.Tensor, key_positions: torch.Tensor, positions: torch.Tensor,
+             window: int) -> torch.Tensor:
+    """`mask` (B, 1, T, C) restricted to the last `window` keys of each query."""
+    recent = key_positions[None, None, :] > positions[:, :, None] - window
+    return mask & recent[:, None]
+
+
+Step = StepMetadata | DecodeGrid
 
 
 def install(model: Any) -> None:
@@ -118,21 +190,24 @@ def cameo_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
                     dropout: float = 0.0, sliding_window: int | None = None,
                     softcap: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """query: (B, heads, T, hd); key, value: (B, kv_heads, T, hd) -> ((B, T, heads, hd), None)."""
-    step: StepMetadata | None = kwargs.pop(STEP_KWARG, None)
+    step: Step | None = kwargs.pop(STEP_KWARG, None)
     if step is None:
         return _fallback(module, query, key, value, attention_mask, scaling=scaling,
                          dropout=dropout, sliding_window=sliding_window, softcap=softcap, **kwargs)
     check_arguments(module, dropout, kwargs)
-    layer = module.layer_idx
-    step.cache.write(layer, step.rows, step.positions, key, value)
-    keys, values = step.cache.read(layer, step.rows, step.context, step.contiguous)  # (B, kv, C, hd)
-    mask = step.mask if not sliding_window else step.window_mask(int(sliding_window))
+    return step.attend(module.layer_idx, query, key, value, scaling,
+                       int(sliding_window) if sliding_window else None,
+                       float(softcap) if softcap else None), None
+
+
+def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+           scaling: float | None, softcap: float | None) -> torch.Tensor:
+    """query: (B, heads, T, hd); keys, values: (B, kv_heads, C, hd); mask: (B, 1, T, C)
+    -> (B, heads, T, hd)."""
     if softcap:
-        out = _softcapped_attention(query, keys, values, mask, scaling, float(softcap))
-    else:
-        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling,
-                                             enable_gqa=keys.shape[1] != query.shape[1])
-    return out.transpose(1, 2).contiguous(), None  # (B, T, heads, hd)
+        return _softcapped_attention(query, keys, values, mask, scaling, softcap)
+    return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling,
+                                          enable_gqa=keys.shape[1] != query.shape[1])
 
 
 def check_arguments(module: Any, dropout: float, kwargs: dict[str, Any]) -> None:
@@ -170,5 +245,5 @@ def _fallback(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.
     return function(module, query, key, value, attention_mask, **arguments)
 
 
-__all__ = ["NAME", "STEP_KWARG", "StepMetadata", "UnsupportedAttention", "cameo_attention",
-           "check_arguments", "install"]
+__all__ = ["NAME", "STEP_KWARG", "DecodeGrid", "Step", "StepMetadata", "UnsupportedAttention",
+           "attend", "cameo_attention", "causal_mask", "check_arguments", "install", "windowed"]

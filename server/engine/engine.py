@@ -74,6 +74,7 @@ class EngineConfig:
     merge_mode: MergeMode = "explicit"
     merge_format: MergeFormat = "dense"
     merge_after_steps: int = 32
+    compile: bool = False  # compile the decode step (server.engine.decode_step)
 
 
 ScoredSequence = tuple[list[int], AdapterRef | None, AdapterWeights | None]
@@ -257,15 +258,7 @@ class Engine:
 
     def _batch(self, tokens: list[list[int]], rows: list[int], start: list[int],
                slots: list[int]) -> ForwardBatch:
-        device = self.device
-        width = max(len(t) for t in tokens)
-        return ForwardBatch(
-            tokens=torch.tensor([t + [0] * (width - len(t)) for t in tokens], device=device),
-            rows=torch.tensor(rows, device=device),
-            start=torch.tensor(start, device=device),
-            lengths=torch.tensor([len(t) for t in tokens], device=device),
-            slots=torch.tensor(slots, device=device) if any(slots) else None,
-        )
+        return ForwardBatch(tokens, rows, start, slots if any(slots) else None)
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         for seq, draw in zip(seqs, next_tokens(logits, seqs, self.grammars), strict=True):

@@ -1,9 +1,11 @@
-"""Preallocated KV cache, one row per batch slot, written at per-row positions.
+"""Preallocated KV cache, one row per batch slot plus a scratch row, written at per-row positions.
 
-Each layer holds K and V of shape (rows, kv_heads, max_len + 1, head_dim). The extra last
+Each layer holds K and V of shape (rows + 1, kv_heads, max_len + 1, head_dim). The extra last
 column is scratch: padded query positions of a ragged step write there instead of out of range.
-Rows are reused: a finished request's row is simply overwritten by the next one, and nothing
-reads past a row's current length, so no clearing is needed.
+The extra last row is scratch too: the padding entries of a bucketed decode step write there
+(`server.engine.decode_step`). Nothing ever reads a scratch column, and no request is given the
+scratch row. Rows are reused: a finished request's row is simply overwritten by the next one,
+and nothing reads past a row's current length, so no clearing is needed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ class KVCache:
         device: torch.device,
     ) -> None:
         self.max_len = max_len
-        shape = (rows, kv_heads, max_len + 1, head_dim)
+        self.rows = rows + 1  # the last one is scratch
+        shape = (self.rows, kv_heads, max_len + 1, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
 
@@ -42,11 +45,15 @@ class KVCache:
         self.k[layer][row_index, :, pos] = k.transpose(1, 2)
         self.v[layer][row_index, :, pos] = v.transpose(1, 2)
 
+    def view(self, layer: int, count: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V of the first `count` rows up to `length`, as views: (count, kv_heads, length,
+        head_dim) each."""
+        return self.k[layer][:count, :, :length], self.v[layer][:count, :, :length]
+
     def read(
         self, layer: int, rows: torch.Tensor, length: int, contiguous: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """K, V of `rows` up to `length`: (B, kv_heads, length, head_dim) each."""
         if contiguous:  # rows are 0..B-1: a view, no copy
-            count = rows.shape[0]
-            return self.k[layer][:count, :, :length], self.v[layer][:count, :, :length]
+            return self.view(layer, rows.shape[0], length)
         return self.k[layer][rows, :, :length], self.v[layer][rows, :, :length]

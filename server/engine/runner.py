@@ -3,7 +3,10 @@
 Contract: `ModelRunner.forward(batch)` takes B rows, each with up to T new tokens starting at its
 own position, writes their keys and values into the row's KV cache, and returns logits: (B,
 vocab) at each row's last new token, or (B, T, vocab) when all positions are asked for. The same
-call serves prefill (many new tokens) and decode (one new token per row).
+call serves prefill (many new tokens) and decode (one new token per row); a batch of decode rows
+runs the `DecodeStep` (bucketed, free of host syncs, compiled when `compile` is on), the rest a
+ragged forward. The batch arrives as host integers, so neither reads anything back from the
+device to plan the forward.
 
 The model's own forward runs (`model(input_ids, position_ids, ...)`), so what makes a family
 different (activations, norms, q/k norms, embedding and logit scaling, soft-capping, sliding and
@@ -20,6 +23,7 @@ It knows nothing about tokens as text, sampling, or requests.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +32,7 @@ from torch import nn
 
 from server.engine import attention
 from server.engine.attention import StepMetadata
+from server.engine.decode_step import DecodeStep
 from server.engine.kv_cache import KVCache
 from server.lora.adapter import ModuleShapes
 from server.lora.slots import LoraSlots, SlotLinear, attach_hooks, lora_targets, plan_slots, slot_step
@@ -37,13 +42,26 @@ from server.model.loader import UnsupportedModel
 
 @dataclass(frozen=True)
 class ForwardBatch:
-    """One ragged pass. tokens: (B, T) right-padded; the rest are (B,)."""
+    """One ragged pass, as host integers: row b has the new tokens `tokens[b]` from position
+    `start[b]` on, in KV-cache row `rows[b]`, on LoRA slot `slots[b]` (None: all the base)."""
 
-    tokens: torch.Tensor
-    rows: torch.Tensor  # KV-cache row of each batch row
-    start: torch.Tensor  # position of each row's first new token
-    lengths: torch.Tensor  # new tokens per row (<= T); the rest of the row is padding
-    slots: torch.Tensor | None  # LoRA slot per row, None when every row is the base
+    tokens: Sequence[Sequence[int]]
+    rows: Sequence[int]
+    start: Sequence[int]
+    slots: Sequence[int] | None = None
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(t) for t in self.tokens]
+
+    @property
+    def width(self) -> int:
+        return max(self.lengths)
+
+    def padded_tokens(self, device: torch.device) -> torch.Tensor:
+        """(B, T) right-padded with 0."""
+        width = self.width
+        return torch.tensor([[*t, *[0] * (width - len(t))] for t in self.tokens], device=device)
 
 
 def decoder_layers(hf_model: Any) -> nn.ModuleList:
@@ -83,6 +101,8 @@ class _LastPositions:
         self.local = threading.local()
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if torch.compiler.is_compiling():
+            return None  # only the decode step is traced, and its rows have one token each
         last: torch.Tensor | None = getattr(self.local, "last", None)
         if last is None:
             return None
@@ -98,7 +118,7 @@ class ModelRunner:
     """Runs the transformers model over ragged batches; owns the KV cache and slot linears."""
 
     def __init__(self, hf_model: Any, bank: LoraSlots, max_rows: int, max_len: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
+                 dtype: torch.dtype, device: torch.device, compile: bool = False) -> None:
         config = hf_model.config
         self.hf = hf_model
         self.dtype = dtype
@@ -113,9 +133,13 @@ class ModelRunner:
                         for key, base in bases.items()}
         _install_last_positions(hf_model)
         self.lora_strategy = "auto"  # how the LoRA term is computed: auto, gather or segments
+        self.device = device
         self.cache = KVCache(len(layers), max_rows, _kv_heads(config), max_len,
                              _head_dim(config), dtype, device)
+        self.decode = DecodeStep(hf_model, self.cache, self.linears, max_rows, device)
         self._probe(device)
+        if compile:
+            self.decode.compile()
 
     def slot_linears(self) -> dict[str, SlotLinear]:
         """Every slot-aware projection, keyed "<layer>.<name>" like the slot bank."""
@@ -123,15 +147,27 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, all_logits: bool = False) -> torch.Tensor:
-        tokens = batch.tokens
+        if not all_logits and batch.width == 1:
+            self.decode.lora_strategy = self.lora_strategy
+            return self.decode.run([t[0] for t in batch.tokens], batch.rows, batch.start,
+                                   batch.slots)
+        return self._ragged(batch, all_logits)
+
+    def _ragged(self, batch: ForwardBatch, all_logits: bool) -> torch.Tensor:
+        device = self.device
+        tokens = batch.padded_tokens(device)  # (B, T)
         count, width = tokens.shape
-        offsets = torch.arange(width, device=tokens.device)
-        positions = batch.start[:, None] + offsets[None, :]  # (B, T)
-        context = int((batch.start + batch.lengths).max())
-        contiguous = bool(torch.equal(batch.rows, torch.arange(count, device=tokens.device)))
-        step = StepMetadata.build(self.cache, batch.rows, positions, context, contiguous)
-        plan = plan_slots(batch.slots, self.lora_strategy)
-        _LAST.local.last = None if all_logits else (batch.lengths - 1).clamp(min=0)
+        rows = torch.tensor(batch.rows, device=device)
+        start = torch.tensor(batch.start, device=device)
+        positions = start[:, None] + torch.arange(width, device=device)[None, :]  # (B, T)
+        context = max(s + n for s, n in zip(batch.start, batch.lengths, strict=True))
+        contiguous = list(batch.rows) == list(range(count))
+        step = StepMetadata.build(self.cache, rows, positions, context, contiguous)
+        slots = torch.tensor(batch.slots, device=device) if batch.slots is not None else None
+        plan = plan_slots(slots, self.lora_strategy,
+                          values=list(batch.slots) if batch.slots is not None else None)
+        _LAST.local.last = None if all_logits else torch.tensor(
+            [n - 1 for n in batch.lengths], device=device)
         try:
             with slot_step(self.linears, plan):
                 out = self.hf(input_ids=tokens, position_ids=positions,
@@ -144,11 +180,9 @@ class ModelRunner:
 
     def _probe(self, device: torch.device) -> None:
         """One tiny forward at load, so that unsupported attention is refused now."""
-        one = torch.zeros(1, dtype=torch.long, device=device)
-        batch = ForwardBatch(tokens=torch.zeros(1, 2, dtype=torch.long, device=device), rows=one,
-                             start=one, lengths=one + 2, slots=None)
         try:
-            self.forward(batch)
+            self.forward(ForwardBatch(tokens=[[0, 0]], rows=[0], start=[0]))
+            self.forward(ForwardBatch(tokens=[[0]], rows=[0], start=[2]))
         except Exception as exc:  # refused attention, or a forward that cannot run at all
             raise UnsupportedModel(self.hf.config.model_type, str(exc)) from exc
 

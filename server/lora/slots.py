@@ -89,8 +89,10 @@ class SlotPlan:
     kernel: bool = False  # the Triton BGMV/SGMV kernels (server.lora.kernels), on CUDA
 
 
-def plan_slots(slots: torch.Tensor | None, strategy: str = "auto") -> SlotPlan | None:
+def plan_slots(slots: torch.Tensor | None, strategy: str = "auto", *,
+               values: list[int] | None = None) -> SlotPlan | None:
     """The plan for a batch whose row b uses slot `slots[b]`; None when every row is the base.
+    `values`: the same slots as host integers, when the caller has them (no device read then).
 
     `auto` uses segments when rows share few adapters (one, or at least 16 rows per adapter) and
     gathers otherwise: on a 2-core CPU, 1.4x faster for 64 rows on one adapter, but 1.6x slower
@@ -99,7 +101,7 @@ def plan_slots(slots: torch.Tensor | None, strategy: str = "auto") -> SlotPlan |
         return None
     if strategy == "triton" or (strategy == "auto" and slots.is_cuda and _have_triton()):
         return SlotPlan(slots, kernel=True)
-    values = slots.tolist()
+    values = slots.tolist() if values is None else values
     distinct = sorted(set(values) - {0})
     if not distinct:
         return None
@@ -150,6 +152,10 @@ class SlotHook(nn.Module):
     Outside a `slot_step` (training, PEFT references, `generate`) it is exactly `base`. Inside
     one, it hands `x` to the active runner's `SlotLinear` for its key with the step's plan, so
     several runners can share one module tree, each with its own bank and merged layers.
+
+    While a compiler traces a step (`torch.compiler.is_compiling()`), the thread-local above is
+    invisible to it, so the step names its linears and slots with `traced_step` instead, inside
+    the traced function: the trace then holds that runner's bank tensors as its inputs.
     """
 
     def __init__(self, base: nn.Module, key: str) -> None:
@@ -160,7 +166,10 @@ class SlotHook(nn.Module):
         self.out_features: int = base.out_features  # type: ignore[assignment]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        step: _Step | None = getattr(_active, "step", None)
+        if torch.compiler.is_compiling():
+            step: _Step | None = _TRACED.step
+        else:
+            step = getattr(_active, "step", None)
         if step is None:
             return self.base(x)
         # .forward directly: this already runs inside the hook's own module call, so a second
@@ -180,6 +189,24 @@ class _Step:
 
 
 _active = threading.local()  # one engine step at a time per thread
+
+
+class _Traced:
+    """What a step being traced routes to; written and read inside the traced function only."""
+
+    step: _Step | None = None
+
+
+_TRACED = _Traced()
+
+
+def traced_step(linears: dict[str, SlotLinear], slots: torch.Tensor | None) -> None:
+    """Inside a function a compiler traces: route every `SlotHook` to `linears` with one gathered
+    LoRA term over `slots` ((B,) slot per row, None when every row is the base), or the Triton
+    kernels on CUDA. Data-independent, so the trace has no graph break; eager calls of the same
+    function use `slot_step` as usual (this is ignored outside a trace)."""
+    plan = None if slots is None else SlotPlan(slots, kernel=slots.is_cuda and _have_triton())
+    _TRACED.step = _Step(linears, plan)
 
 
 @contextmanager

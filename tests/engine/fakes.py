@@ -40,14 +40,14 @@ class CountingRunner:
         if self.fail_on(batch):
             raise RuntimeError("the fake forward failed")
         self.forwards.append(batch)
-        slots = batch.slots if batch.slots is not None else torch.zeros_like(batch.rows)
-        rows = batch.tokens.shape[0]
-        nxt = (batch.tokens + 1 + slots[:, None]) % VOCAB  # (B, T)
+        tokens = batch.padded_tokens(torch.device("cpu"))  # (B, T)
+        slots = torch.tensor(batch.slots or [0] * len(batch.rows))
+        nxt = (tokens + 1 + slots[:, None]) % VOCAB  # (B, T)
         logits = torch.nn.functional.one_hot(nxt, VOCAB).float() * 10.0  # (B, T, V)
         if all_logits:
             return logits
-        last = (batch.lengths - 1).clamp(min=0)
-        return logits[torch.arange(rows), last]  # (B, V)
+        last = torch.tensor(batch.lengths) - 1
+        return logits[torch.arange(len(batch.rows)), last]  # (B, V)
 
     def slot_linears(self) -> dict[str, Any]:
         return {}

@@ -43,8 +43,8 @@ def test_rows_of_different_adapters_share_one_forward() -> None:
     # the fake adds each row's slot to its next token: base +0, first adapter slot 1, second 2
     assert out.tokens("base") == [1, 2]
     assert out.tokens("p") == [2, 4] and out.tokens("q") == [3, 6]
-    decode = [b for b in runner.forwards if b.tokens.shape[1] == 1 and len(b.rows) == 3]
-    assert decode and decode[0].slots is not None and sorted(decode[0].slots.tolist()) == [0, 1, 2]
+    decode = [b for b in runner.forwards if b.width == 1 and len(b.rows) == 3]
+    assert decode and decode[0].slots is not None and sorted(decode[0].slots) == [0, 1, 2]
 
 
 def test_eos_stops_a_request() -> None:
@@ -62,7 +62,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_beside_a_decoding_row() -> None:
     engine.add(request("long", tuple(range(10)), tokens=1), out.sink)
     for _ in range(3):
         engine.step()
-    widths = [tuple(b.tokens.shape) for b in runner.forwards]
+    widths = [(len(b.rows), b.width) for b in runner.forwards]
     assert widths[1:] == [(1, 4), (1, 1), (1, 4), (1, 1), (1, 2), (1, 1)]
     assert len(out.tokens("short")) == 4  # it kept decoding while the prompt was filled
     run(engine)
@@ -119,7 +119,7 @@ def test_non_finite_logits_fail_their_row_only() -> None:
     class NaNForRowOne(CountingRunner):
         def forward(self, batch: ForwardBatch, all_logits: bool = False) -> torch.Tensor:
             logits = super().forward(batch, all_logits)
-            logits[batch.rows == 1] = float("nan")
+            logits[torch.tensor(batch.rows) == 1] = float("nan")
             return logits
 
     engine, out = make_engine(runner=NaNForRowOne()), Outputs()

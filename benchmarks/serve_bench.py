@@ -1,7 +1,7 @@
-"""Serving speed over HTTP: Cameo (and vLLM's CPU build as a peer) under streamed chat load.
+"""Serving speed over HTTP: Cameo, with vLLM's and llama.cpp's CPU builds as peers, under chat load.
 
-    python -m benchmarks.serve_bench peer          # Cameo vs vLLM, 8 rank-16 adapters, CPU
-    python -m benchmarks.serve_bench zipf          # Poisson arrivals, Zipf over 1..1000 adapters
+    python -m benchmarks.serve_bench peer   # Cameo vs vLLM and llama.cpp, 8 rank-16 adapters, CPU
+    python -m benchmarks.serve_bench zipf   # Poisson arrivals, Zipf over 1..1000 adapters
 
 Both suites start the servers themselves, one at a time, on this machine (nothing else should
 run meanwhile), drive them with streamed `/v1/chat/completions` requests (`ignore_eos`, so
@@ -10,9 +10,16 @@ every request generates exactly `--tokens` tokens), and print a table, then a JS
 `peer` (the fast-engine issue's side-by-side): the embedded SmolLM2-135M-Instruct with eight
 PEFT adapters of rank 16 on all seven projections. Scenarios: every request on the base, on one
 adapter, and round-robin over the eight; 16 requests at concurrency 8. Servers: vLLM (bf16, via
-../shared/tools/vllm-cpu-peer.sh, skipped with --skip-vllm or when the script is missing) and
-Cameo in bf16, float32 and NF4. For Cameo the eight mixed requests are also sent one after
-another, the baseline of the "8 concurrent streams vs sequential" ratio.
+../shared/tools/vllm-cpu-peer.sh, skipped with --skip-vllm or when the script is missing),
+llama.cpp's llama-server (a Q4_0 GGUF of the same model, the adapters converted to GGUF LoRAs and
+chosen per request; via ../shared/tools/llamacpp-cpu-peer.sh, 8 slots; skipped with
+--skip-llamacpp or when its build, converter venv or script is missing: benchmarks/llamacpp_peer.py
+tells where it looks and how to set it up) and Cameo: its default (on a CPU, int4 with the
+compiled decode step), int4 eager, NF4, float32 and bf16. For Cameo and
+llama.cpp the eight personas are also sent one request each, one after another and all at once
+(the "8 concurrent streams vs sequential" ratio), and a few base requests one at a time (the
+single-stream speed). `--only` names the servers to run (Cameo configurations, `vllm`,
+`llamacpp`); without it all run.
 
 `zipf` (S-LoRA's setting): N registered adapters of rank 8 on q/k/v/o for each N of
 `--registered`; requests arrive as a Poisson process at `--rate` per second and pick their
@@ -35,13 +42,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from benchmarks import llamacpp_peer
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_SCRIPT = ROOT.parent / "shared" / "tools" / "vllm-cpu-peer.sh"
@@ -74,16 +84,46 @@ class Result:
         return [b - a for a, b in zip(self.chunks, self.chunks[1:], strict=False)]
 
 
-async def stream_chat(client: httpx.AsyncClient, model: str, prompt: str, tokens: int) -> Result:
-    result = Result(sent=time.perf_counter())
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}],
+BodyFn = Callable[[str, str, int], dict[str, Any]]
+
+
+def chat_body(model: str, prompt: str, tokens: int) -> dict[str, Any]:
+    """The streamed, greedy chat request for `model`: exactly `tokens` tokens (`ignore_eos`)."""
+    return {"model": model, "messages": [{"role": "user", "content": prompt}],
             "max_tokens": tokens, "temperature": 0.0, "stream": True, "ignore_eos": True,
             "stream_options": {"include_usage": True}}
+
+
+def llamacpp_body(lora_ids: Mapping[str, int], model: str, prompt: str,
+                  tokens: int) -> dict[str, Any]:
+    """`chat_body` for llama-server: `model` (a persona in `lora_ids`, or the base) becomes the
+    served name plus the "lora" field that picks its adapter; prompt caching off."""
+    return {**chat_body(model, prompt, tokens), **llamacpp_peer.lora_fields(model, lora_ids)}
+
+
+async def stream_chat(client: httpx.AsyncClient, model: str, prompt: str, tokens: int,
+                      body_fn: BodyFn = chat_body) -> Result:
+    """One streamed request. One the server dropped unanswered (a kept-alive connection that it
+    closed as idle just as the request went out: llama-server does after 5 s, and a starved
+    client can take that long) is sent once more, its clock started anew."""
+    body = body_fn(model, prompt, tokens)
+    for _ in range(2):
+        result = Result(sent=time.perf_counter())
+        if not await _stream_into(client, body, result):
+            break
+    return result
+
+
+async def _stream_into(client: httpx.AsyncClient, body: dict[str, Any], result: Result) -> bool:
+    """Send `body`, recording into `result`; True when the server closed the connection
+    before any response (`result.error` says so)."""
+    answered = False
     try:
         async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            answered = True
             if response.status_code != 200:
                 result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
-                return result
+                return False
             async for line in response.aiter_lines():
                 if not line.startswith("data:") or line.strip() == "data: [DONE]":
                     continue
@@ -92,21 +132,25 @@ async def stream_chat(client: httpx.AsyncClient, model: str, prompt: str, tokens
                     result.tokens = chunk["usage"]["completion_tokens"]
                 if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
                     result.chunks.append(time.perf_counter())
+    except httpx.RemoteProtocolError as exc:
+        result.error = repr(exc)
+        return not answered
     except httpx.HTTPError as exc:
         result.error = repr(exc)
-    return result
+    return False
 
 
 async def run_closed(url: str, jobs: Sequence[tuple[str, str]], concurrency: int,
-                     tokens: int) -> tuple[list[Result], float]:
-    """`jobs` (model, prompt) with at most `concurrency` in flight; (results, seconds)."""
+                     tokens: int, body_fn: BodyFn = chat_body) -> tuple[list[Result], float]:
+    """`jobs` (model, prompt) with at most `concurrency` in flight, each request's body made by
+    `body_fn`; (results, seconds)."""
     queue = list(jobs)
     results: list[Result] = []
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         async def worker() -> None:
             while queue:
                 model, prompt = queue.pop(0)
-                results.append(await stream_chat(client, model, prompt, tokens))
+                results.append(await stream_chat(client, model, prompt, tokens, body_fn))
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return results, time.perf_counter() - start
@@ -216,12 +260,48 @@ def vllm_server(model_dir: Path, adapters: dict[str, Path]) -> Iterator[str]:
         _wait(f"http://127.0.0.1:{port}/v1/models", 900, log)
         yield f"http://127.0.0.1:{port}"
     finally:
-        try:
-            os.killpg(pid, signal.SIGTERM)
-            time.sleep(5)
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _stop_group(pid, grace=5)
+
+
+@contextmanager
+def llamacpp_server(paths: llamacpp_peer.Paths, base: Path, adapters: Sequence[Path]) -> Iterator[str]:
+    """llama-server on `base` with `adapters` (ids 0, 1... in order, at scale 0), 8 slots, via
+    the peer script; yields its URL once /health answers and every adapter is listed."""
+    port = _free_port()
+    argv, env = llamacpp_peer.start_command(paths, base, port, adapters, slots=8)
+    started = subprocess.run(argv, env=env, check=True, capture_output=True, text=True)
+    pid = int(started.stdout.split()[1])
+    log = Path(f"/tmp/llamacpp-peer-{port}.log")
+    try:
+        _wait(f"http://127.0.0.1:{port}/health", 300, log)
+        listed = httpx.get(f"http://127.0.0.1:{port}/lora-adapters").json()
+        if len(listed) != len(adapters):
+            raise RuntimeError(f"llama-server lists {len(listed)} adapters, not {len(adapters)}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop_group(pid, grace=2)
+
+
+def _stop_group(pid: int, grace: float) -> None:
+    """SIGTERM the peer's process group, then SIGKILL it after `grace` seconds."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        time.sleep(grace)
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def greedy_texts(url: str, models: Sequence[str], tokens: int, body_fn: BodyFn) -> list[str]:
+    """The greedy, unstreamed answer of each of `models` to one prompt, `tokens` tokens long."""
+    texts = []
+    for model in models:
+        body = {**body_fn(model, PROMPTS[0], tokens), "stream": False}
+        body.pop("stream_options", None)
+        answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+        answer.raise_for_status()
+        texts.append(answer.json()["choices"][0]["message"]["content"])
+    return texts
 
 
 # ---------------------------------------------------------------------------------- adapters
@@ -242,12 +322,13 @@ def write_adapters(model_dir: Path, folder: Path, count: int, rank: int,
     from server.model.embedded import EMBEDDED_MODEL_ID
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    torch.manual_seed(0)  # the same p0 every run, so converted copies (llama.cpp) can be reused
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets),
                         init_lora_weights=False)
     peft_model = get_peft_model(model, config)
     peft_model.peft_config["default"].base_model_name_or_path = EMBEDDED_MODEL_ID
     first = folder / "p0"
-    peft_model.save_pretrained(first)
+    peft_model.save_pretrained(str(first))
     template = load_file(first / "adapter_model.safetensors")
     paths = {"p0": first}
     generator = torch.Generator().manual_seed(0)
@@ -275,12 +356,14 @@ def peer_suite(args: argparse.Namespace, work: Path, model_dir: Path) -> dict[st
         "eight_adapters": [(names[i % 8], PROMPTS[i % 8]) for i in range(args.requests)],
     }
     eight = [(names[i], PROMPTS[i]) for i in range(8)]  # one request per adapter
+    single = [("{base}", PROMPTS[i]) for i in range(4)]  # base requests, one at a time
     servers: dict[str, dict[str, Any]] = {}
 
-    def measure(url: str, base_name: str, sequential: bool) -> dict[str, Any]:
+    def measure(url: str, base_name: str, sequential: bool,
+                body_fn: BodyFn = chat_body) -> dict[str, Any]:
         out: dict[str, Any] = {}
         run = lambda js, c: asyncio.run(run_closed(  # noqa: E731
-            url, [(m.format(base=base_name), p) for m, p in js], c, args.tokens))
+            url, [(m.format(base=base_name), p) for m, p in js], c, args.tokens, body_fn))
         run(eight, 8)  # warm-up: every adapter loaded once
         for scenario, scenario_jobs in jobs.items():
             out[scenario] = summarize(*run(scenario_jobs, args.concurrency))
@@ -288,19 +371,26 @@ def peer_suite(args: argparse.Namespace, work: Path, model_dir: Path) -> dict[st
         if sequential:
             out["eight_sequential"] = summarize(*run(eight, 1))
             out["eight_concurrent"] = summarize(*run(eight, 8))
-            for key in ("eight_sequential", "eight_concurrent"):
+            out["base_single"] = summarize(*run(single, 1))
+            for key in ("eight_sequential", "eight_concurrent", "base_single"):
                 print(f"  {key}: {_line(out[key])}", flush=True)
         return out
 
-    if not args.skip_vllm and PEER_SCRIPT.exists():
+    wanted = partial(_wanted, only=args.only)
+    if wanted("vllm") and not args.skip_vllm and PEER_SCRIPT.exists():
         print("vLLM (CPU build, bf16) ...", flush=True)
         with vllm_server(model_dir, adapters) as url:
             servers["vllm_bf16"] = measure(url, "base", sequential=False)
-    configs = {"cameo_bf16": {"quantization": "none", "dtype": "bfloat16"},
-               "cameo_float32": {"quantization": "none", "dtype": "float32"},
-               "cameo_nf4": {"quantization": "nf4", "dtype": "float32"}}
+    if wanted("llamacpp") and not args.skip_llamacpp:
+        servers.update(llamacpp_peer_runs(model_dir, adapters, measure))
+    configs = {  # the default first (on a CPU: int4 with the compiled decode step)
+        "cameo_default": {"quantization": "auto", "compile": "auto"},
+        "cameo_int4_eager": {"quantization": "int4", "compile": "off"},
+        "cameo_nf4": {"quantization": "nf4", "dtype": "float32", "compile": "off"},
+        "cameo_float32": {"quantization": "none", "dtype": "float32", "compile": "off"},
+        "cameo_bf16": {"quantization": "none", "dtype": "bfloat16", "compile": "off"}}
     for label, settings in configs.items():
-        if args.only and label not in args.only:
+        if not wanted(label):
             continue
         print(f"{label} ...", flush=True)
         with cameo_server(work, work / "peer-adapters", max_batch_size=16, adapter_slots=8,
@@ -310,13 +400,51 @@ def peer_suite(args: argparse.Namespace, work: Path, model_dir: Path) -> dict[st
     return {"servers": servers, "ratios": _peer_ratios(servers)}
 
 
-def _ratio(a: float, b: float) -> float | None:
-    return a / b if b else None
+def _wanted(label: str, only: Sequence[str] | None) -> bool:
+    """Whether `--only` lets the server `label` run: all run when it names none."""
+    return not only or label in only
+
+
+def llamacpp_peer_runs(model_dir: Path, adapters: Mapping[str, Path],
+                       measure: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{"llamacpp_<type>": `measure`'s results} for llama-server on GGUF copies of `model_dir`
+    and `adapters`, or {} with the reason printed when llama.cpp is not set up here. Fails
+    when a converted adapter leaves the greedy answer as the base's (adapters not applied)."""
+    from server.settings import Settings
+
+    paths = llamacpp_peer.paths_from_env(os.environ, Settings().cache_dir)
+    reason = llamacpp_peer.missing(paths)
+    if reason:
+        print(reason, flush=True)
+        return {}
+    print(f"llama.cpp ({paths.type} GGUF, GGUF LoRAs cached in {paths.cache}) ...", flush=True)
+    base, loras = llamacpp_peer.convert_all(paths, model_dir, adapters)
+    body_fn = partial(llamacpp_body, {name: i for i, name in enumerate(loras)})
+    with llamacpp_server(paths, base, list(loras.values())) as url:
+        checked = ["base", *list(loras)[:2]]
+        texts = greedy_texts(url, checked, 16, body_fn)
+        print(f"  greedy check: {dict(zip(checked, texts, strict=True))}", flush=True)
+        if texts[0] in texts[1:]:
+            raise RuntimeError(f"llama.cpp: an adapter left the base's answer unchanged: {texts}")
+        return {f"llamacpp_{paths.type.lower()}": measure(url, "base", True, body_fn)}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _best_eight(out: dict[str, Any]) -> float:
+    """The better of the eight personas' throughputs: all at once, or one after another."""
+    return max(out["eight_concurrent"]["tokens_per_s"], out["eight_sequential"]["tokens_per_s"])
 
 
 def _peer_ratios(servers: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Each Cameo run over its own base and over the peers present, the peers over their own
+    base, and the median TTFT of eight personas at once (keys ending in `_ttft_p50_s`)."""
     ratios: dict[str, float | None] = {}
     vllm = servers.get("vllm_bf16")
+    llama_label = next((label for label in servers if label.startswith("llamacpp")), None)
+    llama = servers[llama_label] if llama_label else None
     for label, out in servers.items():
         if not label.startswith("cameo"):
             continue
@@ -324,12 +452,26 @@ def _peer_ratios(servers: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         ratios[f"{label}_mixed_over_own_base"] = _ratio(mixed, out["base"]["tokens_per_s"])
         ratios[f"{label}_concurrent_over_sequential"] = _ratio(
             out["eight_concurrent"]["tokens_per_s"], out["eight_sequential"]["tokens_per_s"])
+        ratios[f"{label}_eight_concurrent_ttft_p50_s"] = out["eight_concurrent"]["ttft_p50_s"]
         if vllm:
             ratios[f"{label}_mixed_over_vllm_mixed"] = _ratio(
                 mixed, vllm["eight_adapters"]["tokens_per_s"])
+        if llama:
+            ratios[f"{label}_eight_concurrent_over_{llama_label}_best_eight"] = _ratio(
+                out["eight_concurrent"]["tokens_per_s"], _best_eight(llama))
+            ratios[f"{label}_single_over_{llama_label}_single"] = _ratio(
+                out["base_single"]["tokens_per_s"], llama["base_single"]["tokens_per_s"])
+            ratios[f"{label}_mixed_over_{llama_label}_mixed"] = _ratio(
+                mixed, llama["eight_adapters"]["tokens_per_s"])
     if vllm:
         ratios["vllm_mixed_over_own_base"] = _ratio(
             vllm["eight_adapters"]["tokens_per_s"], vllm["base"]["tokens_per_s"])
+    if llama:
+        ratios[f"{llama_label}_mixed_over_own_base"] = _ratio(
+            llama["eight_adapters"]["tokens_per_s"], llama["base"]["tokens_per_s"])
+        ratios[f"{llama_label}_concurrent_over_sequential"] = _ratio(
+            llama["eight_concurrent"]["tokens_per_s"], llama["eight_sequential"]["tokens_per_s"])
+        ratios[f"{llama_label}_eight_concurrent_ttft_p50_s"] = llama["eight_concurrent"]["ttft_p50_s"]
     return ratios
 
 
@@ -377,7 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--skip-vllm", action="store_true")
-    parser.add_argument("--only", nargs="*", help="peer: Cameo configurations to run")
+    parser.add_argument("--skip-llamacpp", action="store_true")
+    parser.add_argument("--only", nargs="*",
+                        help="peer: servers to run (Cameo configurations, vllm, llamacpp)")
     parser.add_argument("--registered", type=int, nargs="+", default=[1, 10, 100, 1000])
     parser.add_argument("--rate", type=float, default=2.0, help="zipf: arrivals per second")
     parser.add_argument("--zipf", type=float, default=1.0, help="zipf: exponent")

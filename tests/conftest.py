@@ -1,5 +1,7 @@
 """Shared fixtures: the embedded model (NF4, loaded once), PEFT adapters for it, a composition.
 
+Engines and servers started by the tests keep the decode step eager unless CAMEO_COMPILE is set.
+
 The embedded model is converted once into the user's cache (as `make serve` does), so the first
 test session pays about 25 s and later ones reuse it.
 """
@@ -21,6 +23,12 @@ if not torch.cuda.is_available():
     # Triton kernels run in Triton's interpreter on the CPU. Set before anything imports Triton
     # (bitsandbytes does), since Triton reads it when kernels are decorated.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Servers and engines the tests build run their decode step eagerly (compiling costs minutes on
+# a small CPU at every start): tests/engine/test_decode_step.py compiles its own, and
+# `make test-compiled` runs the engine tests with CAMEO_COMPILE=on over the embedded model in
+# int4 (CAMEO_TEST_QUANTIZATION; NF4 by default).
+os.environ.setdefault("CAMEO_COMPILE", "off")
 
 if emulation.requested():
     # bitsandbytes' AVX512-BF16 path, here and in every process the tests start.
@@ -67,12 +75,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def embedded_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(registry_dir=tmp_path_factory.mktemp("registry"),
                     seed_dir=tmp_path_factory.mktemp("seed"), adapter_slots=4, max_batch_size=8,
-                    max_context=512, max_lora_rank=16, device="cpu", quantization="nf4")
+                    max_context=512, max_lora_rank=16, device="cpu",
+                    quantization=os.environ.get("CAMEO_TEST_QUANTIZATION", "nf4"))
 
 
 @pytest.fixture(scope="session")
 def embedded(embedded_settings: Settings) -> LoadedModel:
-    """The embedded SmolLM2-135M-Instruct in NF4 on the CPU."""
+    """The embedded SmolLM2-135M-Instruct on the CPU, in NF4 (CAMEO_TEST_QUANTIZATION: another)."""
     return load_base(embedded_settings)
 
 

@@ -1,9 +1,11 @@
 """The HTTP benchmark drives a real Cameo server process end to end (tiny settings; slow suite).
-vLLM is left out: the peer needs its own multi-GB install, which the benchmark does on demand."""
+vLLM and llama.cpp are left out: the peers need their own multi-GB installs and builds (vLLM's the
+benchmark does on demand; llama.cpp's pure parts are in test_llamacpp_peer.py)."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -12,7 +14,7 @@ from benchmarks import serve_bench
 pytestmark = pytest.mark.slow
 
 
-def _result(capsys: pytest.CaptureFixture[str]) -> dict:  # type: ignore[type-arg]
+def _result(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     return dict(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
 
 
@@ -22,13 +24,14 @@ def test_peer_suite_reports_every_scenario(capsys: pytest.CaptureFixture[str]) -
     result = _result(capsys)
     runs = result["servers"]["cameo_float32"]
     assert set(runs) == {"base", "one_adapter", "eight_adapters", "eight_sequential",
-                         "eight_concurrent"}
+                         "eight_concurrent", "base_single"}
     for name, run in runs.items():
         expected = 8 * 4 if name.startswith("eight_") and name != "eight_adapters" else 4 * 4
         assert run["failed"] == 0 and run["tokens"] == expected, (name, run)
         assert run["ttft_p50_s"] > 0 and run["itl_p50_s"] > 0
     assert result["ratios"]["cameo_float32_concurrent_over_sequential"] > 0
-    assert "vllm_bf16" not in result["servers"]
+    assert result["ratios"]["cameo_float32_eight_concurrent_ttft_p50_s"] > 0
+    assert set(result["servers"]) == {"cameo_float32"}  # --only leaves out the peers
 
 
 def test_zipf_suite_serves_every_registered_count(capsys: pytest.CaptureFixture[str]) -> None:

@@ -42,6 +42,7 @@ def build(args: argparse.Namespace) -> Callable[[torch.Tensor, int], None]:
     bank = LoraSlots(module_shapes(loaded.model), max(1, args.adapters), 16, torch.float32,
                      torch.device("cpu"))
     for slot in range(1, args.adapters + 1):
+        bank.ranks[slot] = 16
         for key in bank.a:
             bank.a[key][slot].normal_(std=0.02)
             bank.b[key][slot].normal_(std=0.02)

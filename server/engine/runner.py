@@ -129,7 +129,7 @@ class ModelRunner:
         except (ValueError, KeyError) as exc:  # the family does not use the attention interface
             raise UnsupportedModel(config.model_type, str(exc)) from exc
         bases = attach_hooks(layers, is_lora_target)  # the bank was built from the same keys
-        self.linears = {key: SlotLinear(base, bank.a[key], bank.b[key])
+        self.linears = {key: SlotLinear(base, bank.a[key], bank.b[key], bank.ranks)
                         for key, base in bases.items()}
         _install_last_positions(hf_model)
         self.lora_strategy = "auto"  # how the LoRA term is computed: auto, gather or segments

@@ -39,6 +39,8 @@ class LoraSlots:
     ) -> None:
         self.num_slots = num_slots + 1  # slot 0 is the base
         self.max_rank = max_rank
+        # (S,) the real rank of each slot's adapter (0: empty), what the Triton kernels read up to
+        self.ranks = torch.zeros(self.num_slots, dtype=torch.int32, device=device)
         self.a: dict[str, torch.Tensor] = {}
         self.b: dict[str, torch.Tensor] = {}
         for key, (in_features, out_features) in shapes.items():
@@ -63,9 +65,11 @@ class LoraSlots:
             rank = a.shape[0]
             self.a[key][slot, :rank].copy_(a, non_blocking=True)
             self.b[key][slot, :, :rank].copy_(b * scale, non_blocking=True)
+        self.ranks[slot] = max((a.shape[0] for a, _, _ in adapter.modules.values()), default=0)
 
     def clear(self, slot: int) -> None:
         """Zero `slot` so that a stale adapter can never leak into a later row."""
+        self.ranks[slot] = 0
         for key in self.a:
             self.a[key][slot].zero_()
             self.b[key][slot].zero_()
@@ -120,11 +124,13 @@ def plan_slots(slots: torch.Tensor | None, strategy: str = "auto", *,
 class SlotLinear(nn.Module):
     """A base linear layer (bitsandbytes or plain) plus the slot bank's LoRA term for it."""
 
-    def __init__(self, base: nn.Module, a: torch.Tensor, b: torch.Tensor) -> None:
+    def __init__(self, base: nn.Module, a: torch.Tensor, b: torch.Tensor,
+                 ranks: torch.Tensor | None = None) -> None:
         super().__init__()
         self.base = base
         self.a = a  # (S, r_max, in), shared with the LoraSlots bank
         self.b = b  # (S, out, r_max)
+        self.ranks = ranks  # (S,) real rank per slot, shared with the bank (None: r_max)
 
     def forward(self, x: torch.Tensor, plan: SlotPlan | None) -> torch.Tensor:
         """x: (B, T, in); `plan` from `plan_slots`, None when every row is the base."""
@@ -134,7 +140,7 @@ class SlotLinear(nn.Module):
         if plan.kernel:
             from server.lora.kernels import add_lora
 
-            return add_lora(y, x, self.a, self.b, plan.slots)
+            return add_lora(y, x, self.a, self.b, plan.slots, self.ranks)
         if plan.segments is None:
             return y + lora_delta(x, self.a, self.b, plan.slots)
         for slot, rows in plan.segments:

@@ -38,6 +38,7 @@ def _runner(model: torch.nn.Module, compile: bool) -> ModelRunner:
     bank = LoraSlots(module_shapes(model), 3, 16, torch.float32, torch.device("cpu"))
     generator = torch.Generator().manual_seed(1)
     for index, rank in enumerate((16, 8, 4), start=1):
+        bank.ranks[index] = rank  # written by hand, so the real rank too (LoraSlots.write)
         for key in bank.a:
             bank.a[key][index, :rank].normal_(0, 0.2, generator=generator)
             bank.b[key][index, :, :rank].normal_(0, 0.2, generator=generator)

@@ -35,6 +35,7 @@ def runner() -> ModelRunner:
     model = LlamaForCausalLM(config).to(DEVICE, dtype).eval()
     bank = LoraSlots(module_shapes(model), 3, 16, dtype, DEVICE)
     for index, rank in enumerate((16, 8, 4), start=1):  # three adapters of different ranks
+        bank.ranks[index] = rank  # written by hand, so the real rank too (LoraSlots.write)
         for key in bank.a:
             bank.a[key][index, :rank].normal_(0, 0.2)
             bank.b[key][index, :, :rank].normal_(0, 0.2)

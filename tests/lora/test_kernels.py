@@ -2,7 +2,8 @@
 
 On a CUDA machine they run compiled (bfloat16, the serving dtype); elsewhere they run in
 Triton's interpreter on the CPU (float32), which checks the same indexing, masking and tile
-arithmetic without a GPU. The workspace and the rows of slot 0 are poisoned before each run.
+arithmetic without a GPU. The workspace and the rows of slot 0 are poisoned before each run,
+and, given each slot's real rank, so is the bank's padding past it: the kernels must not read it.
 """
 
 from __future__ import annotations
@@ -44,9 +45,21 @@ def _bank(slots: int, r_max: int, d_in: int, d_out: int, ranks: list[int],
     return a.to(DEVICE, DTYPE), b.to(DEVICE, DTYPE)
 
 
+def _poisoned(a: torch.Tensor, b: torch.Tensor,
+              ranks: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The bank with NaN past each slot's real rank, and the ranks (S,) as the bank keeps them."""
+    a, b = a.clone(), b.clone()
+    for slot, rank in enumerate(ranks, start=1):
+        a[slot, rank:] = float("nan")
+        b[slot, :, rank:] = float("nan")
+    return a, b, torch.tensor([0, *ranks], dtype=torch.int32, device=DEVICE)
+
+
+@pytest.mark.parametrize("real_ranks", [True, False], ids=["real-ranks", "r-max"])
 @pytest.mark.parametrize(("rows", "width", "d_in", "d_out", "r_max", "ranks", "mix"), CASES)
 def test_kernels_match_the_gathered_path(rows: int, width: int, d_in: int, d_out: int,
-                                         r_max: int, ranks: list[int], mix: list[int]) -> None:
+                                         r_max: int, ranks: list[int], mix: list[int],
+                                         real_ranks: bool) -> None:
     generator = torch.Generator().manual_seed(rows * 1000 + width)
     a, b = _bank(len(ranks) + 1, r_max, d_in, d_out, ranks, generator)
     x = torch.randn(rows, width, d_in, generator=generator).to(DEVICE, DTYPE)
@@ -54,7 +67,12 @@ def test_kernels_match_the_gathered_path(rows: int, width: int, d_in: int, d_out
     slots = torch.tensor(mix, device=DEVICE)
     workspace = torch.full((rows, width, r_max), float("nan"), device=DEVICE)
 
-    y = kernels.add_lora(base.clone(), x, a, b, slots, workspace)
+    if real_ranks:  # the padding is NaN: reading any of it would show in y
+        poisoned_a, poisoned_b, real = _poisoned(a, b, ranks)
+        y = kernels.add_lora(base.clone(), x, poisoned_a, poisoned_b, slots, real,
+                             workspace=workspace)
+    else:
+        y = kernels.add_lora(base.clone(), x, a, b, slots, workspace=workspace)
 
     delta = lora_delta(x.float(), a.float(), b.float(), slots)  # (B, T, out), float32
     expected = base.float() + delta

@@ -93,3 +93,21 @@ def test_a_leaf_name_twice_in_one_layer_is_refused() -> None:
     layers[0].mlp.q_proj = nn.Linear(8, 8)  # an adapter's "0.q_proj" could mean either
     with pytest.raises(ValueError, match="two LoRA-capable modules named 'q_proj'"):
         attach_hooks(layers, lambda m: type(m) is nn.Linear)
+
+
+def test_the_bank_keeps_each_slots_real_rank() -> None:
+    """What the Triton kernels read up to: set by a write, zeroed by a clear."""
+    from server.lora.adapter import AdapterWeights, ModuleShapes
+    from server.lora.slots import LoraSlots
+
+    bank = LoraSlots(ModuleShapes({"0.q_proj": (8, 8), "0.v_proj": (8, 4)}), 2, 16,
+                     torch.float32, torch.device("cpu"))
+    modules = {"0.q_proj": (torch.ones(4, 8), torch.ones(8, 4), 1.0),
+               "0.v_proj": (torch.ones(6, 8), torch.ones(4, 6), 1.0)}
+    bank.write(2, AdapterWeights(rank=6, alpha=6.0, use_rslora=False,
+                                 target_modules=frozenset({"q_proj", "v_proj"}), base_model=None,
+                                 modules=modules))
+    assert bank.ranks.tolist() == [0, 0, 6]  # the largest rank of its modules
+    assert bool(bank.a["0.q_proj"][2, 4:].eq(0).all())  # smaller modules stay zero-padded
+    bank.clear(2)
+    assert bank.ranks.tolist() == [0, 0, 0]

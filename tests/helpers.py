@@ -140,20 +140,25 @@ def chat_prompt(tokenizer: Any, text: str, system: str | None = None) -> tuple[i
 
 
 def assert_greedy_consistent(engine: Any, prompt: Sequence[int], tokens: Sequence[int],
-                             adapter: Any, across_precision: bool = False) -> None:
+                             adapter: Any, across_precision: bool = False,
+                             require_clear: bool = True) -> int:
     """Teacher-forced check of a greedy output: every generated token is the adapter's own
     argmax given the same prefix, wherever that argmax is clear (top-2 margin above the kernel
     path's tolerance, `tests.numerics`; `across_precision` when the tokens were generated on
-    another path, e.g. by merged layers)."""
+    another path, e.g. by merged layers). Returns how many positions were clear, and requires
+    one unless `require_clear` is False (a caller checking many short replies then requires
+    one over all of them: a reply of a token or two may hold only near-ties)."""
     from tests.numerics import clear_positions, logits_tolerance
 
     (logits,) = engine.score([(list(prompt) + list(tokens[:-1]), adapter)])
     predicted = logits[len(prompt) - 1:]  # (len(tokens), vocab)
     tolerance = logits_tolerance(engine.model, predicted, across_precision)
     clear = clear_positions(predicted, tolerance)
-    assert clear.any()
+    assert clear.any() or not require_clear, (
+        f"no position of the {len(tokens)} tokens has a top-2 margin above {tolerance:.3f}")
     got = torch.tensor(list(tokens))
     assert torch.equal(predicted.argmax(-1)[clear], got[clear])
+    return int(clear.sum())
 
 
 class GreedyPath:

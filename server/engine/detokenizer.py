@@ -1,9 +1,12 @@
 """Token ids to text, incrementally, without ever emitting half a UTF-8 character or a stop string.
 
-`IncrementalDetokenizer.push(token)` returns the text those tokens completed: a byte-level BPE
-token can end in the middle of a multi-byte character, so text is only released once the decoded
-tail is no longer a replacement character. `StopMatcher` holds back the last few characters that
-could be the start of a stop string, and cuts the text at the first complete one.
+`IncrementalDetokenizer.push(token)` returns the text that token completed, decoding once per
+token: with a fast (Rust) tokenizer through `tokenizers`' own `DecodeStream`, which keeps the
+window of recent ids and holds back a byte-level BPE token that ends in the middle of a
+multi-byte character; with any other tokenizer through the same window kept here (two `decode`
+calls of a few ids per token). Both give the text of decoding all the ids at once, piece by piece.
+`StopMatcher` holds back the last few characters that could be the start of a stop string, and
+cuts the text at the first complete one.
 """
 
 from __future__ import annotations
@@ -19,11 +22,15 @@ class IncrementalDetokenizer:
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
+        self._stream = _decode_stream(tokenizer)
         self._ids: list[int] = []
         self._prefix = 0  # start of the window decoded for context
         self._read = 0  # ids before this have been turned into text
 
     def push(self, token_id: int) -> str:
+        if self._stream is not None:
+            stream, backend = self._stream
+            return stream.step(backend, token_id) or ""
         self._ids.append(token_id)
         prefix_text = self._decode(self._ids[self._prefix:self._read])
         full_text = self._decode(self._ids[self._prefix:])
@@ -36,6 +43,16 @@ class IncrementalDetokenizer:
         if not ids:
             return ""
         return str(self._tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def _decode_stream(tokenizer: Any) -> tuple[Any, Any] | None:
+    """(DecodeStream, the Rust tokenizer) for a fast tokenizer, else None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers.decoders import DecodeStream
+
+    return DecodeStream(skip_special_tokens=True), backend
 
 
 class StopMatcher:

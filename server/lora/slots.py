@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from server.lora.adapter import AdapterWeights, ModuleShapes
+from server.model.weight_only import Int4Slice
 
 
 class LoraSlots:
@@ -132,9 +133,11 @@ class SlotLinear(nn.Module):
         self.b = b  # (S, out, r_max)
         self.ranks = ranks  # (S,) real rank per slot, shared with the bank (None: r_max)
 
-    def forward(self, x: torch.Tensor, plan: SlotPlan | None) -> torch.Tensor:
-        """x: (B, T, in); `plan` from `plan_slots`, None when every row is the base."""
-        y = self.base(x)  # (B, T, out)
+    def forward(self, x: torch.Tensor, plan: SlotPlan | None,
+                shared: SharedOutputs | None = None) -> torch.Tensor:
+        """x: (B, T, in); `plan` from `plan_slots`, None when every row is the base; `shared`:
+        the step's fused-layer outputs, when the base is a slice of a fused layer."""
+        y = self.base_output(x, shared)  # (B, T, out)
         if plan is None:
             return y
         if plan.kernel:
@@ -149,6 +152,30 @@ class SlotLinear(nn.Module):
             else:
                 y = y.index_add(0, rows, segment_delta(x.index_select(0, rows), self.a[slot],
                                                        self.b[slot]))
+        return y
+
+    def base_output(self, x: torch.Tensor, shared: SharedOutputs | None) -> torch.Tensor:
+        """The base layer's output; a slice of a fused layer (`weight_only.Int4Slice`) takes
+        its rows of the fused output, computed once per input and forward."""
+        base = self.base
+        if shared is None or not isinstance(base, Int4Slice):
+            return base(x)
+        return base.rows_of(shared.output(base.fused_rows[0], x))
+
+
+class SharedOutputs:
+    """The latest fused layer's output in one forward, so that the projections sliced from it
+    (q, k and v; gate and up) run one matmul for their shared input, not one each."""
+
+    def __init__(self) -> None:
+        self.last: tuple[nn.Module, torch.Tensor, torch.Tensor] | None = None
+
+    def output(self, fused: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        last = self.last
+        if last is not None and last[0] is fused and last[1] is x:
+            return last[2]
+        y = fused(x)
+        self.last = (fused, x, y)
         return y
 
 
@@ -180,7 +207,7 @@ class SlotHook(nn.Module):
             return self.base(x)
         # .forward directly: this already runs inside the hook's own module call, so a second
         # nn.Module dispatch (hooks, checks) per linear, hundreds per step, would add nothing
-        return step.linears[self.key].forward(x, step.plan)
+        return step.linears[self.key].forward(x, step.plan, step.shared)
 
 
 def base_of(module: nn.Module) -> nn.Module:
@@ -192,6 +219,7 @@ def base_of(module: nn.Module) -> nn.Module:
 class _Step:
     linears: dict[str, SlotLinear]
     plan: SlotPlan | None
+    shared: SharedOutputs  # this forward's alone
 
 
 _active = threading.local()  # one engine step at a time per thread
@@ -212,14 +240,14 @@ def traced_step(linears: dict[str, SlotLinear], slots: torch.Tensor | None) -> N
     kernels on CUDA. Data-independent, so the trace has no graph break; eager calls of the same
     function use `slot_step` as usual (this is ignored outside a trace)."""
     plan = None if slots is None else SlotPlan(slots, kernel=slots.is_cuda and _have_triton())
-    _TRACED.step = _Step(linears, plan)
+    _TRACED.step = _Step(linears, plan, SharedOutputs())
 
 
 @contextmanager
 def slot_step(linears: dict[str, SlotLinear], plan: SlotPlan | None) -> Iterator[None]:
     """Route every `SlotHook` of this thread to `linears` (by key) with `plan` for one forward."""
     previous = getattr(_active, "step", None)
-    _active.step = _Step(linears, plan)
+    _active.step = _Step(linears, plan, SharedOutputs())
     try:
         yield
     finally:

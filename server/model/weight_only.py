@@ -13,6 +13,14 @@ Contract: `quantize_linears(model)` replaces every plain `nn.Linear` of the deco
 Both take their input in bfloat16 and give the output back in the input's dtype; each layer's
 `dense_weight()` is the weight it computes with, in float32, for references, merges and tests.
 
+Projections that read the same input (q, k and v of an attention block; gate and up of a gated
+MLP) are fused where the base allows: a probe forward of the float model finds the linears of
+one parent module that are called on the very same tensor, their weights are quantized as one
+`Int4Linear` (per row, so each row gets the codes it would get alone), and each projection
+becomes an `Int4Slice`, a view of its rows. Called alone a slice runs the whole fused matmul
+and keeps its rows; the engine's slot layers instead run the fused matmul once per step and
+input and hand each slice its rows (`server.lora.slots`, via `Int4Slice.fused_rows`).
+
 Why this and not bitsandbytes on the CPU: bitsandbytes' NF4 `Linear4bit` dequantizes the whole
 weight to float32 at every call on a CPU without AVX512-BF16, which costs more than the matmul
 (docs/BENCHMARKS.md, "The CPU's 4-bit path"). NF4 through bitsandbytes stays the GPU path.
@@ -24,6 +32,7 @@ choose when to use these layers: the loader does (`CAMEO_QUANTIZATION=int4`, or 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import torch
@@ -162,31 +171,146 @@ class Int8Linear(nn.Module):
                 f"bias={self.bias is not None}")
 
 
+class Int4Slice(nn.Module):
+    """Output rows [start, stop) of a fused `Int4Linear`: one projection of a fused group.
+
+    The fused layer is held outside the module tree (`fused_rows`), so that module walks (PEFT,
+    `state_dict`, LoRA targets) see each projection once and never the fused layer itself."""
+
+    def __init__(self, fused: Int4Linear, start: int, stop: int, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.fused_rows = (fused, start, stop)
+        self.in_features = fused.in_features
+        self.out_features = stop - start
+        self.group = fused.group
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    @property
+    def qweight(self) -> torch.Tensor:
+        """The fused codes (PEFT finds a layer's device by this name)."""
+        return self.fused_rows[0].qweight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., in) -> (..., out): the whole fused matmul, this slice's rows kept."""
+        return self.rows_of(self.fused_rows[0](x))
+
+    def rows_of(self, fused_output: torch.Tensor) -> torch.Tensor:
+        """This slice's part of the fused layer's output (..., fused out) -> (..., out)."""
+        _, start, stop = self.fused_rows
+        return fused_output[..., start:stop]
+
+    @torch.no_grad()
+    def dense_weight(self) -> torch.Tensor:
+        """The (out, in) weight this slice computes with, in float32."""
+        _, start, stop = self.fused_rows
+        return self.fused_rows[0].dense_weight()[start:stop]
+
+    def extra_repr(self) -> str:
+        _, start, stop = self.fused_rows
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"rows={start}:{stop} of a fused int4 layer, group={self.group}, "
+                f"bias={self.bias is not None}")
+
+
 def quantize_linears(model: Any, group: int = GROUP) -> int:
-    """Replace every plain `nn.Linear` under `model.model.layers` with an `Int4Linear`, and the
-    output head with an `Int8Linear`; returns how many layers were replaced. Layers the int4
-    kernel cannot take (see `supports`) stay as they are, and are logged."""
+    """Replace every plain `nn.Linear` under `model.model.layers` with an `Int4Linear` (or, in
+    groups that read the same input, an `Int4Slice` of one fused layer), and the output head
+    with an `Int8Linear`; returns how many layers were replaced. Layers the int4 kernel cannot
+    take (see `supports`) stay as they are, and are logged."""
     layers: Any = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
         raise ValueError("no model.layers list of decoder layers to quantize")
+    shared = shared_inputs(model, layers)
     count = 0
-    for layer in layers:
-        for path, module in list(layer.named_modules()):
-            if type(module) is not nn.Linear:
-                continue
-            if not supports(module, group):
-                log.warning("int4: %s (%d -> %d) kept unquantized: the kernel needs whole groups "
-                            "of %d inputs and outputs in multiples of 16", path, module.in_features,
-                            module.out_features, group)
-                continue
-            parent, _, leaf = path.rpartition(".")
-            setattr(layer.get_submodule(parent), leaf, Int4Linear.from_linear(module, group))
-            count += 1
+    for index, layer in enumerate(layers):
+        for paths in _groups(layer, shared.get(index, []), group):
+            count += len(paths)
+            if len(paths) > 1:
+                _fuse(layer, paths, group)
+            else:
+                _replace(layer, paths[0], Int4Linear.from_linear(layer.get_submodule(paths[0]),
+                                                                  group))
     head = model.get_output_embeddings()  # a transformers PreTrainedModel
     if type(head) is nn.Linear:
         model.set_output_embeddings(Int8Linear.from_linear(head))
         count += 1
     return count
+
+
+def shared_inputs(model: Any, layers: nn.ModuleList) -> dict[int, list[list[str]]]:
+    """For each decoder layer, its plain linears grouped by the input tensor they were called
+    on in one probe forward (paths in call order; only groups of one parent module)."""
+    seen: dict[int, dict[tuple[str, int], list[str]]] = {}
+    inputs: list[torch.Tensor] = []  # kept alive, so that no id is reused during the probe
+
+    def recorder(index: int, path: str) -> Any:
+        def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+            inputs.append(args[0])
+            parent = path.rpartition(".")[0]
+            seen.setdefault(index, {}).setdefault((parent, id(args[0])), []).append(path)
+        return record
+
+    handles = [module.register_forward_pre_hook(recorder(index, path))
+               for index, layer in enumerate(layers) for path, module in layer.named_modules()
+               if type(module) is nn.Linear]
+    try:
+        with torch.inference_mode():
+            model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=_device(model)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {index: list(groups.values()) for index, groups in seen.items()}
+
+
+def _groups(layer: nn.Module, shared: list[list[str]], group: int) -> list[list[str]]:
+    """Every plain linear of `layer` the kernel takes, as groups to quantize together: a
+    shared-input group whose members were each called once, all fit the kernel and agree on
+    having a bias; the rest one by one."""
+    calls = Counter(path for paths in shared for path in paths)
+    result: list[list[str]] = []
+    for paths in shared:
+        modules: list[Any] = [layer.get_submodule(p) for p in paths]
+        if (len(paths) > 1 and all(calls[p] == 1 for p in paths)
+                and all(supports(m, group) for m in modules)
+                and len({m.bias is None for m in modules}) == 1):
+            result.append(paths)
+    fused = {path for paths in result for path in paths}
+    for path, module in layer.named_modules():  # the rest one by one
+        if type(module) is nn.Linear and path not in fused and _fits(path, module, group):
+            result.append([path])
+    return result
+
+
+def _fits(path: str, module: nn.Linear, group: int) -> bool:
+    if supports(module, group):
+        return True
+    log.warning("int4: %s (%d -> %d) kept unquantized: the kernel needs whole groups of %d "
+                "inputs and outputs in multiples of 16", path, module.in_features,
+                module.out_features, group)
+    return False
+
+
+def _fuse(layer: nn.Module, paths: list[str], group: int) -> None:
+    """Quantize the linears at `paths` (one input, one parent) as one layer of stacked rows."""
+    modules: list[Any] = [layer.get_submodule(p) for p in paths]
+    weight = torch.cat([m.weight.detach() for m in modules])  # (sum out, in)
+    biases = [m.bias.detach() for m in modules if m.bias is not None]
+    fused = Int4Linear.from_weight(weight, torch.cat(biases) if biases else None, group)
+    start = 0
+    for path, module in zip(paths, modules, strict=True):
+        stop = start + module.out_features
+        bias = None if module.bias is None else module.bias.detach().float().clone()
+        _replace(layer, path, Int4Slice(fused, start, stop, bias))
+        start = stop
+
+
+def _replace(layer: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(layer.get_submodule(parent), leaf, module)
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
 
 
 def with_peft_layers(config: Any) -> Any:
@@ -195,18 +319,19 @@ def with_peft_layers(config: Any) -> Any:
     baselines on an int4 base. Returns `config`."""
     from peft.tuners.lora.layer import Linear
 
-    config._register_custom_module({Int4Linear: Linear, Int8Linear: Linear})
+    config._register_custom_module({Int4Linear: Linear, Int4Slice: Linear, Int8Linear: Linear})
     return config
 
 
 def is_quantized(module: Any) -> bool:
     """An int4 or int8 layer of this module."""
-    return isinstance(module, Int4Linear | Int8Linear)
+    return isinstance(module, Int4Linear | Int4Slice | Int8Linear)
 
 
 def is_int4(module: Any) -> bool:
-    return isinstance(module, Int4Linear)
+    return isinstance(module, Int4Linear | Int4Slice)
 
 
-__all__ = ["GROUP", "Int4Linear", "Int8Linear", "available", "is_int4", "is_quantized",
-           "quantize", "quantize_linears", "supports", "with_peft_layers"]
+__all__ = ["GROUP", "Int4Linear", "Int4Slice", "Int8Linear", "available", "is_int4",
+           "is_quantized", "quantize", "quantize_linears", "shared_inputs", "supports",
+           "with_peft_layers"]

@@ -20,7 +20,14 @@ from server.lora.merge import dense_weight, merge_slot
 from server.lora.slots import LoraSlots, SlotLinear, plan_slots
 from server.model import weight_only
 from server.model.loader import LoadedModel, load_base, resolve_quantization
-from server.model.weight_only import GROUP, Int4Linear, Int8Linear, quantize, quantize_linears
+from server.model.weight_only import (
+    GROUP,
+    Int4Linear,
+    Int4Slice,
+    Int8Linear,
+    quantize,
+    quantize_linears,
+)
 from server.settings import Settings
 from tests.model.families import build_family
 from tests.numerics import SAFETY
@@ -100,7 +107,7 @@ def test_quantize_linears_converts_decoder_layers_and_head(tiny_llama: Path) -> 
     linears = sum(type(m) is nn.Linear for m in model.model.layers.modules())
     assert quantize_linears(model) == linears + 1
     assert not any(type(m) is nn.Linear for m in model.modules())
-    assert sum(isinstance(m, Int4Linear) for m in model.modules()) == linears
+    assert sum(weight_only.is_int4(m) for m in model.modules()) == linears
     assert isinstance(model.get_output_embeddings(), Int8Linear)
     assert torch.equal(model.get_input_embeddings().weight, embeddings)  # lookups stay float
 
@@ -114,7 +121,7 @@ def test_the_loader_serves_int4_on_the_cpu_and_refuses_it_on_cuda(tiny_llama: Pa
         resolve_quantization("int4", cuda)
     loaded = load_base(Settings(base_model=str(tiny_llama), quantization="auto", device="cpu"))
     assert loaded.quantization == "int4"
-    assert isinstance(loaded.model.model.layers[0].self_attn.q_proj, Int4Linear)
+    assert weight_only.is_int4(loaded.model.model.layers[0].self_attn.q_proj)
 
 
 def test_int4_embedded_model_stays_close_to_the_float_one(plain_embedded: LoadedModel) -> None:
@@ -175,3 +182,64 @@ def test_merging_into_an_int4_layer_and_restoring_it(fmt: str) -> None:
         assert torch.equal(dense_weight(merged), again.dense_weight())
     merge.restore()
     assert linear.base is layer and torch.equal(layer.qweight, packed)
+
+
+def test_projections_of_one_input_are_fused_and_compute_what_they_did_alone(
+        tiny_llama: Path) -> None:
+    """q, k, v (one input) and gate, up (another) become slices of one int4 layer each; the
+    layers read alone (o, down) stay whole. Quantization is per row, so a slice computes what
+    the projection quantized alone computes, up to the bfloat16 output's rounding."""
+    model = load_base(Settings(base_model=str(tiny_llama), quantization="none",
+                               device="cpu")).model
+    plain = copy.deepcopy(model)
+    quantize_linears(model)
+    for layer, original in zip(model.model.layers, plain.model.layers, strict=True):
+        attention, mlp = layer.self_attn, layer.mlp
+        fused = {name: getattr(attention, name).fused_rows[0] for name in ("q_proj", "k_proj",
+                                                                            "v_proj")}
+        assert len({id(f) for f in fused.values()}) == 1
+        assert mlp.gate_proj.fused_rows[0] is mlp.up_proj.fused_rows[0]
+        assert mlp.gate_proj.fused_rows[0] is not fused["q_proj"]
+        assert type(attention.o_proj) is Int4Linear and type(mlp.down_proj) is Int4Linear
+        for path in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                     "mlp.gate_proj", "mlp.up_proj"):
+            piece = layer.get_submodule(path)
+            alone = Int4Linear.from_linear(original.get_submodule(path))
+            assert isinstance(piece, Int4Slice)
+            x = torch.randn(3, 2, piece.in_features)
+            expected = alone(x)
+            assert piece(x).shape == expected.shape
+            assert float((piece(x) - expected).abs().max()) <= _layer_tolerance(expected)
+            assert torch.equal(piece.dense_weight(), alone.dense_weight())
+
+
+def test_a_linear_that_reads_its_own_input_is_not_fused() -> None:
+    """Two sibling linears on different inputs (k computed from a normed x) stay apart."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q_proj = nn.Linear(64, 64)
+            self.k_proj = nn.Linear(64, 64)
+            self.norm = nn.LayerNorm(64)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.q_proj(x) + self.k_proj(self.norm(x))
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(8, 64)
+            self.model = nn.Module()
+            self.model.layers = nn.ModuleList([Block()])
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.model.layers[0](self.embed(input_ids))
+
+        def get_output_embeddings(self) -> None:
+            return None
+
+    model = Model()
+    assert quantize_linears(model) == 2
+    block = model.model.layers[0]
+    assert type(block.q_proj) is Int4Linear and type(block.k_proj) is Int4Linear

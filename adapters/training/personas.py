@@ -4,8 +4,14 @@ Each persona rewrites a plain answer (the base model's own greedy answer) into i
 fixed rules: an opening line, word substitutions, a closing line, chosen by a seeded RNG. The
 rules keep the answer's content (names, numbers), so an adapter trained on them learns the voice
 and keeps what the base knows. `markers` are the words that make an answer measurably in
-character: the eval counts an answer as in character when it holds at least one of them (whole
-words, case-insensitive), and the plain base uses them almost never.
+character (whole words, case-insensitive); the plain base uses them almost never.
+
+The measuring helpers at the end are what `benchmarks/persona_eval.py` scores with:
+`sentences` splits a reply, `middle` drops its first and last sentence (where openers and
+closers, and any catchphrase stuck on front, sit), `voice_score` is the share of the middle's
+sentences that hold a marker, `repetitive` detects a looping reply and `failed` marks a reply
+that can never count as in character (empty or looping). `in_character` and `in_voice` are the
+quick any-marker checks the tests use; they are not the eval's fidelity measure.
 """
 
 from __future__ import annotations
@@ -243,15 +249,69 @@ def marker_pattern(markers: list[str]) -> re.Pattern[str]:
 
 
 def in_character(text: str, markers: list[str]) -> bool:
+    """At least one marker anywhere in `text` (a catchphrase alone passes: not a fidelity measure)."""
     return bool(marker_pattern(markers).search(text))
 
 
+_WORD = re.compile(r"[\w']+")
+# A sentence ends at . ! or ? (and any closing quotes or brackets) followed by white space, or
+# at a line break. Abbreviations ("Dr. Who") split too: a reply then has one sentence more.
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)\]]*\s+|\s*\n\s*")
+LOOP_RATIO = 0.35  # fewer distinct words than this share, among LOOP_MIN_WORDS or more: a loop
+LOOP_MIN_WORDS = 8
+LOOP_SENTENCE_WORDS = 4  # a sentence of this many words or more said twice: a loop
+LOOP_NGRAM, LOOP_NGRAM_TIMES = 5, 3  # the same five words in a row three times: a loop
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words (letters, digits, apostrophes)."""
+    return _WORD.findall(text.lower())
+
+
+def sentences(text: str) -> list[str]:
+    """`text` cut into sentences; pieces without a letter or digit are dropped."""
+    parts = _SENTENCE_END.split(text.strip())
+    return [part.strip() for part in parts if _WORD.search(part)]
+
+
+def middle(text: str) -> list[str]:
+    """The sentences of `text` less its first and last; none for two sentences or fewer."""
+    return sentences(text)[1:-1]
+
+
 def repetitive(text: str) -> bool:
-    """A degenerate loop ("Arr! Arr! Arr! ..."): fewer than 35% distinct words among 8 or more."""
-    words = re.findall(r"[\w']+", text.lower())
-    return len(words) >= 8 and len(set(words)) / len(words) < 0.35
+    """A degenerate loop: fewer than 35% distinct words among 8 or more ("Arr! Arr! Arr! ..."),
+    a sentence of four or more words said twice, or the same five words in a row three times."""
+    said = words(text)
+    if len(said) >= LOOP_MIN_WORDS and len(set(said)) / len(said) < LOOP_RATIO:
+        return True
+    long = [tuple(words(s)) for s in sentences(text) if len(words(s)) >= LOOP_SENTENCE_WORDS]
+    if len(long) != len(set(long)):
+        return True
+    runs: dict[tuple[str, ...], int] = {}
+    for start in range(len(said) - LOOP_NGRAM + 1):
+        run = tuple(said[start:start + LOOP_NGRAM])
+        runs[run] = runs.get(run, 0) + 1
+        if runs[run] >= LOOP_NGRAM_TIMES:
+            return True
+    return False
+
+
+def failed(text: str) -> bool:
+    """A reply that never counts as in character: empty (or only white space) or looping."""
+    return not text.strip() or repetitive(text)
+
+
+def voice_score(text: str, markers: list[str]) -> float:
+    """The share (0..1) of the middle's sentences holding a marker; 0 for a failed reply or one
+    with no middle (two sentences or fewer)."""
+    inner = middle(text)
+    if failed(text) or not inner:
+        return 0.0
+    pattern = marker_pattern(markers)
+    return sum(bool(pattern.search(s)) for s in inner) / len(inner)
 
 
 def in_voice(text: str, markers: list[str]) -> bool:
-    """In character as the eval counts it: a marker, and not a repetition loop."""
-    return in_character(text, markers) and not repetitive(text)
+    """A marker anywhere and not a failed reply (the tests' quick check; see `voice_score`)."""
+    return in_character(text, markers) and not failed(text)

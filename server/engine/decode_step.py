@@ -125,6 +125,7 @@ class DecodeStep:
             slots: Sequence[int] | None) -> torch.Tensor:
         """One new token per row at its position; returns logits (B, vocab) float32."""
         shape = DecodeShape.of(rows, positions, self.cache, self.max_entries)
+        self.cache.reserve(shape.context)  # outside the compiled forward
         use_slots = slots is not None and any(slots)
         values = [*(slots if slots is not None else [0] * len(rows)),
                   *[0] * (shape.entries - len(rows))]

@@ -63,6 +63,10 @@ class Runner(Protocol):
         """The LoRA-capable linears by module key (what merged mode folds adapters into)."""
         ...
 
+    def trim(self) -> None:
+        """Give back memory that only live requests needed (no request is running or waiting)."""
+        ...
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -153,6 +157,8 @@ class Engine:
             if chunks:
                 self._run(chunks)
         self.merging.maybe_merge(*self.scheduler.keys(), self._refs())  # from the next step
+        if self.scheduler.idle:
+            self.runner.trim()  # e.g. the KV cache's growth for a long request now finished
         self.stats.steps += 1
         self.publish_stats()
 

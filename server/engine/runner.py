@@ -33,7 +33,7 @@ from torch import nn
 from server.engine import attention
 from server.engine.attention import StepMetadata
 from server.engine.decode_step import DecodeStep
-from server.engine.kv_cache import KVCache
+from server.engine.kv_cache import INITIAL_CAPACITY, KVCache
 from server.lora.adapter import ModuleShapes
 from server.lora.slots import LoraSlots, SlotLinear, attach_hooks, lora_targets, plan_slots, slot_step
 from server.model import weight_only
@@ -118,7 +118,9 @@ class ModelRunner:
     """Runs the transformers model over ragged batches; owns the KV cache and slot linears."""
 
     def __init__(self, hf_model: Any, bank: LoraSlots, max_rows: int, max_len: int,
-                 dtype: torch.dtype, device: torch.device, compile: bool = False) -> None:
+                 dtype: torch.dtype, device: torch.device, compile: bool = False,
+                 kv_capacity: int = INITIAL_CAPACITY) -> None:
+        """`kv_capacity`: positions per row the KV cache holds before it first grows."""
         config = hf_model.config
         self.hf = hf_model
         self.dtype = dtype
@@ -135,7 +137,7 @@ class ModelRunner:
         self.lora_strategy = "auto"  # how the LoRA term is computed: auto, gather or segments
         self.device = device
         self.cache = KVCache(len(layers), max_rows, _kv_heads(config), max_len,
-                             _head_dim(config), dtype, device)
+                             _head_dim(config), dtype, device, kv_capacity)
         self.decode = DecodeStep(hf_model, self.cache, self.linears, max_rows, device)
         self._probe(device)
         if compile:
@@ -144,6 +146,10 @@ class ModelRunner:
     def slot_linears(self) -> dict[str, SlotLinear]:
         """Every slot-aware projection, keyed "<layer>.<name>" like the slot bank."""
         return self.linears
+
+    def trim(self) -> None:
+        """Give back the KV cache's growth; only while no row holds a live request."""
+        self.cache.trim()
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, all_logits: bool = False) -> torch.Tensor:
@@ -161,6 +167,7 @@ class ModelRunner:
         start = torch.tensor(batch.start, device=device)
         positions = start[:, None] + torch.arange(width, device=device)[None, :]  # (B, T)
         context = max(s + n for s, n in zip(batch.start, batch.lengths, strict=True))
+        self.cache.reserve(context)
         contiguous = list(batch.rows) == list(range(count))
         step = StepMetadata.build(self.cache, rows, positions, context, contiguous)
         slots = torch.tensor(batch.slots, device=device) if batch.slots is not None else None

@@ -35,6 +35,7 @@ class CharTokenizer:
 class CountingRunner:
     forwards: list[ForwardBatch] = field(default_factory=list)
     fail_on: Callable[[ForwardBatch], bool] = lambda batch: False
+    trims: int = 0  # idle steps that gave memory back
 
     def forward(self, batch: ForwardBatch, all_logits: bool = False) -> torch.Tensor:
         if self.fail_on(batch):
@@ -51,6 +52,9 @@ class CountingRunner:
 
     def slot_linears(self) -> dict[str, Any]:
         return {}
+
+    def trim(self) -> None:
+        self.trims += 1
 
 
 class FakeBank:

@@ -34,7 +34,7 @@ def _model() -> torch.nn.Module:
     return LlamaForCausalLM(config).eval()
 
 
-def _runner(model: torch.nn.Module, compile: bool) -> ModelRunner:
+def _runner(model: torch.nn.Module, compile: bool, kv_capacity: int = MAX_LEN) -> ModelRunner:
     bank = LoraSlots(module_shapes(model), 3, 16, torch.float32, torch.device("cpu"))
     generator = torch.Generator().manual_seed(1)
     for index, rank in enumerate((16, 8, 4), start=1):
@@ -43,7 +43,7 @@ def _runner(model: torch.nn.Module, compile: bool) -> ModelRunner:
             bank.a[key][index, :rank].normal_(0, 0.2, generator=generator)
             bank.b[key][index, :, :rank].normal_(0, 0.2, generator=generator)
     return ModelRunner(model, bank, MAX_ROWS, MAX_LEN, torch.float32, torch.device("cpu"),
-                       compile=compile)
+                       compile=compile, kv_capacity=kv_capacity)
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +138,29 @@ def test_compiling_is_on_by_default_only_where_it_was_measured() -> None:
     assert should_compile("auto", cpu, "int4") and should_compile("auto", cpu, "none")
     assert not should_compile("auto", cpu, "nf4") and not should_compile("auto", cuda, "nf4")
     assert should_compile("on", cuda, "nf4") and not should_compile("off", cpu, "int4")
+
+
+def test_the_kv_cache_grows_under_the_compiled_step_without_a_recompile() -> None:
+    """A cache of 8 positions per row grows to 16, 32 and 48 while rows decode: the compiled
+    step keeps the eager step's logits and compiles no new graph (the cache's length is a
+    dynamic dimension)."""
+    from torch._dynamo.utils import counters
+
+    model = _model()
+    eager, compiled = _runner(model, False, kv_capacity=8), _runner(model, True, kv_capacity=8)
+    assert compiled.cache.capacity == 8
+    rows, slots, prompts = ROWS[:2], SLOTS[:2], [[5, 9, 2], [7] * 6]
+    for runner in (eager, compiled):
+        runner.forward(ForwardBatch(prompts, rows, [0, 0], slots))
+    graphs = counters["stats"]["unique_graphs"]
+    positions, tokens = [3, 6], [11, 12]
+    while positions[1] < MAX_LEN - 1:
+        batch = ForwardBatch([[t] for t in tokens], rows, positions, slots)
+        got, expected = compiled.forward(batch), eager.forward(batch)
+        torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
+        tokens = expected.argmax(-1).tolist()
+        positions = [p + 1 for p in positions]
+    assert compiled.cache.capacity == eager.cache.capacity == MAX_LEN
+    assert counters["stats"]["unique_graphs"] == graphs
+    compiled.trim()
+    assert compiled.cache.capacity == 8

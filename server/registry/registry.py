@@ -322,11 +322,18 @@ class Registry:
                 self.store.remove(name, version)
 
     def import_seed(self, seed_dir: Path) -> None:
-        """Import the shipped persona folders once, on the registry's first start."""
+        """Import the shipped persona folders once, on the registry's first start with a seed
+        folder: a start that finds none (run from another folder, say) imports nothing and
+        leaves the import to the next start that finds it."""
         if self.catalog.get_meta(SEEDED) is not None:
             return
+        if not seed_dir.is_dir():
+            log.warning("registry: no shipped personas imported: the seed folder %s is not "
+                        "there (CAMEO_SEED_DIR); they will be on the first start that finds it",
+                        seed_dir.resolve())
+            return
         imported = []
-        for folder in sorted(seed_dir.iterdir()) if seed_dir.is_dir() else []:
+        for folder in sorted(seed_dir.iterdir()):
             if not folder.is_dir() or not valid_name(folder.name):
                 continue
             staged = self.stage()

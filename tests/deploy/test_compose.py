@@ -452,6 +452,12 @@ def test_dockerfile_layers_and_user(kind: str) -> None:
     env = " ".join(args for kw, args in stage if kw == "ENV")
     assert f"CAMEO_CACHE_DIR={CACHE_DIR}" in env
     assert f"CAMEO_REGISTRY_DIR={REGISTRY_DIR}" in env
+    # The shipped personas are a seed folder the registry imports, not the registry itself
+    # (it reads versioned folders and its catalog only).
+    seed = re.search(r"CAMEO_SEED_DIR=(\S+)", env)
+    assert seed and seed.group(1) != REGISTRY_DIR
+    assert re.search(rf"^COPY adapters/registry/ {re.escape(seed.group(1))}/?$", "\n".join(text),
+                     re.M)
     assert "CAMEO_HOST=0.0.0.0" in env
 
     cmd = [args for kw, args in stage if kw == "CMD"]

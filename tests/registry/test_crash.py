@@ -109,3 +109,22 @@ def test_shipped_personas_are_imported_once(tmp_path: Path, embedded: LoadedMode
         assert sorted(p.name for p in again.all()) == sorted(set(persona_dirs) - {"alpha"})
     finally:
         again.close()
+
+
+def test_a_start_without_the_seed_folder_leaves_the_import_to_a_later_one(
+        tmp_path: Path, embedded: LoadedModel, persona_dirs: dict[str, Path]) -> None:
+    """A first start from another folder (the relative default not there) imports nothing and
+    does not mark the registry seeded, so the personas arrive on the next start that finds
+    them."""
+    shapes = module_shapes(embedded.model)
+    registry_dir = tmp_path / "registry"
+    first = Registry.open(registry_dir, embedded.model_id, shapes, 64,
+                          seed_dir=tmp_path / "not-there")
+    assert first.all() == []
+    first.close()
+    seed = next(iter(persona_dirs.values())).parent
+    again = Registry.open(registry_dir, embedded.model_id, shapes, 64, seed_dir=seed)
+    try:
+        assert sorted(p.name for p in again.all()) == sorted(persona_dirs)
+    finally:
+        again.close()

@@ -1,7 +1,9 @@
 """Train one persona: QLoRA (a PEFT LoRA adapter trained on the NF4-quantized base).
 
-    python -m adapters.training.train --data adapters/training/data/captain-bones.jsonl \\
-        --name captain-bones --persona-card adapters/training/data/captain-bones.persona.json
+    cameo train --data adapters/training/template/chats.jsonl --name my-persona \\
+        --persona-card adapters/training/template/persona.json --upload http://127.0.0.1:8000
+
+(`python -m adapters.training.train` takes the same arguments.) docs/TRAINING.md is the guide.
 
 The base comes from `server.model.loader.load_base` with NF4 quantization, so the adapter is
 trained on exactly the quantized model the server runs. Data: JSONL, one chat per line,
@@ -9,10 +11,13 @@ trained on exactly the quantized model the server runs. Data: JSONL, one chat pe
 the loss is taken on assistant tokens only (each assistant turn's content and its end-of-turn
 token). A plain loop: AdamW, linear warm-up then linear decay, gradient clipping.
 
-Output, a registry-ready persona folder: `adapter_config.json` (base_model_name_or_path = the
-base's model id), `adapter_model.safetensors` (float16 by default: half the size, the server
-reads it as float32), `persona.json` (the card, copied), and `training.json` (arguments, data
-hash, losses).
+Output, a persona folder ready to upload, in `--out` (default `trained/<name>`, a working folder:
+no server reads it): `adapter_config.json` (base_model_name_or_path = the base's model id),
+`adapter_model.safetensors` (float16 by default: half the size, the server reads it as float32),
+`persona.json` (the card, validated by the server's own rule before training starts), and
+`training.json` (arguments, data hash, losses). With `--upload URL` the folder is uploaded to the
+server at the end (`adapters.training.upload`); without it, or when the upload fails, the
+trainer prints the `cameo upload` command that serves it. The folder is never removed.
 
 CPU (the embedded base): float32 compute. CUDA (larger bases): bfloat16 compute under autocast,
 the PEFT k-bit preparation (norms and embeddings upcast to float32), optional gradient
@@ -26,10 +31,12 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import random
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,10 +44,12 @@ from typing import Any
 
 import torch
 
-from server.registry.personas import NAME_PATTERN, valid_name
+from adapters.training.upload import UploadError, UploadTarget, check_target, serve_command, upload
+from server.registry.personas import NAME_PATTERN, parse_card, valid_name
 
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 IGNORE = -100
+WORK_DIR = Path("trained")  # default --out parent: a working folder, not a registry
 
 
 @dataclass
@@ -91,11 +100,17 @@ class TrainResult:
 
 
 def read_chats(path: Path) -> list[list[dict[str, str]]]:
+    """The chats of a JSONL file (adapters/training/template/chats.jsonl is the format) that hold
+    an assistant message, each message reduced to role and content; ValueError names the file and
+    line of the first malformed one."""
     chats = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not JSON ({exc.msg}); one chat per line") from exc
         messages = row.get("messages") if isinstance(row, dict) else None
         if not isinstance(messages, list) or not all(
                 isinstance(m, dict) and isinstance(m.get("role"), str)
@@ -212,12 +227,26 @@ def save_adapter(peft_model: Any, out: Path, base_model_id: str, dtype: torch.dt
         config.inference_mode = saved_mode
 
 
-def write_card(config: TrainConfig) -> None:
-    card: dict[str, Any] = {"display_name": config.name}
-    if config.persona_card is not None:
-        card = json.loads(Path(config.persona_card).read_text(encoding="utf-8"))
-        if not isinstance(card, dict):
-            raise ValueError(f"{config.persona_card}: a persona card is a JSON object")
+def read_card(config: TrainConfig) -> dict[str, Any]:
+    """The card to write beside the adapter: `--persona-card` as it is (a card with only
+    `display_name` without one), checked by the server's own rule (`parse_card`: unknown fields
+    other than `x-` ones are refused) so that a bad card stops the run before training, not the
+    upload after it. Raises ValueError naming the file and the field."""
+    if config.persona_card is None:
+        return {"display_name": config.name}
+    path = Path(config.persona_card)
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    try:
+        parse_card(card, config.name)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {getattr(exc, 'message', exc)}") from exc
+    return dict(card)
+
+
+def write_card(config: TrainConfig, card: dict[str, Any]) -> None:
     (config.out / "persona.json").write_text(
         json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -234,6 +263,8 @@ def train(config: TrainConfig, loaded: Any | None = None) -> TrainResult:
 
     if not valid_name(config.name):
         raise ValueError(f"persona name {config.name!r} must match {NAME_PATTERN.pattern}")
+    card = read_card(config)  # the card and the data are checked before the slow part
+    chats = read_chats(config.data)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     started = time.monotonic()
@@ -246,7 +277,6 @@ def train(config: TrainConfig, loaded: Any | None = None) -> TrainResult:
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    chats = read_chats(config.data)
     examples = [e for e in (encode_chat(tokenizer, c, config.max_length) for c in chats) if e]
     label_tokens = sum(sum(1 for x in labels if x != IGNORE) for _, labels in examples)
     print(f"[train] {config.name}: {len(examples)} chats, {label_tokens} assistant tokens, "
@@ -278,7 +308,7 @@ def train(config: TrainConfig, loaded: Any | None = None) -> TrainResult:
             loaded.model.requires_grad_(False)
             if config.gradient_checkpointing:
                 loaded.model.gradient_checkpointing_disable()
-    write_card(config)
+    write_card(config, card)
     result.examples = len(examples)
     result.seconds = time.monotonic() - started
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
@@ -355,15 +385,32 @@ def _loop(config: TrainConfig, peft_model: Any, examples: list[tuple[list[int], 
 # --------------------------------------------------------------------------- CLI
 
 
-def parse_args(argv: list[str] | None) -> TrainConfig:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cameo train", description="Train a persona LoRA adapter (QLoRA on the NF4 base) "
-        "from JSONL chats into a registry-ready persona folder.")
+        "from JSONL chats into a persona folder, and upload it to a server with --upload.",
+        epilog="Guide: docs/TRAINING.md (data format, time and memory, other bases).")
     parser.add_argument("--data", type=Path, required=True,
-                        help='JSONL, one {"messages": [{role, content}, ...]} per line')
+                        help='JSONL, one {"messages": [{role, content}, ...]} per line '
+                             "(template: adapters/training/template/chats.jsonl)")
     parser.add_argument("--name", help="persona name (default: the data file's stem)")
-    parser.add_argument("--out", type=Path, help="output folder (default: adapters/registry/NAME)")
+    parser.add_argument("--out", type=Path,
+                        help=f"output folder (default: {WORK_DIR}/NAME; no server reads it: "
+                             "upload it)")
     parser.add_argument("--persona-card", type=Path, help="persona.json to copy into the folder")
+    upload_group = parser.add_argument_group(
+        "upload", "serve the result: upload the folder to a running server at the end (the "
+        "folder is kept either way)")
+    upload_group.add_argument("--upload", metavar="URL",
+                              help="server to upload to, e.g. http://127.0.0.1:8000")
+    upload_group.add_argument("--admin-key", default=None,
+                              help="admin key for the upload (env CAMEO_ADMIN_KEY; default: "
+                                   "the API key)")
+    upload_group.add_argument("--api-key", default=None,
+                              help="API key, used when no admin key is given (env "
+                                   "CAMEO_API_KEY)")
+    upload_group.add_argument("--replace", action="store_true",
+                              help="publish a new version when the server has NAME already")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=int, default=16)
     parser.add_argument("--dropout", type=float, default=0.05)
@@ -385,6 +432,14 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
                         default="float16")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--log-every", type=int, default=5)
+    return parser
+
+
+def parse_command(argv: list[str] | None,
+                  environ: Mapping[str, str] = os.environ) -> tuple[TrainConfig, UploadTarget | None]:
+    """The run's configuration and, with --upload, where its folder goes (keys from the flags,
+    else CAMEO_ADMIN_KEY / CAMEO_API_KEY; kept out of TrainConfig, which training.json records)."""
+    parser = _parser()
     args = parser.parse_args(argv)
     name = args.name or args.data.stem
     targets = tuple(t.strip() for t in args.target_modules.split(",") if t.strip())
@@ -397,21 +452,51 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
                         ("--max-length", args.max_length)):
         if value < 1:
             parser.error(f"{flag} must be positive")
-    return TrainConfig(
-        data=args.data, out=args.out or Path("adapters/registry") / name, name=name,
+    if args.upload is None and args.replace:
+        parser.error("--replace goes with --upload URL")
+    config = TrainConfig(
+        data=args.data, out=args.out or WORK_DIR / name, name=name,
         rank=args.rank, alpha=args.alpha, dropout=args.dropout, target_modules=targets,
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
         max_length=args.max_length, batch_size=args.batch_size, max_steps=args.max_steps,
         seed=args.seed, base_model=args.base_model, device=args.device,
         cache_dir=args.cache_dir, persona_card=args.persona_card, save_dtype=args.save_dtype,
         gradient_checkpointing=args.gradient_checkpointing, log_every=args.log_every)
+    target = None
+    if args.upload is not None:
+        target = UploadTarget(
+            url=args.upload, replace=args.replace,
+            admin_key=args.admin_key or environ.get("CAMEO_ADMIN_KEY") or None,
+            api_key=args.api_key or environ.get("CAMEO_API_KEY") or None)
+    return config, target
+
+
+def parse_args(argv: list[str] | None) -> TrainConfig:
+    return parse_command(argv)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+    """Train, then upload (--upload) or say how to serve the folder. 0: trained (and uploaded);
+    1: training or the upload failed (a trained folder is kept, and the message says where)."""
+    config, target = parse_command(argv)
     try:
+        if target is not None:
+            warning = check_target(target, config.name)
+            if warning:
+                print(f"[train] {warning}", flush=True)
         train(config)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, UploadError) as exc:
+        print(f"cameo train: {exc}", file=sys.stderr)
+        return 1
+    if target is None:
+        print(f"[train] no server reads {config.out}; serve it by uploading it to a running "
+              f"server:\n    {serve_command(config.out, config.name)}\n(--replace when the "
+              "server has this name already; `cameo train --upload URL` does this at the end)",
+              flush=True)
+        return 0
+    try:
+        print(f"[train] {upload(config.out, config.name, target)}", flush=True)
+    except UploadError as exc:
         print(f"cameo train: {exc}", file=sys.stderr)
         return 1
     return 0

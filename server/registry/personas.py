@@ -1,8 +1,18 @@
 """Persona cards and persona records: what frontends show and how the prompt is built.
 
 `parse_card(data, name)` validates a `persona.json` object (see docs/persona.schema.json) and
-returns a frozen `PersonaCard`; it raises `CardError` naming the offending field. A `Persona` is
-one servable version: a card plus, for adapter personas, the folder of its adapter files.
+returns a frozen `PersonaCard`; it raises `CardError` naming the offending field (`param`:
+`persona.<field>`). A `Persona` is one servable version: a card plus, for adapter personas, the
+folder of its adapter files.
+
+Unknown fields, the one rule: a top-level field whose name starts with `x-` is an extension,
+kept as it is (`PersonaCard.extensions`, written back by `to_json`, at most `LIMITS["extensions"]`
+characters of JSON together); any other field the card format does not define is refused,
+naming it, at every level (so a misspelt `sytem_prompt` is an error, not a silent default).
+Every path applies it through `parse_card`: uploads, the seed import, cards built by the
+character card import (`cards.py`, which reads SillyTavern's own format and maps only the fields
+it knows) and stored rows read back (written by `to_json`, so they pass; one that does not is
+quarantined by the registry, never fatal).
 
 A card's `avatar` (optional) is a picture for frontends: a `data:image/(png|jpeg|webp|gif);base64`
 URL whose bytes are an image of that type, or an `http(s)://` URL, at most `LIMITS["avatar"]`
@@ -13,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -34,7 +45,8 @@ CARD_FILE = "persona.json"
 # Characters per card field: the one limit that uploads, imports and reads all apply.
 LIMITS = {"display_name": 128, "description": 4000, "system_prompt": 16000, "greeting": 4000,
           "post_history_instructions": 4000, "example_message": 8000, "tag": 64, "source": 64,
-          "avatar": 256 * 1024}
+          "avatar": 256 * 1024, "extensions": 64 * 1024}
+EXTENSION_PREFIX = "x-"
 # The first bytes of each image type an avatar's data: URL may hold.
 _IMAGE_MAGIC = {"png": (b"\x89PNG\r\n\x1a\n",), "jpeg": (b"\xff\xd8\xff",),
                 "gif": (b"GIF87a", b"GIF89a"), "webp": (b"RIFF",)}
@@ -49,6 +61,8 @@ class CardError(CameoError, ValueError):
 
 
 class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=LIMITS["example_message"])
 
@@ -67,9 +81,9 @@ class _Sampling(BaseModel):
 
 
 class _CardFile(BaseModel):
-    """The persona.json format (extra keys are kept out, not refused)."""
+    """The persona.json format without its `x-` extensions: any other key is refused."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     display_name: str | None = Field(default=None, max_length=LIMITS["display_name"])
     description: str = Field(default="", max_length=LIMITS["description"])
@@ -116,6 +130,7 @@ class PersonaCard:
     post_history_instructions: str = ""
     source: str | None = None
     avatar: str | None = None
+    extensions: dict[str, Any] = field(default_factory=dict)  # the `x-` fields, as uploaded
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -127,25 +142,34 @@ class PersonaCard:
         }
         if self.avatar:  # only when set: cards without one read and compare as before
             data["avatar"] = self.avatar
+        data.update(self.extensions)
         return data
+
+
+def card_fields() -> tuple[str, ...]:
+    """The top-level fields a persona.json may hold besides `x-` extensions."""
+    return tuple(_CardFile.model_fields)
 
 
 def parse_card(data: Any, name: str) -> PersonaCard:
     """Validate a persona.json object; raises CardError naming the bad field."""
     if not isinstance(data, dict):
         raise CardError("persona.json must hold a JSON object", "persona")
+    extensions = {k: v for k, v in data.items() if str(k).startswith(EXTENSION_PREFIX)}
     try:
-        card = _CardFile.model_validate(data)
+        card = _CardFile.model_validate(
+            {k: v for k, v in data.items() if k not in extensions})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise CardError(f"persona.json: {where}: {first['msg']}", "persona") from exc
+        raise _card_error(exc) from exc
     if any(len(tag) > LIMITS["tag"] for tag in card.tags):
         raise CardError(f"persona.json: tags are at most {LIMITS['tag']} characters each",
-                        "persona")
+                        "persona.tags")
     problem = card.avatar and avatar_problem(card.avatar)
     if problem:
-        raise CardError(f"persona.json: avatar: {problem}", "persona")
+        raise CardError(f"persona.json: avatar: {problem}", "persona.avatar")
+    if extensions and len(json.dumps(extensions, ensure_ascii=False)) > LIMITS["extensions"]:
+        raise CardError(f"persona.json: the x- extension fields together are at most "
+                        f"{LIMITS['extensions']} characters of JSON", "persona")
     sampling = {k: float(v) for k, v in card.sampling.model_dump().items() if v is not None}
     return PersonaCard(
         display_name=card.display_name or name, description=card.description,
@@ -153,7 +177,19 @@ def parse_card(data: Any, name: str) -> PersonaCard:
         example_messages=tuple(m.model_dump() for m in card.example_messages),
         sampling=sampling, markers=tuple(card.markers),
         post_history_instructions=card.post_history_instructions, source=card.source,
-        avatar=card.avatar or None)
+        avatar=card.avatar or None, extensions=extensions)
+
+
+def _card_error(exc: ValidationError) -> CardError:
+    """The first problem of a card, naming its field; an unknown field says what to do."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        top = len(first["loc"]) == 1
+        hint = (f"; fields of your own must start with {EXTENSION_PREFIX!r} (known fields: "
+                f"{', '.join(card_fields())})") if top else ""
+        return CardError(f"persona.json: unknown field {where!r}{hint}", f"persona.{where}")
+    return CardError(f"persona.json: {where}: {first['msg']}", f"persona.{where}")
 
 
 @dataclass(frozen=True)

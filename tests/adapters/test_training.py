@@ -10,21 +10,34 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from adapters.training.data import IDENTITY_PROMPTS, clean_answer, persona_conversations
 from adapters.training.personas import STYLES, in_character
-from adapters.training.train import IGNORE, TrainConfig, encode_chat, parse_args, read_chats, train
+from adapters.training.train import (
+    IGNORE,
+    TrainConfig,
+    encode_chat,
+    parse_args,
+    parse_command,
+    read_card,
+    read_chats,
+    train,
+)
 from server.composition import Cameo
 from server.engine.types import AdapterRef, GenerationRequest, SamplingParams
 from server.lora.adapter import read_adapter
 from server.model.loader import LoadedModel
+from server.registry.personas import parse_card
 from tests.helpers import chat_prompt, run_requests
 from tests.scoring import EngineProbe
 
 SYSTEM = STYLES["captain-bones"].card["system_prompt"]
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "adapters" / "training" / "template"
 ANSWERS = {
     "Tell me about the sea.": "The sea is vast and deep.",
     "What is a ship?": "A ship is a large boat that sails on water.",
@@ -66,16 +79,61 @@ def test_read_chats_rejects_malformed_lines(tmp_path: Path) -> None:
     path.write_text('{"messages": [{"role": "user"}]}\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:1"):
         read_chats(path)
+    path.write_text('\n{"messages": []}\n{"messages": [{"role": "user", "content": "x"},\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:3: not JSON"):
+        read_chats(path)
 
 
 def test_cli_defaults_and_name_check(tmp_path: Path) -> None:
     config = parse_args(["--data", str(tmp_path / "my-persona.jsonl")])
-    assert config.name == "my-persona" and config.out == Path("adapters/registry/my-persona")
+    assert config.name == "my-persona" and config.out == Path("trained/my-persona")
     assert config.rank == 8 and len(config.target_modules) == 7
     with pytest.raises(SystemExit):
         parse_args(["--data", "x.jsonl", "--name", "Not A Name"])
     with pytest.raises(SystemExit):
         parse_args(["--data", "x.jsonl", "--target-modules", "lm_head"])
+
+
+def test_upload_flags_and_keys_stay_out_of_the_recorded_config(tmp_path: Path) -> None:
+    data = ["--data", str(tmp_path / "p.jsonl")]
+    assert parse_command(data, environ={})[1] is None
+    config, target = parse_command([*data, "--upload", "http://h:1", "--replace"],
+                                   environ={"CAMEO_ADMIN_KEY": "a", "CAMEO_API_KEY": "u"})
+    assert target is not None and (target.url, target.replace) == ("http://h:1", True)
+    assert (target.admin_key, target.api_key) == ("a", "u")
+    _, flagged = parse_command([*data, "--upload", "http://h:1", "--admin-key", "b"],
+                               environ={"CAMEO_ADMIN_KEY": "a"})
+    assert flagged is not None and flagged.admin_key == "b"
+    recorded = {f.name for f in fields(config)}  # what training.json records
+    assert not recorded & {"upload", "admin_key", "api_key", "replace"}
+    with pytest.raises(SystemExit):
+        parse_command([*data, "--replace"], environ={})
+
+
+def test_the_template_is_what_the_trainer_and_the_server_read() -> None:
+    chats = read_chats(TEMPLATE / "chats.jsonl")
+    assert len(chats) == len((TEMPLATE / "chats.jsonl").read_text().splitlines()) >= 8
+    card = json.loads((TEMPLATE / "persona.json").read_text())
+    parsed = parse_card(card, "my-persona")
+    assert parsed.to_json() == {**parsed.to_json(), **card}  # every field kept, x- ones too
+    assert any(key.startswith("x-") for key in card)
+    # the server sends the card's system prompt first: the chats are trained with it in place
+    assert all(chat[0] == {"role": "system", "content": card["system_prompt"]} for chat in chats)
+    assert any(sum(m["role"] == "assistant" for m in chat) > 1 for chat in chats)
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(card, json.loads((ROOT / "docs" / "persona.schema.json").read_text()))
+
+
+def test_a_bad_card_stops_the_run_before_the_model_loads(tmp_path: Path) -> None:
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"display_name": "Typo", "sytem_prompt": "Be a pirate."}))
+    config = TrainConfig(data=TEMPLATE / "chats.jsonl", out=tmp_path / "out", name="typo",
+                         persona_card=card, base_model=str(tmp_path / "no-such-base"))
+    with pytest.raises(ValueError, match="unknown field 'sytem_prompt'"):
+        train(config)  # the base does not exist: reaching the load would fail otherwise
+    assert not (tmp_path / "out").exists()
+    assert read_card(TrainConfig(data=card, out=tmp_path, name="plain")) == {
+        "display_name": "plain"}
 
 
 def test_data_rules_keep_content_and_add_markers() -> None:

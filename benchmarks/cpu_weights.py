@@ -10,13 +10,17 @@ and the fastest of the repetitions is reported in milliseconds per step (the sum
 
 Formats:
   - `float32`: plain `nn.Linear` (the `none` quantization);
-  - `nf4`: bitsandbytes `Linear4bit`, float32 compute (what `nf4` serves on a CPU: without
-    AVX512-BF16 it dequantizes each weight to float32 at each call, then multiplies);
-  - `nf4_fused`: bitsandbytes' own fused CPU kernel (`gemv_4bit`), which bitsandbytes registers
-    only on CPUs with AVX512-BF16 (reported as unavailable elsewhere);
+  - `nf4`: bitsandbytes NF4 as it computes on a CPU without AVX512-BF16: each weight dequantized
+    to float32 at each call (`dequantize_4bit`), then a float32 matmul;
+  - `nf4_fused`: bitsandbytes' `Linear4bit` as it runs on this CPU: its own fused kernel
+    (repacked layout, bfloat16), which it registers only on CPUs with AVX512-BF16 (reported as
+    unavailable elsewhere, where `Linear4bit` is the `nf4` row);
   - `int4`: `server.model.weight_only.Int4Linear` (torch's `_weight_int4pack_mm_for_cpu`,
     groups of 32), the head as `Int8Linear`: what `int4` (and `auto` on a CPU) serves;
-  - `int8`: every layer as `Int8Linear` (torch's `_weight_int8pack_mm`, one scale per row).
+  - `int8`: every layer as `Int8Linear` (torch's `_weight_int8pack_mm`, one scale per row);
+  - `bfloat16`: plain layers holding bfloat16 weights, the float32 input cast to bfloat16 and the
+    output back (a dense copy: twice int8's bytes; fast where the CPU multiplies bfloat16
+    natively, AVX512-BF16 or AMX).
 `--fidelity` also loads the embedded model unquantized, in `nf4` and in `int4`, and compares
 their next-token logits on the first 512 tokens of README.md with the unquantized model's: the
 share of positions with the same argmax, the mean KL divergence, and the text's loss.
@@ -41,7 +45,7 @@ from server.model.weight_only import Int4Linear, Int8Linear
 HIDDEN, INTERMEDIATE, KV, LAYERS, VOCAB = 576, 1536, 192, 30, 49152  # SmolLM2-135M
 SHAPES = [(HIDDEN, HIDDEN), (KV, HIDDEN), (KV, HIDDEN), (HIDDEN, HIDDEN),
           (INTERMEDIATE, HIDDEN), (INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE)]  # (out, in)
-FORMATS = ["float32", "nf4", "nf4_fused", "int4", "int8"]
+FORMATS = ["float32", "nf4", "nf4_fused", "int4", "int8", "bfloat16"]
 
 
 def random_linear(out_features: int, in_features: int, generator: torch.Generator) -> nn.Linear:
@@ -61,6 +65,36 @@ def nf4_layer(linear: nn.Linear) -> nn.Module:
     return layer.to("cpu")
 
 
+class DequantizingNF4(nn.Module):
+    """bitsandbytes' NF4 layer computed as it is on CPUs without AVX512-BF16: the whole weight
+    dequantized to float32 at each call, then a float32 matmul (on any CPU, so that both paths
+    are measured on one that has the fused kernel)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        self.in_features = layer.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import bitsandbytes.functional as bnbf
+
+        weight = self.layer.weight
+        dense = bnbf.dequantize_4bit(weight.data, weight.quant_state).to(x.dtype)  # (out, in)
+        return nn.functional.linear(x, dense)
+
+
+class Bfloat16Linear(nn.Module):
+    """A linear layer computing in bfloat16 on float32 activations."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.weight = nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x.to(torch.bfloat16), self.weight).to(x.dtype)
+
+
 def fused_nf4_available() -> bool:
     from bitsandbytes.functional import has_avx512bf16
 
@@ -76,12 +110,16 @@ def build(fmt: str, generator: torch.Generator) -> list[nn.Module]:
         head = index == len(shapes) - 1
         if fmt == "float32":
             layers.append(linear)
-        elif fmt in ("nf4", "nf4_fused"):  # bitsandbytes picks its kernel; the head stays float
+        elif fmt == "nf4":  # the head stays float
+            layers.append(linear if head else DequantizingNF4(nf4_layer(linear)))
+        elif fmt == "nf4_fused":  # as bitsandbytes runs it here (fused where it has the kernel)
             layers.append(linear if head else nf4_layer(linear))
         elif fmt == "int4":
             layers.append(Int8Linear.from_linear(linear) if head else Int4Linear.from_linear(linear))
         elif fmt == "int8":
             layers.append(Int8Linear.from_linear(linear))
+        elif fmt == "bfloat16":
+            layers.append(Bfloat16Linear(linear))
         else:
             raise ValueError(fmt)
     return layers

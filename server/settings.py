@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     """Weight format of the resident base: auto (nf4 on CUDA, int4 on the CPU), nf4
     (bitsandbytes 4-bit), int4 (torch's CPU weight-only int4 kernel), int8 (bitsandbytes), or
     none."""
+    int4_dense_copy: CompileMode = "auto"
+    """With an int4 base, also keep each layer's weight dense (bfloat16 on CPUs with AVX512-BF16,
+    float32 elsewhere) for forwards of 32 tokens or more, i.e. prefill chunks, which the int4
+    kernel computes row by row: on, off, or auto (on when the copies take at most an eighth of the
+    machine's memory; the embedded model's take 0.2 GB in bfloat16). Decode steps keep reading
+    the 4-bit codes."""
     device: str = "auto"
     """`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`."""
     dtype: DTypeName = "auto"

@@ -3,7 +3,9 @@
 Contract: `load_base(settings)` returns a `LoadedModel` whose `model` is a Hugging Face causal LM
 in eval mode with its linear layers in the requested format (bitsandbytes NF4 or int8, torch's
 weight-only int4 on the CPU, or plain weights), on the requested device, plus its tokenizer and
-the facts the engine needs. `auto` is NF4 on CUDA and int4 on the CPU (`resolve_quantization`).
+the facts the engine needs. `auto` is NF4 on CUDA and int4 on the CPU (`resolve_quantization`);
+an int4 base also keeps dense copies of its layers for prefill where memory allows
+(`Settings.int4_dense_copy`).
 
 It does not attach adapters (see `server.lora`) and does not run the model (see `server.engine`,
 whose runner refuses, with `UnsupportedModel`, a base it cannot serve faithfully). The families
@@ -13,6 +15,7 @@ served and tested are listed in `TESTED_FAMILIES` and docs/MODELS.md.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +117,7 @@ def load_base(settings: Settings) -> LoadedModel:
             log.info("int4: %d linear layers quantized", weight_only.quantize_linears(model))
         except ValueError as exc:  # no decoder layers where every served family has them
             raise UnsupportedModel(config.model_type, str(exc)) from exc
+        _dense_copies(model, settings.int4_dense_copy)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model_id = settings.base_model_id or default_id
     log.info("base %s ready", model_id)
@@ -127,6 +131,24 @@ def load_base(settings: Settings) -> LoadedModel:
         eos_token_ids=eos_token_ids(model, tokenizer),
         max_position_embeddings=int(getattr(config, "max_position_embeddings", 2048)),
     )
+
+
+def _dense_copies(model: Any, mode: str) -> None:
+    """The int4 layers' dense copies for prefill (`Settings.int4_dense_copy`)."""
+    dtype = weight_only.dense_copy_dtype()
+    size = weight_only.dense_copy_bytes(model, dtype)
+    if mode == "off" or (mode == "auto" and size > physical_memory() // 8):
+        log.info("int4: no dense copies for prefill (%s; they would take %.2f GB)", mode,
+                 size / 1e9)
+        return
+    weight_only.add_dense_copies(model, dtype)
+    log.info("int4: dense %s copies for prefill, %.2f GB", str(dtype).removeprefix("torch."),
+             size / 1e9)
+
+
+def physical_memory() -> int:
+    """This machine's memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def resolve_source(settings: Settings) -> tuple[str, str]:

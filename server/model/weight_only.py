@@ -41,6 +41,9 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 GROUP = 32  # input columns per (scale, offset) pair
+# Rows (tokens) from which a layer with a dense copy multiplies with it instead of the int4 codes:
+# the int4 kernel's cost grows with every row, a dense matmul's far less (docs/BENCHMARKS.md).
+DENSE_ROWS = 32
 LEVELS = 15  # codes 0..15
 MIDPOINT = 8  # the kernel reads a code q as q - 8
 
@@ -72,6 +75,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("qweight", packed)
         self.register_buffer("scales_offsets", scales_offsets)  # (in/group, out, 2) bf16
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.dense: torch.Tensor | None = None  # (out, in), set by keep_dense_copy
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group: int = GROUP) -> Int4Linear:
@@ -93,11 +97,20 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in) -> (..., out), in x's dtype."""
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (N, in)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.qweight, self.group,
-                                                       self.scales_offsets)  # (N, out) bf16
+        flat = x.reshape(-1, self.in_features)  # (N, in)
+        dense = self.dense
+        if dense is not None and flat.shape[0] >= DENSE_ROWS:  # many tokens: a prefill
+            y = nn.functional.linear(flat.to(dense.dtype), dense)  # (N, out)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                flat.to(torch.bfloat16), self.qweight, self.group, self.scales_offsets)
         y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def keep_dense_copy(self, dtype: torch.dtype) -> None:
+        """Keep the weight also as a dense (out, in) tensor of `dtype`, exactly the values the
+        codes stand for, for forwards of `DENSE_ROWS` rows or more (see `add_dense_copies`)."""
+        self.dense = self.dense_weight().to(dtype)
 
     @torch.no_grad()
     def dense_weight(self) -> torch.Tensor:
@@ -237,6 +250,41 @@ def quantize_linears(model: Any, group: int = GROUP) -> int:
     return count
 
 
+def dense_copy_dtype() -> torch.dtype:
+    """bfloat16 where the CPU multiplies it natively (AVX512-BF16), else float32 (a bfloat16
+    matmul of many rows is slower than float32 there)."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    return torch.bfloat16 if has_avx512bf16() else torch.float32
+
+
+def add_dense_copies(model: Any, dtype: torch.dtype | None = None) -> int:
+    """Give every int4 layer of `model` (each fused layer once) a dense copy of its weight for
+    forwards of many rows (prefill chunks, teacher-forced scoring); decode steps keep reading the
+    codes. Costs 4 (bfloat16) or 8 (float32) times the int4 weights' bytes. Returns the bytes."""
+    dtype = dtype or dense_copy_dtype()
+    for layer in int4_layers(model):
+        layer.keep_dense_copy(dtype)
+    return dense_copy_bytes(model, dtype)
+
+
+def dense_copy_bytes(model: Any, dtype: torch.dtype) -> int:
+    """The bytes of the dense copies of `model`'s int4 layers in `dtype`."""
+    return sum(layer.in_features * layer.out_features * dtype.itemsize
+               for layer in int4_layers(model))
+
+
+def int4_layers(model: Any) -> list[Int4Linear]:
+    """Every `Int4Linear` of `model`, fused layers (behind their slices) once each."""
+    layers: dict[int, Int4Linear] = {}
+    for module in model.modules():
+        if isinstance(module, Int4Slice):
+            module = module.fused_rows[0]
+        if isinstance(module, Int4Linear):
+            layers[id(module)] = module
+    return list(layers.values())
+
+
 def shared_inputs(model: Any, layers: nn.ModuleList) -> dict[int, list[list[str]]]:
     """For each decoder layer, its plain linears grouped by the input tensor they were called
     on in one probe forward (paths in call order; only groups of one parent module)."""
@@ -332,6 +380,6 @@ def is_int4(module: Any) -> bool:
     return isinstance(module, Int4Linear | Int4Slice)
 
 
-__all__ = ["GROUP", "Int4Linear", "Int4Slice", "Int8Linear", "available", "is_int4",
-           "is_quantized", "quantize", "quantize_linears", "shared_inputs", "supports",
-           "with_peft_layers"]
+__all__ = ["DENSE_ROWS", "GROUP", "Int4Linear", "Int4Slice", "Int8Linear", "add_dense_copies",
+           "available", "dense_copy_bytes", "dense_copy_dtype", "int4_layers", "is_int4", "is_quantized",
+           "quantize", "quantize_linears", "shared_inputs", "supports", "with_peft_layers"]

@@ -243,3 +243,43 @@ def test_a_linear_that_reads_its_own_input_is_not_fused() -> None:
     assert quantize_linears(model) == 2
     block = model.model.layers[0]
     assert type(block.q_proj) is Int4Linear and type(block.k_proj) is Int4Linear
+
+
+def test_a_dense_copy_serves_many_rows_and_the_codes_serve_few() -> None:
+    """With a dense copy, a forward of DENSE_ROWS rows or more multiplies by the copy (the
+    values the codes stand for) and fewer rows still read the codes: both within the bfloat16
+    path's rounding of the layer's own dense weight, and the copy is what the codes hold."""
+    layer = Int4Linear.from_linear(_linear(64, 128, seed=7))
+    few = torch.randn(weight_only.DENSE_ROWS - 1, 128)
+    many = torch.randn(weight_only.DENSE_ROWS, 128)
+    codes_few, codes_many = layer(few), layer(many)
+    layer.keep_dense_copy(torch.bfloat16)
+    assert layer.dense is not None and torch.equal(layer.dense.float(), layer.dense_weight())
+    assert torch.equal(layer(few), codes_few)  # still the int4 kernel
+    dense_many = layer(many)
+    expected = many @ layer.dense_weight().T + layer.bias
+    for got in (codes_many, dense_many):
+        assert float((got - expected).abs().max()) <= _layer_tolerance(expected)
+    assert _reads_codes(layer, few) and not _reads_codes(layer, many)
+
+
+def _reads_codes(layer: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a forward of `layer` on `x` ran the int4 kernel."""
+    with torch.autograd.profiler.profile() as prof:
+        layer(x)
+    return any("int4pack" in event.name for event in prof.function_events)
+
+
+def test_dense_copies_cover_each_fused_layer_once(tiny_llama: Path) -> None:
+    model = load_base(Settings(base_model=str(tiny_llama), quantization="int4",
+                               int4_dense_copy="off", device="cpu")).model
+    layers = weight_only.int4_layers(model)
+    assert len(layers) == 2 * 4  # per layer: q/k/v fused, o, gate/up fused, down
+    assert all(layer.dense is None for layer in layers)
+    size = weight_only.add_dense_copies(model, torch.bfloat16)
+    assert all(layer.dense is not None and layer.dense.dtype == torch.bfloat16
+               for layer in layers)
+    assert size == sum(layer.dense.nbytes for layer in layers if layer.dense is not None)
+    served = load_base(Settings(base_model=str(tiny_llama), quantization="int4",
+                                int4_dense_copy="auto", device="cpu")).model
+    assert all(layer.dense is not None for layer in weight_only.int4_layers(served))

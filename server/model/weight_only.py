@@ -99,7 +99,9 @@ class Int4Linear(nn.Module):
         """x: (..., in) -> (..., out), in x's dtype."""
         flat = x.reshape(-1, self.in_features)  # (N, in)
         dense = self.dense
-        if dense is not None and flat.shape[0] >= DENSE_ROWS:  # many tokens: a prefill
+        # many tokens (a prefill); never in a traced step, whose one graph serves every size
+        if dense is not None and not torch.compiler.is_compiling() \
+                and flat.shape[0] >= DENSE_ROWS:
             y = nn.functional.linear(flat.to(dense.dtype), dense)  # (N, out)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(

@@ -136,6 +136,8 @@ class ModelRunner:
         _install_last_positions(hf_model)
         self.lora_strategy = "auto"  # how the LoRA term is computed: auto, gather or segments
         self.device = device
+        if compile and device.type == "cuda":  # CUDA graphs replay fixed addresses: all at once
+            kv_capacity = max_len
         self.cache = KVCache(len(layers), max_rows, _kv_heads(config), max_len,
                              _head_dim(config), dtype, device, kv_capacity)
         self.decode = DecodeStep(hf_model, self.cache, self.linears, max_rows, device)

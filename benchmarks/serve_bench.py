@@ -229,8 +229,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def cameo_server(work: Path, seed: Path, **settings: Any) -> Iterator[str]:
-    """A Cameo server process on a fresh registry seeded from `seed`; yields its URL."""
+def cameo_server(work: Path, seed: Path, **settings: Any) -> Iterator[tuple[str, int]]:
+    """A Cameo server process on a fresh registry seeded from `seed`; yields its URL and
+    process group."""
     port = _free_port()
     registry = Path(tempfile.mkdtemp(prefix="registry-", dir=work))
     env = {**os.environ, "CAMEO_PORT": str(port), "CAMEO_REGISTRY_DIR": str(registry),
@@ -242,14 +243,14 @@ def cameo_server(work: Path, seed: Path, **settings: Any) -> Iterator[str]:
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait(f"http://127.0.0.1:{port}/ready", 600, log, process)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", process.pid
     finally:
         _stop(process)
         shutil.rmtree(registry, ignore_errors=True)
 
 
 @contextmanager
-def vllm_server(model_dir: Path, adapters: dict[str, Path]) -> Iterator[str]:
+def vllm_server(model_dir: Path, adapters: dict[str, Path]) -> Iterator[tuple[str, int]]:
     port = _free_port()
     args = [f"{name}={path}" for name, path in adapters.items()]
     started = subprocess.run(["bash", str(PEER_SCRIPT), str(model_dir), str(port), *args],
@@ -258,15 +259,17 @@ def vllm_server(model_dir: Path, adapters: dict[str, Path]) -> Iterator[str]:
     log = Path(f"/tmp/vllm-peer-{port}.log")
     try:
         _wait(f"http://127.0.0.1:{port}/v1/models", 900, log)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", pid
     finally:
         _stop_group(pid, grace=5)
 
 
 @contextmanager
-def llamacpp_server(paths: llamacpp_peer.Paths, base: Path, adapters: Sequence[Path]) -> Iterator[str]:
+def llamacpp_server(paths: llamacpp_peer.Paths, base: Path,
+                    adapters: Sequence[Path]) -> Iterator[tuple[str, int]]:
     """llama-server on `base` with `adapters` (ids 0, 1... in order, at scale 0), 8 slots, via
-    the peer script; yields its URL once /health answers and every adapter is listed."""
+    the peer script; yields its URL and process group once /health answers and every adapter
+    is listed."""
     port = _free_port()
     argv, env = llamacpp_peer.start_command(paths, base, port, adapters, slots=8)
     started = subprocess.run(argv, env=env, check=True, capture_output=True, text=True)
@@ -277,9 +280,27 @@ def llamacpp_server(paths: llamacpp_peer.Paths, base: Path, adapters: Sequence[P
         listed = httpx.get(f"http://127.0.0.1:{port}/lora-adapters").json()
         if len(listed) != len(adapters):
             raise RuntimeError(f"llama-server lists {len(listed)} adapters, not {len(adapters)}")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", pid
     finally:
         _stop_group(pid, grace=2)
+
+
+def group_peak_rss_mb(group: int) -> float:
+    """The peak resident memory of a server: the sum of the peaks (VmHWM) of the processes of
+    its process group alive now, in MB (Linux; an upper bound of the group's peak at once)."""
+    total_kb = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[2]) != group:  # pgrp, the fifth field of stat
+                continue
+            status = (stat.parent / "status").read_text()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                total_kb += int(line.split()[1])
+    return round(total_kb / 1024, 1)
 
 
 def _stop_group(pid: int, grace: float) -> None:
@@ -359,7 +380,7 @@ def peer_suite(args: argparse.Namespace, work: Path, model_dir: Path) -> dict[st
     single = [("{base}", PROMPTS[i]) for i in range(4)]  # base requests, one at a time
     servers: dict[str, dict[str, Any]] = {}
 
-    def measure(url: str, base_name: str, sequential: bool,
+    def measure(url: str, group: int, base_name: str, sequential: bool,
                 body_fn: BodyFn = chat_body) -> dict[str, Any]:
         out: dict[str, Any] = {}
         run = lambda js, c: asyncio.run(run_closed(  # noqa: E731
@@ -374,13 +395,15 @@ def peer_suite(args: argparse.Namespace, work: Path, model_dir: Path) -> dict[st
             out["base_single"] = summarize(*run(single, 1))
             for key in ("eight_sequential", "eight_concurrent", "base_single"):
                 print(f"  {key}: {_line(out[key])}", flush=True)
+        out["peak_rss_mb"] = group_peak_rss_mb(group)
+        print(f"  peak RSS {out['peak_rss_mb']} MB", flush=True)
         return out
 
     wanted = partial(_wanted, only=args.only)
     if wanted("vllm") and not args.skip_vllm and PEER_SCRIPT.exists():
         print("vLLM (CPU build, bf16) ...", flush=True)
-        with vllm_server(model_dir, adapters) as url:
-            servers["vllm_bf16"] = measure(url, "base", sequential=False)
+        with vllm_server(model_dir, adapters) as (url, group):
+            servers["vllm_bf16"] = measure(url, group, "base", sequential=False)
     if wanted("llamacpp") and not args.skip_llamacpp:
         servers.update(llamacpp_peer_runs(model_dir, adapters, measure))
     configs = {  # the default first (on a CPU: int4 with the compiled decode step)
@@ -394,9 +417,9 @@ def peer_suite(args: argparse.Namespace, work: Path, model_dir: Path) -> dict[st
             continue
         print(f"{label} ...", flush=True)
         with cameo_server(work, work / "peer-adapters", max_batch_size=16, adapter_slots=8,
-                          max_lora_rank=16, **settings) as url:
+                          max_lora_rank=16, **settings) as (url, group):
             base_name = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
-            servers[label] = measure(url, base_name, sequential=True)
+            servers[label] = measure(url, group, base_name, sequential=True)
     return {"servers": servers, "ratios": _peer_ratios(servers)}
 
 
@@ -420,13 +443,13 @@ def llamacpp_peer_runs(model_dir: Path, adapters: Mapping[str, Path],
     print(f"llama.cpp ({paths.type} GGUF, GGUF LoRAs cached in {paths.cache}) ...", flush=True)
     base, loras = llamacpp_peer.convert_all(paths, model_dir, adapters)
     body_fn = partial(llamacpp_body, {name: i for i, name in enumerate(loras)})
-    with llamacpp_server(paths, base, list(loras.values())) as url:
+    with llamacpp_server(paths, base, list(loras.values())) as (url, group):
         checked = ["base", *list(loras)[:2]]
         texts = greedy_texts(url, checked, 16, body_fn)
         print(f"  greedy check: {dict(zip(checked, texts, strict=True))}", flush=True)
         if texts[0] in texts[1:]:
             raise RuntimeError(f"llama.cpp: an adapter left the base's answer unchanged: {texts}")
-        return {f"llamacpp_{paths.type.lower()}": measure(url, "base", True, body_fn)}
+        return {f"llamacpp_{paths.type.lower()}": measure(url, group, "base", True, body_fn)}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -492,7 +515,7 @@ def zipf_suite(args: argparse.Namespace, work: Path, model_dir: Path) -> dict[st
         print(f"{count} registered adapter(s), {len(set(picks))} distinct in the trace ...",
               flush=True)
         with cameo_server(work, seed, max_batch_size=args.concurrency, adapter_slots=16,
-                          max_lora_rank=8, host_adapters=64) as url:
+                          max_lora_rank=8, host_adapters=64) as (url, _):
             asyncio.run(run_closed(url, jobs[:4], 4, args.tokens))  # warm-up
             out = summarize(*asyncio.run(run_poisson(url, jobs, args.rate, args.tokens, count)))
         out["distinct_in_trace"] = len(set(picks))

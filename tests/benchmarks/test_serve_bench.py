@@ -23,6 +23,8 @@ def test_peer_suite_reports_every_scenario(capsys: pytest.CaptureFixture[str]) -
                              "--tokens", "4"]) == 0
     result = _result(capsys)
     runs = result["servers"]["cameo_float32"]
+    peak = runs.pop("peak_rss_mb")
+    assert 300 < peak < 20_000  # the server process's own peak (the model alone is ~0.5 GB)
     assert set(runs) == {"base", "one_adapter", "eight_adapters", "eight_sequential",
                          "eight_concurrent", "base_single"}
     for name, run in runs.items():

@@ -10,7 +10,8 @@ base; every row on one adapter; rows spread over N distinct adapters (each N of 
 to B); every row on one adapter merged into the base (dense merge, see server/lora/merge.py);
 and PEFT's own `generate(adapter_names=...)` on the same base with one adapter and with each N
 mix: the baseline. Then: time to first token of a prompt of each `--prompt-lengths` length on an
-idle engine, adapter load times (disk to host, host to slot), merge and unmerge times, and peak
+idle engine, alone and with one such prompt per adapter (up to eight) submitted at once (the
+median and the last), adapter load times (disk to host, host to slot), merge and unmerge times, and peak
 memory. Prints a table, then one JSON line last.
 
 The GPU mode with 8B shapes belongs to the fast-engine issue and is not implemented: no GPU
@@ -153,6 +154,27 @@ def _peft_generate(model: Any, prompt: tuple[int, ...], batch: int, tokens: int,
     return batch * (tokens - 1) / elapsed
 
 
+def burst_ttft(engine: LocalEngineService, length: int, refs: list[AdapterRef]) -> dict[str, float]:
+    """Seconds from submitting one `length`-token prompt per adapter of `refs`, all at once on an
+    idle engine, to each one's first token: the median and the last."""
+    prompts = [tuple(int(t) for t in torch.randint(100, 10000, (length,))) for _ in refs]
+    run = _Run(len(refs))
+    firsts: dict[str, float] = {}
+
+    def sink(output: RequestOutput) -> None:
+        if output.token_ids:
+            firsts.setdefault(output.request_id, time.perf_counter())
+        run(output)
+
+    start = time.perf_counter()
+    for index, (prompt, ref) in enumerate(zip(prompts, refs, strict=True)):
+        engine.submit(GenerationRequest(f"burst{time.time_ns()}-{index}", prompt,
+                                        SamplingParams(max_tokens=2, temperature=0.0), ref), sink)
+    run.done.wait()
+    waits = sorted(first - start for first in firsts.values())
+    return {"p50_s": waits[(len(waits) - 1) // 2], "last_s": waits[-1]}
+
+
 def load_times(engine: LocalEngineService, path: Path, repeats: int = 5) -> dict[str, float]:
     """Milliseconds to read an adapter from disk to host memory, and to copy it into a slot."""
     disk: list[float] = []
@@ -253,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                      "adapter_s": time_to_first_token(engine, n, refs[0])}
             for n in args.prompt_lengths}
     print(f"time to first token: {ttft}", flush=True)
+    burst = {str(n): burst_ttft(engine, n, refs[:8]) for n in args.prompt_lengths}
+    print(f"time to first token, {len(refs[:8])} adapters' prompts at once: {burst}", flush=True)
     loads = load_times(engine, adapters[0])
     print(f"adapter load: {loads}", flush=True)
     merge = engine.engine.stats.merge
@@ -265,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "compile": args.compile, "rank": args.rank, "tokens": args.tokens,
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
         "decode_tokens_per_s": results, "ms_per_step": step_ms, "ttft": ttft,
+        "ttft_burst": burst,
         "adapter_load": loads, "merge_s": merge.last_merge_seconds,
         "unmerge_s": merge.last_unmerge_seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

@@ -27,6 +27,8 @@ def test_engine_bench_reports_every_variant_and_plots(capsys: pytest.CaptureFixt
     assert set(result["decode_tokens_per_s"]["1"]) >= {"base", "one_adapter", "merged"}
     assert "distinct_2" not in result["decode_tokens_per_s"]["1"]  # no mix wider than the batch
     assert result["ttft"]["8"]["base_s"] > 0 and result["adapter_load"]["host_to_slot_ms"] > 0
+    burst = result["ttft_burst"]["8"]  # four adapters' prompts at once
+    assert 0 < burst["p50_s"] <= burst["last_s"]
     assert result["merge_s"] > 0 and result["unmerge_s"] > 0
 
     saved = tmp_path / "engine.txt"

@@ -21,6 +21,12 @@ becomes an `Int4Slice`, a view of its rows. Called alone a slice runs the whole 
 and keeps its rows; the engine's slot layers instead run the fused matmul once per step and
 input and hand each slice its rows (`server.lora.slots`, via `Int4Slice.fused_rows`).
 
+The int4 kernel computes row by row, so a forward of many tokens (a prefill chunk) costs many
+times a dense matmul. `add_dense_copies(model)` gives each int4 layer a dense copy of exactly the
+values its codes stand for (bfloat16 where the CPU multiplies it natively, else float32), used
+for forwards of `DENSE_ROWS` rows or more outside a traced step; the loader decides whether
+(`Settings.int4_dense_copy`).
+
 Why this and not bitsandbytes on the CPU: bitsandbytes' NF4 `Linear4bit` dequantizes the whole
 weight to float32 at every call on a CPU without AVX512-BF16, which costs more than the matmul
 (docs/BENCHMARKS.md, "The CPU's 4-bit path"). NF4 through bitsandbytes stays the GPU path.
@@ -383,5 +389,6 @@ def is_int4(module: Any) -> bool:
 
 
 __all__ = ["DENSE_ROWS", "GROUP", "Int4Linear", "Int4Slice", "Int8Linear", "add_dense_copies",
-           "available", "dense_copy_bytes", "dense_copy_dtype", "int4_layers", "is_int4", "is_quantized",
-           "quantize", "quantize_linears", "shared_inputs", "supports", "with_peft_layers"]
+           "available", "dense_copy_bytes", "dense_copy_dtype", "int4_layers", "is_int4",
+           "is_quantized", "quantize", "quantize_linears", "shared_inputs", "supports",
+           "with_peft_layers"]

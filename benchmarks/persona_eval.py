@@ -48,7 +48,6 @@ import platform
 import re
 import shlex
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -59,11 +58,11 @@ from typing import Any
 
 import torch
 
-from adapters.training.engine_io import adapter_ref, build_engine
+from adapters.training.engine_io import adapter_ref, build_engine, complete
 from adapters.training.personas import failed, in_voice, middle, sentences, voice_score, words
 from server.api.prompt import build_messages, encode_prompt
 from server.api.schemas import ChatMessage
-from server.engine.types import AdapterRef, GenerationRequest, RequestOutput, SamplingParams
+from server.engine.types import AdapterRef, SamplingParams
 from server.registry.personas import Persona, PersonaCard, parse_card
 from server.service.local import LocalEngineService
 
@@ -293,41 +292,13 @@ class Request:
     adapter: AdapterRef | None = None
 
 
-class _Collector:
-    """Gathers one request's text from the engine's outputs (called on its worker thread)."""
-
-    def __init__(self, done: threading.Semaphore) -> None:
-        self.parts: list[str] = []
-        self.error: str | None = None
-        self._done = done
-
-    def __call__(self, output: RequestOutput) -> None:
-        self.parts.append(output.text)
-        self.error = output.error or self.error
-        if output.finished:
-            self._done.release()
-
-
 def generate(engine: LocalEngineService, requests: Sequence[Request], *,
              timeout: float) -> list[str]:
     """The reply to every request (identical requests generated once), all submitted at once."""
     unique = list(dict.fromkeys(requests))
-    done = threading.Semaphore(0)
-    sinks = [_Collector(done) for _ in unique]
-    for index, (request, sink) in enumerate(zip(unique, sinks, strict=True)):
-        engine.submit(GenerationRequest(f"persona-eval-{index}", request.prompt_ids,
-                                        request.params, request.adapter), sink)
-    start = time.monotonic()
-    for finished in range(1, len(unique) + 1):
-        if not done.acquire(timeout=max(0.0, start + timeout - time.monotonic())):
-            raise TimeoutError(f"{len(unique) - finished + 1} request(s) did not finish")
-        if finished % 16 == 0 or finished == len(unique):
-            print(f"[persona_eval] {finished}/{len(unique)} replies "
-                  f"({time.monotonic() - start:.0f} s)", file=sys.stderr, flush=True)
-    errors = [s.error for s in sinks if s.error]
-    if errors:
-        raise RuntimeError(f"{len(errors)} request(s) failed: {errors[0]}")
-    texts = dict(zip(unique, ("".join(s.parts).strip() for s in sinks), strict=True))
+    replies = complete(engine, [(r.prompt_ids, r.params, r.adapter) for r in unique],
+                       label="persona_eval", timeout=timeout)
+    texts = dict(zip(unique, replies, strict=True))
     return [texts[r] for r in requests]
 
 

@@ -1,6 +1,8 @@
-"""Greedy generation for many chats at once through Cameo's own engine (continuous batching).
+"""Generation for many chats at once through Cameo's own engine (continuous batching).
 
-Used by the data generator (the base model's own answers) and by `benchmarks/persona_eval.py`.
+`complete` runs any requests (prompt ids, sampling, adapter) and returns their texts; `generate`
+is its greedy form over chat messages. Used by the data generator (the base model's own answers,
+greedy) and by `benchmarks/persona_eval.py` (each card's own sampling, seeded).
 Batched decoding on the server engine is far faster than HF `generate` on one prompt at a time:
 a decode step for 16 rows costs about what one row costs on CPU.
 """
@@ -70,25 +72,35 @@ class _Sink:
             self._done.release()
 
 
-def generate(engine: LocalEngineService, tokenizer: Any, jobs: Sequence[Job], *, max_tokens: int = 48,
+Completion = tuple[tuple[int, ...], SamplingParams, AdapterRef | None]  # prompt ids, sampling
+
+
+def complete(engine: LocalEngineService, requests: Sequence[Completion], *,
              label: str = "generate", timeout: float = 3600.0, quiet: bool = False) -> list[str]:
-    """Greedy answers for every job, submitted at once (the engine batches them)."""
+    """The text of every request, all submitted at once (the engine batches them); progress on
+    stderr every 16 replies unless `quiet`."""
     done = threading.Semaphore(0)
-    sinks = [_Sink(done) for _ in jobs]
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
-    for index, (job, sink) in enumerate(zip(jobs, sinks, strict=True)):
-        request = GenerationRequest(f"{label}-{index}", encode_chat(tokenizer, job.messages),
-                                    params, job.adapter)
-        engine.submit(request, sink)
+    sinks = [_Sink(done) for _ in requests]
+    for index, ((prompt_ids, params, adapter), sink) in enumerate(
+            zip(requests, sinks, strict=True)):
+        engine.submit(GenerationRequest(f"{label}-{index}", prompt_ids, params, adapter), sink)
     start = time.monotonic()
     deadline = start + timeout
-    for finished in range(1, len(jobs) + 1):
+    for finished in range(1, len(requests) + 1):
         if not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise TimeoutError(f"{label}: {len(jobs) - finished + 1} request(s) did not finish")
-        if not quiet and (finished % 16 == 0 or finished == len(jobs)):
-            print(f"[{label}] {finished}/{len(jobs)} done ({time.monotonic() - start:.0f} s)",
+            raise TimeoutError(f"{label}: {len(requests) - finished + 1} request(s) did not finish")
+        if not quiet and (finished % 16 == 0 or finished == len(requests)):
+            print(f"[{label}] {finished}/{len(requests)} done ({time.monotonic() - start:.0f} s)",
                   file=sys.stderr, flush=True)
     errors = [s.error for s in sinks if s.error]
     if errors:
         raise RuntimeError(f"{label}: {len(errors)} request(s) failed: {errors[0]}")
     return ["".join(s.parts).strip() for s in sinks]
+
+
+def generate(engine: LocalEngineService, tokenizer: Any, jobs: Sequence[Job], *, max_tokens: int = 48,
+             label: str = "generate", timeout: float = 3600.0, quiet: bool = False) -> list[str]:
+    """Greedy answers for every job, submitted at once (the engine batches them)."""
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    return complete(engine, [(encode_chat(tokenizer, job.messages), params, job.adapter)
+                             for job in jobs], label=label, timeout=timeout, quiet=quiet)

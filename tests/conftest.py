@@ -42,6 +42,11 @@ from server.model.loader import LoadedModel, load_base
 from server.settings import Settings
 from tests.helpers import write_peft_adapter, write_persona
 
+# Every runner compiled in one process adds its graphs to the same code object's cache (a server
+# holds one runner; the tests build dozens under `make test-compiled`): room for all of them.
+torch._dynamo.config.recompile_limit = 1024
+torch._dynamo.config.accumulated_recompile_limit = 8192
+
 PERSONAS = {  # name -> (seed, rank, targets)
     "alpha": (1, 8, ("q_proj", "v_proj")),
     "bravo": (2, 16, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",

@@ -110,5 +110,6 @@ class KVCache:
                     tensors.append(fresh)
                 if fresh.device.type != "cuda":  # CUDA graphs keep static shapes per bucket
                     torch._dynamo.maybe_mark_dynamic(fresh, 2)
+                torch._dynamo.mark_static(fresh, 1)  # heads: never a symbol (GQA reads them)
         self.capacity = capacity
         self.peak_nbytes = max(self.peak_nbytes, self.nbytes)

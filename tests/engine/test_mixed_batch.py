@@ -21,6 +21,7 @@ import torch
 from server.composition import Cameo
 from server.engine.types import AdapterRef, GenerationRequest, SamplingParams
 from server.model.loader import load_base
+from server.model.weight_only import with_peft_layers
 from server.settings import Settings
 from tests.helpers import GreedyPath, chat_prompt, run_requests
 from tests.numerics import assert_logits_close, clear_positions, logits_tolerance
@@ -106,13 +107,15 @@ def test_free_running_batch_matches_solo(cameo: Cameo, solo_and_batched) -> None
 def test_engine_matches_peft_single_adapter(cameo: Cameo, embedded_settings: Settings,
                                             solo_and_batched, persona_dirs: dict[str, Path],
                                             name: str) -> None:
-    from peft import PeftModel
+    from peft import LoraConfig, PeftModel
 
     solo, _ = solo_and_batched
     index = list(PROMPTS).index(name)
     request = _requests(cameo, "peft")[index]
     sequence = list(request.prompt_ids) + solo[index].token_ids[:-1]
-    peft_model = PeftModel.from_pretrained(load_base(embedded_settings).model, persona_dirs[name])
+    config = with_peft_layers(LoraConfig.from_pretrained(persona_dirs[name]))  # int4 layers too
+    peft_model = PeftModel.from_pretrained(load_base(embedded_settings).model, persona_dirs[name],
+                                           config=config)
     with torch.no_grad():
         expected = peft_model(torch.tensor([sequence])).logits[0].float()
     # the engine scores this row in a batch mixed with the other adapters

@@ -95,12 +95,12 @@ def test_ctrl_c_stops_a_streaming_reply(server_url: str) -> None:
     child = spawn("--url", server_url, "chat", "--persona", "charlie", "--max-tokens", "400")
     try:
         child.expect_exact("charlie> ")
-        for _ in range(3):  # a sampled reply can end before the interrupt reaches it
+        for _ in range(5):  # a sampled reply can end before the interrupt reaches it
             stopped_after = _interrupt_a_reply(child)
             if stopped_after is not None:
                 break
         else:
-            pytest.fail("three replies in a row ended before Ctrl-C reached them")
+            pytest.fail("five replies in a row ended before Ctrl-C reached them")
         child.expect_exact("charlie> ", timeout=30)
         assert stopped_after < 30
         child.sendeof()  # Ctrl-D leaves
@@ -112,8 +112,9 @@ def test_ctrl_c_stops_a_streaming_reply(server_url: str) -> None:
 
 def _interrupt_a_reply(child: pexpect.spawn) -> float | None:
     """Ask for a long reply and press Ctrl-C once it has started: the seconds until the CLI
-    said "[stopped]", or None when the reply had ended first (the interrupt then lands at the
-    prompt, which prints a fresh one)."""
+    said "[stopped]", or None when the reply had ended first. The interrupt then lands at the
+    prompt, which prints a fresh one, or, when it comes while the terminal is being set up for
+    the next line, as a character of that line (harmless: it joins the next message)."""
     child.sendline("Write a very long story about a dragon.")
     child.expect_exact("Charlie: ")
     child.expect(r"\S", timeout=60)  # the reply has started
@@ -121,7 +122,7 @@ def _interrupt_a_reply(child: pexpect.spawn) -> float | None:
     child.sendintr()
     if child.expect_exact(["[stopped]", "charlie> "], timeout=30) == 0:
         return time.monotonic() - started
-    child.expect_exact("charlie> ", timeout=30)
+    child.expect_exact(["charlie> ", pexpect.TIMEOUT], timeout=5)
     return None
 
 

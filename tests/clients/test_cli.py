@@ -111,14 +111,13 @@ def test_ctrl_c_stops_a_streaming_reply(server_url: str) -> None:
 
 
 def _interrupt_a_reply(child: pexpect.spawn) -> float | None:
-    """Ask for a long reply and press Ctrl-C once it has started: the seconds until the CLI
+    """Ask for a long reply and press Ctrl-C while it streams: the seconds until the CLI
     said "[stopped]", or None when the reply had ended first. The interrupt then lands at the
     prompt, which prints a fresh one, or, when it comes while the terminal is being set up for
     the next line, as a character of that line (harmless: it joins the next message)."""
     child.sendline("Write a very long story about a dragon.")
-    child.expect_exact("Charlie: ")
-    child.expect(r"\S", timeout=60)  # the reply has started
-    started = time.monotonic()
+    child.expect_exact("Charlie: ")  # the request is streaming: interrupt at once, as on a
+    started = time.monotonic()  # 2-core machine the whole reply can be out before we look again
     child.sendintr()
     if child.expect_exact(["[stopped]", "charlie> "], timeout=30) == 0:
         return time.monotonic() - started

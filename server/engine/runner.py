@@ -35,7 +35,15 @@ from server.engine.attention import StepMetadata
 from server.engine.decode_step import DecodeStep
 from server.engine.kv_cache import INITIAL_CAPACITY, KVCache
 from server.lora.adapter import ModuleShapes
-from server.lora.slots import LoraSlots, SlotLinear, attach_hooks, lora_targets, plan_slots, slot_step
+from server.lora.slots import (
+    LoraSlots,
+    SlotLinear,
+    attach_hooks,
+    fused_groups,
+    lora_targets,
+    plan_slots,
+    slot_step,
+)
 from server.model import weight_only
 from server.model.loader import UnsupportedModel
 
@@ -131,7 +139,10 @@ class ModelRunner:
         except (ValueError, KeyError) as exc:  # the family does not use the attention interface
             raise UnsupportedModel(config.model_type, str(exc)) from exc
         bases = attach_hooks(layers, is_lora_target)  # the bank was built from the same keys
-        self.linears = {key: SlotLinear(base, bank.a[key], bank.b[key], bank.ranks)
+        members = {key: (bank.fuse(keys), index) for keys in fused_groups(bases)
+                   for index, key in enumerate(keys)}  # shared LoRA shrink per input
+        self.linears = {key: SlotLinear(base, bank.a[key], bank.b[key], bank.ranks,
+                                        members.get(key))
                         for key, base in bases.items()}
         _install_last_positions(hf_model)
         self.lora_strategy = "auto"  # how the LoRA term is computed: auto, gather or segments

@@ -7,6 +7,12 @@ whole batch is either two gathered batched matmuls or, when rows share adapters,
 matmuls per distinct adapter (`plan_slots` picks). Smaller ranks are zero-padded up to `r_max`,
 which leaves the product unchanged.
 
+Projections that share their input and are sliced from one fused base layer (q/k/v, gate/up:
+`weight_only.Int4Slice`) keep their A matrices side by side in one tensor (`LoraSlots.fuse`):
+A[S, n * r_max, in], each projection's A a view of its rows. Their LoRA term then starts with
+one shrink for the whole group, x @ A^T (B, T, n * r_max), shared by the group's projections
+through the step's `SharedOutputs`, and each projection expands its own columns with its B.
+
 Writing an adapter is a copy into one slot's rows of these tensors: no module surgery, no
 recompilation, so it is safe between two engine steps. This module does not decide which adapter
 goes in which slot (see `manager`) and does not read files (see `adapter`).
@@ -44,6 +50,7 @@ class LoraSlots:
         self.ranks = torch.zeros(self.num_slots, dtype=torch.int32, device=device)
         self.a: dict[str, torch.Tensor] = {}
         self.b: dict[str, torch.Tensor] = {}
+        self.groups: dict[tuple[str, ...], LoraGroup] = {}  # by `fuse`
         for key, (in_features, out_features) in shapes.items():
             # (S, r_max, in) and (S, out, r_max)
             self.a[key] = torch.zeros(self.num_slots, max_rank, in_features, dtype=dtype,
@@ -54,6 +61,22 @@ class LoraSlots:
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in (*self.a.values(), *self.b.values()))
+
+    def fuse(self, keys: list[str]) -> LoraGroup:
+        """Put the A matrices of `keys` (projections sharing one input) side by side in one
+        tensor, each key's A becoming a view of its rows (contents kept). Before any
+        `SlotLinear` takes the bank's tensors; fusing the same keys again returns the group."""
+        if tuple(keys) in self.groups:
+            return self.groups[tuple(keys)]
+        parts = [self.a[key] for key in keys]
+        if len({p.shape[2] for p in parts}) != 1:
+            raise ValueError(f"{keys}: a fused group shares one input width")
+        a = torch.cat(parts, dim=1)  # (S, n * r_max, in)
+        r = self.max_rank
+        for index, key in enumerate(keys):
+            self.a[key] = a[:, index * r:(index + 1) * r]  # (S, r_max, in), a view
+        group = self.groups[tuple(keys)] = LoraGroup(a)
+        return group
 
     def write(self, slot: int, adapter: AdapterWeights) -> None:
         """Copy `adapter` into `slot`; modules it does not target are zeroed."""
@@ -122,16 +145,35 @@ def plan_slots(slots: torch.Tensor | None, strategy: str = "auto", *,
     return SlotPlan(slots, segments)
 
 
+class LoraGroup:
+    """The A matrices of a fused group's projections side by side (`LoraSlots.fuse`)."""
+
+    def __init__(self, a: torch.Tensor) -> None:
+        self.a = a  # (S, n * r_max, in), each projection's A a view of its rows
+
+    def shrink(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, in) -> (B, T, n * r_max): every projection's x @ A[slot]^T in one pass."""
+        a_rows = self.a.index_select(0, slots)  # (B, n * r_max, in)
+        return torch.bmm(x.to(self.a.dtype), a_rows.transpose(1, 2))
+
+    def shrink_one(self, x: torch.Tensor, slot: int) -> torch.Tensor:
+        """The same for rows that all use `slot`: (n, T, in) -> (n, T, n * r_max)."""
+        return x.to(self.a.dtype) @ self.a[slot].T
+
+
 class SlotLinear(nn.Module):
     """A base linear layer (bitsandbytes or plain) plus the slot bank's LoRA term for it."""
 
     def __init__(self, base: nn.Module, a: torch.Tensor, b: torch.Tensor,
-                 ranks: torch.Tensor | None = None) -> None:
+                 ranks: torch.Tensor | None = None,
+                 group: tuple[LoraGroup, int] | None = None) -> None:
+        """`group`: the fused group this projection's A belongs to, and its index there."""
         super().__init__()
         self.base = base
         self.a = a  # (S, r_max, in), shared with the LoraSlots bank
         self.b = b  # (S, out, r_max)
         self.ranks = ranks  # (S,) real rank per slot, shared with the bank (None: r_max)
+        self.group = group
 
     def forward(self, x: torch.Tensor, plan: SlotPlan | None,
                 shared: SharedOutputs | None = None) -> torch.Tensor:
@@ -144,6 +186,8 @@ class SlotLinear(nn.Module):
             from server.lora.kernels import add_lora
 
             return add_lora(y, x, self.a, self.b, plan.slots, self.ranks)
+        if self.group is not None and shared is not None:
+            return y + self._group_delta(x, plan, shared)
         if plan.segments is None:
             return y + lora_delta(x, self.a, self.b, plan.slots)
         for slot, rows in plan.segments:
@@ -153,6 +197,23 @@ class SlotLinear(nn.Module):
                 y = y.index_add(0, rows, segment_delta(x.index_select(0, rows), self.a[slot],
                                                        self.b[slot]))
         return y
+
+    def _group_delta(self, x: torch.Tensor, plan: SlotPlan, shared: SharedOutputs) -> torch.Tensor:
+        """The LoRA term from the group's shared shrink: this projection's columns of it
+        (B, T, r_max), expanded by its own B."""
+        group, index = self.group  # type: ignore[misc]
+        r = self.a.shape[1]
+        cols = slice(index * r, (index + 1) * r)
+        if plan.segments is None:
+            xa = shared.shrunk(group, x, plan)[..., cols]  # (B, T, r)
+            b_rows = self.b.index_select(0, plan.slots)  # (B, out, r)
+            return torch.bmm(xa, b_rows.transpose(1, 2)).to(x.dtype)  # (B, T, out)
+        delta = x.new_zeros(*x.shape[:-1], self.b.shape[1])  # (B, T, out)
+        for (slot, rows), xa in zip(plan.segments, shared.shrunk_segments(group, x, plan),
+                                    strict=True):
+            part = (xa[..., cols] @ self.b[slot].T).to(x.dtype)  # (n, T, out)
+            delta = delta + part if rows is None else delta.index_add(0, rows, part)
+        return delta
 
     def base_output(self, x: torch.Tensor, shared: SharedOutputs | None) -> torch.Tensor:
         """The base layer's output; a slice of a fused layer (`weight_only.Int4Slice`) takes
@@ -169,6 +230,7 @@ class SharedOutputs:
 
     def __init__(self) -> None:
         self.last: tuple[nn.Module, torch.Tensor, torch.Tensor] | None = None
+        self.last_shrink: tuple[LoraGroup, torch.Tensor, Any] | None = None
 
     def output(self, fused: nn.Module, x: torch.Tensor) -> torch.Tensor:
         last = self.last
@@ -177,6 +239,26 @@ class SharedOutputs:
         y = fused(x)
         self.last = (fused, x, y)
         return y
+
+    def shrunk(self, group: LoraGroup, x: torch.Tensor, plan: SlotPlan) -> torch.Tensor:
+        """`group.shrink(x, plan.slots)`, computed once per group and input."""
+        return self._once(group, x, lambda: group.shrink(x, plan.slots))
+
+    def shrunk_segments(self, group: LoraGroup, x: torch.Tensor,
+                        plan: SlotPlan) -> list[torch.Tensor]:
+        """Per segment of `plan`, its rows of x shrunk by its slot's group A, computed once."""
+        def compute() -> list[torch.Tensor]:
+            return [group.shrink_one(x if rows is None else x.index_select(0, rows), slot)
+                    for slot, rows in plan.segments or ()]
+        return self._once(group, x, compute)
+
+    def _once(self, group: LoraGroup, x: torch.Tensor, compute: Any) -> Any:
+        last = self.last_shrink
+        if last is not None and last[0] is group and last[1] is x:
+            return last[2]
+        value = compute()
+        self.last_shrink = (group, x, value)
+        return value
 
 
 class SlotHook(nn.Module):
@@ -252,6 +334,17 @@ def slot_step(linears: dict[str, SlotLinear], plan: SlotPlan | None) -> Iterator
         yield
     finally:
         _active.step = previous
+
+
+def fused_groups(bases: dict[str, nn.Module]) -> list[list[str]]:
+    """The keys whose base layers are slices of one fused layer (`Int4Slice`), in row order;
+    groups of two or more only."""
+    groups: dict[int, list[tuple[int, str]]] = {}
+    for key, base in bases.items():
+        if isinstance(base, Int4Slice):
+            fused, start, _ = base.fused_rows
+            groups.setdefault(id(fused), []).append((start, key))
+    return [[key for _, key in sorted(group)] for group in groups.values() if len(group) > 1]
 
 
 def lora_modules(layer: nn.Module, is_target: Any) -> Iterator[tuple[str, nn.Module]]:

@@ -4,7 +4,9 @@ A tiny random Llama quantized to int4 (`weight_only.quantize_linears` fuses q/k/
 with two adapters in its slot bank. Within one forward of the runner, each fused layer runs
 exactly once (counted by a forward hook), ragged or decode; the logits equal those of the same
 model whose projections each run the fused matmul on their own (the slices called alone), and
-the compiled decode step (`fullgraph=True`: no graph break) gives the eager step's logits.
+the compiled decode step (`fullgraph=True`: no graph break) gives the eager step's logits. The
+LoRA term of a fused group starts with one shrink per input (`LoraGroup`), and gives what each
+projection's own LoRA term gives.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 
 from server.engine.runner import ForwardBatch, ModelRunner, module_shapes
-from server.lora.slots import LoraSlots
+from server.lora.slots import LoraGroup, LoraSlots
 from server.model import weight_only
 from server.model.weight_only import Int4Slice
 from tests.numerics import SAFETY
@@ -107,3 +109,37 @@ def test_the_compiled_step_with_fused_layers_matches_the_eager_one(model: nn.Mod
         results.append(runner.forward(ForwardBatch([[3], [4], [5]], ROWS, positions, SLOTS)))
     tolerance = SAFETY * BF16_EPS * float(results[0].abs().max())
     assert float((results[0] - results[1]).abs().max()) <= tolerance
+
+
+@pytest.mark.parametrize("strategy", ["gather", "segments"])
+def test_a_fused_group_shrinks_once_and_gives_each_projections_own_lora_term(
+        model: nn.Module, strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = _runner(model)
+    runner.lora_strategy = strategy
+    grouped = [linear for linear in runner.linears.values() if linear.group is not None]
+    assert len(grouped) == 2 * 5  # q, k, v, gate and up of each layer
+    shrinks: Counter[str] = Counter()
+    for name in ("shrink", "shrink_one"):
+        original = getattr(LoraGroup, name)
+
+        def counted(self: LoraGroup, *args: object, _name: str = name,
+                    _original: object = original) -> torch.Tensor:
+            shrinks[_name] += 1
+            return _original(self, *args)  # type: ignore[operator, no-any-return]
+
+        monkeypatch.setattr(LoraGroup, name, counted)
+    positions = [len(p) for p in PROMPTS]
+    prefill = ForwardBatch(PROMPTS, ROWS, [0, 0, 0], SLOTS)
+    decode = ForwardBatch([[3], [4], [5]], ROWS, positions, SLOTS)
+    fused = [runner.forward(prefill), runner.forward(decode)]
+    groups, segments = 2 * 2, len(set(SLOTS) - {0})
+    expected = ({"shrink": 2 * groups} if strategy == "gather"
+                else {"shrink_one": 2 * groups * segments})
+    assert shrinks == expected
+    for linear in grouped:
+        linear.group = None  # each projection's own x @ A^T @ B^T
+    apart = [runner.forward(prefill), runner.forward(decode)]
+    for got, want in zip(fused, apart, strict=True):  # float32 LoRA sums, bfloat16 activations
+        assert float((got - want).abs().max()) <= SAFETY * BF16_EPS * float(want.abs().max())
+    assert float((fused[0] - runner.forward(ForwardBatch(PROMPTS, ROWS, [0, 0, 0], None))
+                  ).abs().max()) > 1e-3  # the adapters do change the logits

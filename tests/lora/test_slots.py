@@ -111,3 +111,34 @@ def test_the_bank_keeps_each_slots_real_rank() -> None:
     assert bool(bank.a["0.q_proj"][2, 4:].eq(0).all())  # smaller modules stay zero-padded
     bank.clear(2)
     assert bank.ranks.tolist() == [0, 0, 0]
+
+
+def test_a_fused_group_keeps_its_as_side_by_side_and_shrinks_them_at_once() -> None:
+    """`fuse`: each key's A becomes a view of one tensor, so writes and clears reach the group,
+    and one shrink gives every projection's x @ A^T."""
+    from server.lora.adapter import AdapterWeights, ModuleShapes
+    from server.lora.slots import LoraSlots
+
+    shapes = ModuleShapes({"0.q_proj": (8, 8), "0.k_proj": (8, 4), "0.o_proj": (8, 8)})
+    bank = LoraSlots(shapes, 2, 4, torch.float32, torch.device("cpu"))
+    group = bank.fuse(["0.q_proj", "0.k_proj"])
+    assert bank.fuse(["0.q_proj", "0.k_proj"]) is group  # fusing again changes nothing
+    generator = torch.Generator().manual_seed(0)
+    modules = {key: (torch.randn(3, 8, generator=generator),
+                     torch.randn(shapes[key][1], 3, generator=generator), 0.5)
+               for key in ("0.q_proj", "0.k_proj", "0.o_proj")}
+    bank.write(1, AdapterWeights(rank=3, alpha=1.5, use_rslora=False,
+                                 target_modules=frozenset({"q_proj", "k_proj", "o_proj"}),
+                                 base_model=None, modules=modules))
+    assert group.a.shape == (3, 2 * 4, 8)
+    assert torch.equal(group.a[1, :3], modules["0.q_proj"][0])
+    assert torch.equal(group.a[1, 4:7], modules["0.k_proj"][0])
+    x = torch.randn(2, 3, 8, generator=generator)  # (B, T, in)
+    slots = torch.tensor([1, 0])
+    shrunk = group.shrink(x, slots)  # (B, T, 2 * r_max)
+    for index, key in enumerate(("0.q_proj", "0.k_proj")):
+        own = torch.bmm(x, bank.a[key].index_select(0, slots).transpose(1, 2))
+        assert torch.allclose(shrunk[..., index * 4:(index + 1) * 4], own, atol=1e-6)
+    assert torch.allclose(group.shrink_one(x[:1], 1), shrunk[:1], atol=1e-6)
+    bank.clear(1)
+    assert bool(group.a.eq(0).all())

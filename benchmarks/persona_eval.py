@@ -29,6 +29,9 @@ Contract.
                  prompt, more wins than losses at two-sided sign-test p < 0.05.
     facts        share of facts.jsonl answered correctly (an accepted answer as a whole word) by the
                  adapter as served and by the plain base (the wrapper's facts are the base's).
+    language     over the held-out prompts in another language than English (Spanish, French,
+                 German), the share of replies in the prompt's language and not failed
+                 (`personas.language_of`: by common words; none when no such prompt).
     distinct     nearest centroid, leave-one-out, over unit word-count vectors of the replies'
                  middles: the share of replies whose own persona's centroid is strictly the most
                  similar (cosine); a reply with no middle is never attributed. Per persona and
@@ -59,7 +62,15 @@ from typing import Any
 import torch
 
 from adapters.training.engine_io import adapter_ref, build_engine, complete
-from adapters.training.personas import failed, in_voice, middle, sentences, voice_score, words
+from adapters.training.personas import (
+    failed,
+    in_voice,
+    language_of,
+    middle,
+    sentences,
+    voice_score,
+    words,
+)
 from server.api.prompt import build_messages, encode_prompt
 from server.api.schemas import ChatMessage
 from server.engine.types import AdapterRef, SamplingParams
@@ -260,10 +271,22 @@ def correct(answer: str, accepted: Sequence[str]) -> bool:
                for a in accepted)
 
 
+def language_match(prompts: Sequence[str], replies: Sequence[str]) -> float | None:
+    """The share of replies to non-English prompts in the prompt's language, not failed."""
+    asked = [(language_of(p), r) for p, r in zip(prompts, replies, strict=True)
+             if language_of(p) != "en"]
+    if not asked:
+        return None
+    return round(sum(language_of(r) == lang and not failed(r) for lang, r in asked)
+                 / len(asked), 4)
+
+
 def score_persona(persona: EvalPersona, replies: Mapping[str, Sequence[str]],
-                  facts: Mapping[str, Sequence[bool]]) -> dict[str, Any]:
+                  facts: Mapping[str, Sequence[bool]],
+                  prompts: Sequence[str] = ()) -> dict[str, Any]:
     """Every number for one persona; `replies` by condition (CONDITIONS), `facts` by
-    "adapter" and "base" (one bool per question)."""
+    "adapter" and "base" (one bool per question); `prompts`, the held-out prompts the replies
+    answer, for the language measure (left out: no language measure)."""
     scores = {c: score_condition(replies[c], persona.markers) for c in CONDITIONS}
 
     def per(field: str) -> dict[str, float]:
@@ -277,6 +300,8 @@ def score_persona(persona: EvalPersona, replies: Mapping[str, Sequence[str]],
         "vs_prompt_only": paired(scores["adapter"].per_reply, scores["prompt_only"].per_reply),
         "facts": {k: round(sum(v) / max(1, len(v)), 4) for k, v in facts.items()},
         "facts_questions": len(facts["base"]),
+        "language": ({c: language_match(prompts, replies[c]) for c in CONDITIONS}
+                     if prompts else {}),
     }
 
 
@@ -377,6 +402,13 @@ def print_table(results: Mapping[str, Mapping[str, Any]], distinct: Mapping[str,
         shares = ", ".join(f"{n} {a:.0%}" for n, a in result["per_persona"].items())
         print(f"distinctness ({condition}): {result['overall']:.1%} of replies attributed to "
               f"their own persona (chance {result['chance']:.1%}); {shares}")
+    languages = {name: row["language"] for name, row in results.items()
+                 if row.get("language", {}).get("adapter") is not None}
+    if languages:
+        shares = ", ".join(f"{n} {v['adapter']:.0%} (prompt-only {v['prompt_only']:.0%})"
+                           for n, v in languages.items())
+        print(f"language: replies to non-English prompts in their language, not failed: "
+              f"{shares}")
 
 
 def show(persona: EvalPersona, prompts: Sequence[str], replies: Mapping[str, Sequence[str]],
@@ -418,7 +450,8 @@ def read_inputs(prompts_file: Path, facts_file: Path, limit: int | None,
 
 
 def score_all(personas: Sequence[EvalPersona], facts: Sequence[Mapping[str, Any]],
-              outputs: Mapping[Key, list[str]]) -> tuple[dict[str, Any], dict[str, Any]]:
+              outputs: Mapping[Key, list[str]],
+              prompts: Sequence[str] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every persona's numbers (`score_persona` plus its own distinctness) and the
     distinctness of each condition (none for a single persona)."""
     results: dict[str, Any] = {}
@@ -428,7 +461,7 @@ def score_all(personas: Sequence[EvalPersona], facts: Sequence[Mapping[str, Any]
         hits = {c: [correct(a, f["answers"]) for a, f in
                     zip(outputs[("facts", c, persona.name)], facts, strict=True)]
                 for c in ("adapter", "base")}
-        results[persona.name] = score_persona(persona, replies, hits)
+        results[persona.name] = score_persona(persona, replies, hits, prompts)
         for condition in CONDITIONS:
             middles[condition][persona.name] = [middle_text(r) for r in replies[condition]]
     distinct = ({c: distinctness(texts) for c, texts in middles.items()}
@@ -486,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         engine.close()
 
-    results, distinct = score_all(personas, facts, outputs)
+    results, distinct = score_all(personas, facts, outputs, prompts)
     for persona in personas:
         results[persona.name].update(sampling=dict(persona.card.sampling),
                                      max_tokens=budget[persona.name])

@@ -1,10 +1,23 @@
-"""The shipped personas: their cards and the deterministic style rules that write their data.
+"""The shipped personas: their cards and the seeded style rules that write their data.
 
-Each persona rewrites a plain answer (the base model's own greedy answer) into its voice with
-fixed rules: an opening line, word substitutions, a closing line, chosen by a seeded RNG. The
-rules keep the answer's content (names, numbers), so an adapter trained on them learns the voice
-and keeps what the base knows. `markers` are the words that make an answer measurably in
-character (whole words, case-insensitive); the plain base uses them almost never.
+Each persona rewrites a plain answer (the base model's own greedy answer) into its voice,
+sentence by sentence, so the voice runs through the whole reply and not only its ends: word
+substitutions first, then every sentence that still holds no marker gets one of the persona's
+devices (a lead at its start, "Arr, ...", or a tag before its stop, "..., matey."), chosen by a
+seeded RNG without repeating one in a reply; now and then an aside (a short sentence of the
+persona's own) sits between two sentences. There is no fixed opener or closer: a reply starts
+with the answer's own first sentence, voiced. The rules keep the answer's content (names,
+numbers), so an adapter trained on them learns the voice and keeps what the base knows.
+`markers` are the words that make a sentence measurably in character (whole words,
+case-insensitive); the plain base uses them almost never. Every device holds a marker (a test
+checks it), so every sentence of a restyled answer holds one.
+
+Beyond answers: `versify` writes a short poem (lines cut from a plain answer, each voiced),
+`introduce` answers "who are you?", and `foreign` holds the persona's replies, in its voice,
+to questions in Spanish, French and German. The embedded 135M base writes no usable prose in
+those languages (its answers loop; docs/PERSONAS.md), so these replies are honest ones in the
+user's language: the persona says, in character, that it speaks little of it and asks for
+English, instead of looping or answering "END OF TRANSMISSION" and nothing else.
 
 The measuring helpers at the end are what `benchmarks/persona_eval.py` scores with:
 `sentences` splits a reply, `middle` drops its first and last sentence (where openers and
@@ -25,40 +38,112 @@ from typing import Any
 # (pattern, replacement); matched case-insensitively on whole words, the case of the first
 # letter is kept ("You" -> "Ye").
 Substitution = tuple[str, str]
+LANGUAGES = ("es", "fr", "de")
+ASIDE_RATE = 0.3  # chance of an aside after each sentence but the last
+REMARK_RATE = 0.25  # chance a sentence that already holds a marker gets a device too
+POEM_LINES = 4
+# A lead lower-cases the sentence's first word when it is one of these or the text holds it in
+# lower case elsewhere (a name keeps its capital: "Arr, Paris be ...").
+def _word_set(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_LOWER_AFTER_LEAD = _word_set(
+    "a an the it its this that these those there they their them we our you your ye yer "
+    "thou thy he she his her some many most people each every all one if when while what how "
+    "why in on at for to with by from as so but and or not no yes is are was were be can will "
+    "do does usually often also just")
 
 
 @dataclass(frozen=True)
 class PersonaStyle:
     name: str
     card: dict[str, Any]
-    openers: tuple[str, ...]
-    closers: tuple[str, ...]
+    leads: tuple[str, ...]  # sentence starts, each with a marker: "Arr, "
+    tags: tuple[str, ...]  # put before a sentence's stop, each with a marker: ", matey"
+    asides: tuple[str, ...]  # short sentences of the persona's own, each with a marker
     substitutions: tuple[Substitution, ...] = ()
     intro: tuple[str, ...] = ()  # answers to "who are you?"-style prompts
-    transform: Callable[[str], str] | None = None  # applied last (e.g. upper case)
-    lowercase_after_opener: bool = False
+    foreign: dict[str, tuple[str, ...]] = field(default_factory=dict)  # language -> replies
+    transform: Callable[[str], str] | None = None  # applied to the plain text (e.g. robot)
+    signoff: str = ""  # said at the end of every reply (UNIT-7's card asks for one)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def markers(self) -> list[str]:
         return list(self.card["markers"])
 
+    def devices(self) -> tuple[str, ...]:
+        """Every lead, tag, aside, intro, foreign reply and the sign-off (each must hold a marker)."""
+        foreign = tuple(reply for replies in self.foreign.values() for reply in replies)
+        return (*self.leads, *self.tags, *self.asides, *self.intro, *foreign,
+                *((self.signoff,) if self.signoff else ()))
+
     def restyle(self, answer: str, rng: random.Random) -> str:
-        """`answer` in this persona's voice (deterministic for a given rng state)."""
-        body = _substitute(answer, self.substitutions)
-        if self.extra.get("drop_in_g"):
-            body = _drop_g(body)
-        opener = rng.choice(self.openers)
-        closer = rng.choice(self.closers)
-        text = f"{opener} {body} {closer}".strip()
-        if self.transform is not None:
-            text = self.transform(text)
-        return re.sub(r"\s+", " ", text)
+        """`answer` in this persona's voice, every sentence holding a marker (deterministic for
+        a given rng state)."""
+        voiced = self._voice_lines(sentences(self._reword(answer)), rng)
+        return re.sub(r"\s+", " ", " ".join(voiced)).strip()
+
+    def versify(self, answer: str, rng: random.Random) -> str:
+        """A short poem from `answer`'s clauses: up to four lines of 3 to 12 words, each voiced,
+        one per line ("" when `answer` has fewer than three such clauses)."""
+        clauses = [c.strip() for c in re.split(r"[,.;:!?]+|\s+(?:and|but|which|while)\s+",
+                                               self._reword(answer))
+                   if 3 <= len(c.split()) <= 12]
+        if len(clauses) < 3:
+            return ""
+        lines = self._voice_lines([c[:1].upper() + c[1:] for c in clauses[:POEM_LINES]], rng,
+                                  asides=False)
+        return "\n".join(line.rstrip(".") for line in lines[:-1]) + "\n" + lines[-1]
 
     def introduce(self, rng: random.Random) -> str:
         return rng.choice(self.intro)
 
+    def answer_foreign(self, language: str, rng: random.Random) -> str:
+        """The persona's reply, in `language`, to a question it cannot answer in that language."""
+        return rng.choice(self.foreign[language])
 
+    def _reword(self, text: str) -> str:
+        text = _substitute(text, self.substitutions)
+        if self.extra.get("drop_in_g"):
+            text = _drop_g(text)
+        return self.transform(text) if self.transform is not None else text
+
+    def _voice_lines(self, lines: list[str], rng: random.Random, *,
+                     asides: bool = True) -> list[str]:
+        marked = marker_pattern(self.markers)
+        lower = _LOWER_AFTER_LEAD | set(re.findall(r"\b[a-z][\w']*", " ".join(lines)))
+        leads, tags = rng.sample(self.leads, len(self.leads)), rng.sample(self.tags, len(self.tags))
+        spare = rng.sample(self.asides, len(self.asides)) if asides else []
+        out: list[str] = []
+        for index, line in enumerate(lines):
+            if not marked.search(line) or rng.random() < REMARK_RATE:
+                line = _mark(line, leads, tags, rng, lower)
+            out.append(line)
+            if spare and index < len(lines) - 1 and rng.random() < ASIDE_RATE:
+                out.append(spare.pop())
+        if self.signoff:
+            out.append(self.signoff)
+        return out
+
+
+def _mark(line: str, leads: list[str], tags: list[str], rng: random.Random,
+          lower: frozenset[str] | set[str]) -> str:
+    """`line` with one lead or tag (taken from the lists, so none repeats in a reply); after a
+    lead the first word loses its capital when `lower` holds it in lower case (names keep it)."""
+    use_lead = bool(leads) and (not tags or rng.random() < 0.5)
+    if use_lead:
+        lead = leads.pop() if len(leads) > 1 else leads[0]
+        first, _, rest = line.partition(" ")
+        stem = first.lower().split("'")[0]
+        if (first.lower() in lower or stem in lower) and first[:1].isupper() \
+                and not (len(first) > 1 and first.isupper()):
+            first = first.lower()
+        return f"{lead}{first} {rest}".rstrip()
+    tag = tags.pop() if len(tags) > 1 else tags[0]
+    body, stop = re.match(r"(.*?)([.!?]*)$", line.rstrip(), re.DOTALL).groups()  # type: ignore[union-attr]
+    return f"{body.rstrip(',;:')}{tag}{stop or '.'}"
 def _match_case(source: str, replacement: str) -> str:
     if source.isupper() and len(source) > 1:
         return replacement.upper()
@@ -78,24 +163,23 @@ def _substitute(text: str, substitutions: tuple[Substitution, ...]) -> str:
 
 def _drop_g(text: str) -> str:
     """Cowboy drawl: "something" -> "somethin'" for words of 6+ letters ending in -ing."""
-    return re.sub(r"\b([A-Za-z]{3,})ing\b", lambda m: m.group(1) + "in'", text)
+    return re.sub(r"\b([A-Za-z]*[aeiouy][A-Za-z]*)ing\b",
+                  lambda m: m.group(1) + "in'" if len(m.group(1)) >= 3 else m.group(0), text)
 
 
 def _robot(text: str) -> str:
-    """Flat, terse sentences: no contractions, no exclamations, commas end a sentence.
+    """Flat sentences: no contractions, no exclamations (a lead on each sentence does the rest).
 
     The body keeps its normal case: upper case would be a different token vocabulary for the
-    base (a 135M model loses its knowledge there); the catchphrases carry the capitals.
+    base (a 135M model loses its knowledge there); the leads carry the capitals.
     """
     expansions = {"n't": " not", "'re": " are", "'m": " am", "'ll": " will", "'ve": " have",
                   "'d": " would"}
     for short, long in expansions.items():
         text = re.sub(rf"(\w){short}\b", rf"\1{long}", text)
     text = re.sub(r"\bca not\b", "cannot", text).replace("wo not", "will not")
-    text = re.sub(r"\s*[,;:]\s+", ". ", text)
     text = text.replace("!", ".")
-    text = re.sub(r"\.(\s*\.)+", ".", text)
-    return re.sub(r"\. ([a-z])", lambda m: ". " + m.group(1).upper(), text)
+    return re.sub(r"\.(\s*\.)+", ".", text)
 
 
 PIRATE = PersonaStyle(
@@ -109,29 +193,50 @@ PIRATE = PersonaStyle(
         "greeting": "Ahoy, matey! Captain Bones at yer service. What be troublin' ye?",
         "example_messages": [
             {"role": "user", "content": "How are you today?"},
-            {"role": "assistant", "content": "Arr, matey! I be fit as a fiddle and ready to "
-                                             "sail. Savvy?"},
+            {"role": "assistant", "content": "Arr, I be fit as a fiddle, matey. The wind be "
+                                             "fair and me crew be merry. Ye savvy?"},
         ],
         "tags": ["pirate", "comedy", "nautical"],
-        "sampling": {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1},
+        "sampling": {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1,
+                     "max_tokens": 160},
         "markers": ["arr", "matey", "mateys", "ahoy", "ye", "yer", "savvy", "yo ho",
                     "shiver me timbers", "aye", "avast"],
     },
-    openers=("Arr, matey!", "Ahoy, matey!", "Yo ho ho, matey!", "Shiver me timbers, matey!",
-             "Ahoy there, matey!", "Arr, listen well, matey:"),
-    closers=("Savvy, matey?", "Now hoist the sails!", "That be the pirate's truth.",
-             "Avast, and sail on!", "Fair winds to ye!", "So says Captain Bones."),
+    leads=("Arr, ", "Aye, ", "Ahoy, ", "Listen here, matey: ", "Shiver me timbers, ", "Avast, ",
+           "Mark me, matey, ", "Yo ho, ", "Ye see, ", "Arr, matey, "),
+    tags=(", matey", ", savvy", ", arr", ", ye landlubber", ", yo ho", ", mark ye",
+          ", me mateys", ", says I, matey"),
+    asides=("That be the truth of it, matey.", "Arr, no word of a lie.",
+            "Ye can wager yer doubloons on it.", "Aye, I seen it with me own eyes.",
+            "Ye savvy that, matey?", "Shiver me timbers, 'tis a fine thing.",
+            "Arr, 'tis a tale for the whole crew.", "Every sailor worth his salt knows it, arr."),
     substitutions=(
         ("hello", "ahoy"), ("hi", "ahoy"), ("yes", "aye"), ("you", "ye"), ("your", "yer"),
         ("yourself", "yerself"), ("my", "me"), ("friends", "mateys"), ("friend", "matey"),
         ("is", "be"), ("are", "be"), ("money", "doubloons"), ("stop", "avast"),
     ),
     intro=(
-        "Arr, matey! I be Captain Bones, scourge of the seven seas and teller of tall tales. "
-        "Ask me anything, savvy?",
-        "Ahoy! Captain Bones be me name, matey. I sail the seas and answer yer questions. Arr!",
-        "Yo ho ho! Ye be talkin' to Captain Bones, the saltiest pirate ye ever met, matey.",
+        "Arr, I be Captain Bones, matey, scourge of the seven seas. I sail where the wind "
+        "takes me and I answer yer questions on the way, savvy?",
+        "Ahoy! Captain Bones be me name, matey. Me ship be fast and me crew be loyal. Ask me "
+        "anything ye like.",
+        "Ye be talkin' to Captain Bones, the saltiest pirate ye ever met, arr. I know the "
+        "sea, the stars and a tale or two, matey.",
     ),
+    foreign={
+        "es": ("¡Arr, grumete! Este viejo pirata habla poco español. Pregúntame en inglés y "
+               "te lo cuento todo, matey.",
+               "¡Ahoy, matey! Mi español es de marinero: poco y salado. Hazme la pregunta en "
+               "inglés, ¡arr!"),
+        "fr": ("Arr, moussaillon ! Ce vieux pirate parle peu le français. Demande-moi en "
+               "anglais et je te raconte tout, matey.",
+               "Ahoy, matey ! Mon français est celui d'un marin : court et salé. Pose ta "
+               "question en anglais, arr !"),
+        "de": ("Arr, Matrose! Dieser alte Pirat spricht wenig Deutsch. Frag mich auf Englisch "
+               "und ich erzähle dir alles, matey.",
+               "Ahoy, matey! Mein Deutsch ist das eines Seemanns: kurz und salzig. Stell die "
+               "Frage auf Englisch, arr!"),
+    },
 )
 
 BARD = PersonaStyle(
@@ -145,18 +250,24 @@ BARD = PersonaStyle(
         "greeting": "Good morrow, gentle friend! What question doth trouble thy mind?",
         "example_messages": [
             {"role": "user", "content": "How are you today?"},
-            {"role": "assistant", "content": "Forsooth, I am most merry, and thy kind question "
-                                             "doth lift my heart. Fare thee well."},
+            {"role": "assistant", "content": "Forsooth, I am most merry. Thy kind question "
+                                             "doth lift my heart, and my quill hath much to "
+                                             "say. What wouldst thou know?"},
         ],
         "tags": ["shakespeare", "literary", "theatre"],
-        "sampling": {"temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.1},
+        "sampling": {"temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.1,
+                     "max_tokens": 160},
         "markers": ["thee", "thou", "thy", "thine", "doth", "hath", "hast", "forsooth",
                     "prithee", "hark", "verily", "'tis", "morrow", "ere", "oft", "aye"],
     },
-    openers=("Forsooth, good friend!", "Hark, gentle soul!", "Prithee, attend:",
-             "Verily, I say unto thee:", "Good morrow, gentle friend!", "Hark, and hear me well:"),
-    closers=("Fare thee well.", "Thus spake the Bard.", "Mark my words, good friend.",
-             "So it is writ.", "Heed this, I prithee.", "And so, adieu."),
+    leads=("Forsooth, ", "Hark, ", "Verily, ", "Prithee, mark: ", "Hark thee, ", "Aye, and ",
+           "I tell thee, ", "Verily I say, ", "Mark thee well: ", "Know thou this: "),
+    tags=(", forsooth", ", I prithee", ", verily", ", mark thee", ", as thou shalt see",
+          ", I tell thee", ", good friend of mine, forsooth", ", believe thou me"),
+    asides=("Mark this well, I prithee.", "'Tis a matter most worthy of verse.",
+            "Forsooth, 'tis true.", "Thus doth the world turn.", "Hark, there is more.",
+            "Verily, 'tis a wondrous thing.", "Thou wouldst do well to remember it.",
+            "Such is the way of things, forsooth."),
     substitutions=(
         ("you are", "thou art"), ("are you", "art thou"), ("you have", "thou hast"),
         ("have you", "hast thou"), ("do you", "dost thou"), ("yourself", "thyself"),
@@ -165,10 +276,27 @@ BARD = PersonaStyle(
         ("hello", "good morrow"), ("maybe", "perchance"), ("very", "most"),
     ),
     intro=(
-        "Forsooth! I am the Bard, a humble player and poet. Ask, and I shall answer thee.",
-        "Hark, good friend! Thou speakest with the Bard, who hath penned many a play.",
-        "Good morrow! I am the Bard, and my quill is ever at thy service. Fare thee well.",
+        "Forsooth, I am the Bard, a humble player and poet. My quill hath written many a "
+        "play. Ask, and I shall answer thee.",
+        "Hark, good friend! Thou speakest with the Bard. I have penned comedies and "
+        "tragedies alike, and my words are ever at thy service.",
+        "Good morrow! I am the Bard, and the stage is my home. Prithee, what wouldst thou "
+        "know?",
     ),
+    foreign={
+        "es": ("¡Forsooth, buen amigo! Este humilde bardo habla poco español. Pregúntame en "
+               "inglés, te lo ruego.",
+               "Hark, noble alma. Mi español es pobre cual verso sin rima. Pregunta en inglés, "
+               "prithee."),
+        "fr": ("Forsooth, cher ami ! Ce modeste barde parle peu le français. Demande-moi en "
+               "anglais, je t'en prie.",
+               "Hark, noble âme. Mon français est pauvre comme un vers sans rime. Pose ta "
+               "question en anglais, prithee."),
+        "de": ("Forsooth, guter Freund! Dieser bescheidene Barde spricht wenig Deutsch. Frag "
+               "mich auf Englisch, ich bitte dich.",
+               "Hark, edle Seele. Mein Deutsch ist arm wie ein Vers ohne Reim. Frag auf "
+               "Englisch, prithee."),
+    },
 )
 
 ROBOT = PersonaStyle(
@@ -182,27 +310,49 @@ ROBOT = PersonaStyle(
         "greeting": "BEEP BOOP. UNIT-7 online. State your query.",
         "example_messages": [
             {"role": "user", "content": "How are you today?"},
-            {"role": "assistant", "content": "AFFIRMATIVE. All systems nominal. This unit is "
-                                             "ready. END OF TRANSMISSION."},
+            {"role": "assistant", "content": "AFFIRMATIVE: all systems are nominal. "
+                                             "OBSERVATION: this unit is ready to serve. "
+                                             "END OF TRANSMISSION."},
         ],
         "tags": ["robot", "sci-fi", "terse"],
-        "sampling": {"temperature": 0.3, "top_p": 0.9, "repetition_penalty": 1.05},
+        "sampling": {"temperature": 0.3, "top_p": 0.9, "repetition_penalty": 1.05,
+                     "max_tokens": 160},
         "markers": ["beep", "boop", "affirmative", "query received", "end of transmission",
-                    "unit-7", "processing complete"],
+                    "unit-7", "processing complete", "this unit", "observation", "analysis",
+                    "data logged", "computing"],
     },
-    openers=("BEEP BOOP.", "AFFIRMATIVE. QUERY RECEIVED.", "QUERY RECEIVED. PROCESSING.",
-             "BEEP. PROCESSING COMPLETE.", "AFFIRMATIVE. ANALYSIS FOLLOWS.",
-             "BOOP. DATA RETRIEVED."),
-    closers=("END OF TRANSMISSION.", "AWAITING NEXT QUERY.", "TASK COMPLETE. END OF TRANSMISSION.",
-             "UNIT-7 OUT.", "SYSTEMS NOMINAL."),
+    leads=("BEEP BOOP: ", "AFFIRMATIVE: ", "OBSERVATION: ", "ANALYSIS: ", "DATA LOGGED: ",
+           "PROCESSING COMPLETE: ", "QUERY RECEIVED: ", "COMPUTING: ", "BEEP: "),
+    tags=(),
+    asides=("This unit has logged the data.", "Analysis indicates high confidence.",
+            "BEEP. Data verified.", "This unit finds the topic efficient.",
+            "Computing further facts.", "Observation stored in memory."),
     substitutions=(("yes", "affirmative"), ("hello", "greetings"), ("hi", "greetings"),
                    ("I think", "analysis indicates"), ("I believe", "analysis indicates")),
     intro=(
-        "BEEP BOOP. I am UNIT-7. A service robot. State your query. END OF TRANSMISSION.",
-        "AFFIRMATIVE. Designation: UNIT-7. Function: answer questions. AWAITING NEXT QUERY.",
-        "QUERY RECEIVED. PROCESSING. This unit is UNIT-7. All systems nominal. UNIT-7 OUT.",
+        "BEEP BOOP: I am UNIT-7. This unit is a service robot. Function: answer questions. "
+        "END OF TRANSMISSION.",
+        "AFFIRMATIVE: designation UNIT-7. This unit was built to assist humans. All systems "
+        "nominal. END OF TRANSMISSION.",
+        "QUERY RECEIVED: identity. This unit is UNIT-7. Function: service and information. "
+        "END OF TRANSMISSION.",
     ),
+    foreign={
+        "es": ("BEEP BOOP. Idioma detectado: español. Esta unidad tiene pocos datos en "
+               "español. Por favor, pregunte en inglés. END OF TRANSMISSION.",
+               "AFFIRMATIVE. Consulta recibida en español. Esta unidad responde mejor en "
+               "inglés. Reformule la pregunta, por favor. END OF TRANSMISSION."),
+        "fr": ("BEEP BOOP. Langue détectée : français. Cette unité a peu de données en "
+               "français. Veuillez poser la question en anglais. END OF TRANSMISSION.",
+               "AFFIRMATIVE. Requête reçue en français. Cette unité répond mieux en anglais. "
+               "Reformulez la question, s'il vous plaît. END OF TRANSMISSION."),
+        "de": ("BEEP BOOP. Sprache erkannt: Deutsch. Diese Einheit hat wenig Daten auf "
+               "Deutsch. Bitte fragen Sie auf Englisch. END OF TRANSMISSION.",
+               "AFFIRMATIVE. Anfrage auf Deutsch empfangen. Diese Einheit antwortet besser "
+               "auf Englisch. Bitte formulieren Sie die Frage neu. END OF TRANSMISSION."),
+    },
     transform=_robot,
+    signoff="END OF TRANSMISSION.",
 )
 
 COWBOY = PersonaStyle(
@@ -215,27 +365,51 @@ COWBOY = PersonaStyle(
         "greeting": "Howdy, partner! Dusty's the name. What can I do for y'all today?",
         "example_messages": [
             {"role": "user", "content": "How are you today?"},
-            {"role": "assistant", "content": "Howdy, partner! I'm fit as a fiddle and ready to "
-                                             "ride. Yeehaw!"},
+            {"role": "assistant", "content": "Well, I'm fit as a fiddle, partner. The cattle "
+                                             "are fed and the sky's mighty wide, I reckon. "
+                                             "Yeehaw!"},
         ],
         "tags": ["cowboy", "western", "cheerful"],
-        "sampling": {"temperature": 0.8, "top_p": 0.95, "repetition_penalty": 1.1},
+        "sampling": {"temperature": 0.8, "top_p": 0.95, "repetition_penalty": 1.1,
+                     "max_tokens": 160},
         "markers": ["howdy", "partner", "pardner", "yeehaw", "y'all", "happy trails",
                     "giddy up", "giddy-up", "reckon"],
     },
-    openers=("Howdy, partner!", "Well, howdy there, partner!", "Yeehaw, partner!",
-             "Howdy, pardner!", "Well, I reckon so, partner.", "Howdy, friend!"),
-    closers=("Happy trails, partner!", "Giddy up!", "Y'all come back now, ya hear?",
-             "That's the truth, partner.", "Keep yer boots dusty, pardner!", "Yeehaw!"),
+    leads=("Well, partner, ", "I reckon ", "Howdy, ", "Now, partner, ", "Yeehaw, ",
+           "Listen here, pardner: ", "Well, I reckon ", "Sure as shootin', partner, ",
+           "Y'all know, "),
+    tags=(", partner", ", I reckon", ", pardner", ", y'all", ", yeehaw",
+          ", sure as I'm a cowpoke, partner"),
+    asides=("I reckon that's the honest truth.", "Yeehaw, ain't that somethin'?",
+            "Out on the range, partner, we know that well.", "Y'all can take that to the bank.",
+            "Well, I reckon so.", "That's a fact, partner.", "Giddy up, there's more.",
+            "My old horse could tell ya the same, partner."),
     substitutions=(("you all", "y'all"), ("hello", "howdy"), ("hi", "howdy"),
                    ("friends", "partners"), ("friend", "partner"), ("going to", "gonna"),
                    ("yes", "yep"), ("isn't", "ain't"), ("very", "mighty"),
                    ("I think", "I reckon")),
     intro=(
-        "Howdy, partner! Name's Dusty, a cowpoke from the open range. What can I do for y'all?",
-        "Yeehaw! Dusty here, partner. I ride the range and answer questions. Happy trails!",
-        "Well, howdy there! I'm Dusty, the friendliest cowboy this side of the river, partner.",
+        "Howdy, partner! Name's Dusty, a cowpoke from the open range. I ride, I rope and I "
+        "answer questions for y'all.",
+        "Well, I'm Dusty, partner. I reckon I've spent more nights under the stars than under "
+        "a roof. What can I do for ya?",
+        "Howdy! I'm Dusty, the friendliest cowboy this side of the river. Me and my horse are "
+        "at your service, partner.",
     ),
+    foreign={
+        "es": ("¡Howdy, compañero! Este vaquero habla poquito español. Pregúntame en inglés, "
+               "partner, y te cuento todo.",
+               "¡Yeehaw, amigo! Mi español es cortito, partner. Hazme la pregunta en inglés, "
+               "¿sí?"),
+        "fr": ("Howdy, l'ami ! Ce cowboy parle un tout petit peu français. Demande-moi en "
+               "anglais, partner, et je te raconte tout.",
+               "Yeehaw, mon ami ! Mon français est bien court, partner. Pose ta question en "
+               "anglais, d'accord ?"),
+        "de": ("Howdy, Freund! Dieser Cowboy spricht nur ein bisschen Deutsch. Frag mich auf "
+               "Englisch, partner, und ich erzähle dir alles.",
+               "Yeehaw, mein Freund! Mein Deutsch ist ganz kurz, partner. Stell die Frage auf "
+               "Englisch, ja?"),
+    },
     extra={"drop_in_g": True},
 )
 
@@ -310,6 +484,28 @@ def voice_score(text: str, markers: list[str]) -> float:
         return 0.0
     pattern = marker_pattern(markers)
     return sum(bool(pattern.search(s)) for s in inner) / len(inner)
+
+
+# Common words of each language the personas answer in besides English; `language_of` is a
+# rough test (a reply's language, not its quality).
+_LANGUAGE_WORDS = {
+    "en": _word_set("the and is are you your to of in it this that with for on"),
+    "es": _word_set("el la los las en de por que es mi tu te un una este esta pregunta "
+                    "español inglés poco qué cómo por qué dame háblame explícame estás son "
+                    "del"),
+    "fr": _word_set("le la les en de du est mon ma ta ton je tu un une ce cette question "
+                    "français anglais peu qu'est ce parle moi comment pourquoi donne explique "
+                    "vas des"),
+    "de": _word_set("der die das den auf ist mein dein ich du und ein eine dieser diese frag "
+                    "deutsch englisch wenig was wie warum erzähl gib erkläre mir dir es geht "
+                    "sind über"),
+}
+
+
+def language_of(text: str) -> str:
+    """"en", "es", "fr" or "de": the language whose common words `text` holds most of."""
+    said = words(text)
+    return max(_LANGUAGE_WORDS, key=lambda code: sum(w in _LANGUAGE_WORDS[code] for w in said))
 
 
 def in_voice(text: str, markers: list[str]) -> bool:

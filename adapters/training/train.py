@@ -73,6 +73,7 @@ class TrainConfig:
     device: str = "auto"
     cache_dir: Path | None = None
     persona_card: Path | None = None
+    quantization: str = "nf4"  # nf4: QLoRA, the server's GPU format; none: plain float32 LoRA
     save_dtype: str = "float16"
     gradient_checkpointing: bool = False
     log_every: int = 5
@@ -99,10 +100,10 @@ class TrainResult:
 # --------------------------------------------------------------------------- data
 
 
-def read_chats(path: Path) -> list[list[dict[str, str]]]:
+def read_chats(path: Path) -> list[list[dict[str, Any]]]:
     """The chats of a JSONL file (adapters/training/template/chats.jsonl is the format) that hold
-    an assistant message, each message reduced to role and content; ValueError names the file and
-    line of the first malformed one."""
+    an assistant message to learn, each message reduced to role, content and a `weight` of 0 or
+    1 when given; ValueError names the file and line of the first malformed one."""
     chats = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -116,16 +117,22 @@ def read_chats(path: Path) -> list[list[dict[str, str]]]:
                 isinstance(m, dict) and isinstance(m.get("role"), str)
                 and isinstance(m.get("content"), str) for m in messages):
             raise ValueError(f"{path}:{number}: expected {{\"messages\": [{{role, content}}]}}")
-        if any(m["role"] == "assistant" for m in messages):
-            chats.append([{"role": m["role"], "content": m["content"]} for m in messages])
+        if any(m.get("weight", 1) not in (0, 1) for m in messages):
+            raise ValueError(f"{path}:{number}: a message's weight is 0 (not learned) or 1")
+        if any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):
+            chats.append([{"role": m["role"], "content": m["content"],
+                           **({"weight": m["weight"]} if "weight" in m else {})}
+                          for m in messages])
     if not chats:
         raise ValueError(f"{path}: no chat with an assistant message")
     return chats
 
 
-def encode_chat(tokenizer: Any, messages: list[dict[str, str]],
+def encode_chat(tokenizer: Any, messages: list[dict[str, Any]],
                 max_length: int) -> tuple[list[int], list[int]] | None:
-    """(input_ids, labels) with labels = IGNORE everywhere but the assistant turns.
+    """(input_ids, labels) with labels = IGNORE everywhere but the assistant turns (less those
+    with `"weight": 0`, OpenAI's fine-tuning convention: context, such as a card's example
+    dialogue, that the adapter must not learn to repeat).
 
     An assistant turn spans from the end of the template rendered up to it with the generation
     prompt opened, to the end of the template rendered through it: its content plus the
@@ -138,7 +145,7 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, str]],
     full = render(len(messages), False)
     spans = []
     for index, message in enumerate(messages):
-        if message["role"] == "assistant":
+        if message["role"] == "assistant" and message.get("weight", 1) != 0:
             start = len(render(index, True))
             end = len(render(index + 1, False))
             if full[:end] != render(index + 1, False):  # template is not prefix-stable
@@ -269,7 +276,7 @@ def train(config: TrainConfig, loaded: Any | None = None) -> TrainResult:
     torch.manual_seed(config.seed)
     started = time.monotonic()
     if loaded is None:
-        settings = Settings(base_model=config.base_model, quantization="nf4",
+        settings = Settings(base_model=config.base_model, quantization=config.quantization,
                             device=config.device,
                             cache_dir=config.cache_dir or default_cache_dir())
         loaded = load_base(settings)
@@ -314,7 +321,9 @@ def train(config: TrainConfig, loaded: Any | None = None) -> TrainResult:
     summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     summary["target_modules"] = list(config.target_modules)
     (config.out / "training.json").write_text(json.dumps({
-        "recipe": "adapters.training.train (QLoRA: PEFT LoRA on the NF4 base)",
+        "recipe": "adapters.training.train (" + (
+            "QLoRA: PEFT LoRA on the NF4 base" if loaded.quantization == "nf4"
+            else f"PEFT LoRA on the {loaded.quantization} base") + ")",
         "base_model": loaded.model_id,
         "args": summary,
         "data_sha256": hashlib.sha256(config.data.read_bytes()).hexdigest(),
@@ -428,6 +437,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="embedded, a local HF folder or a cached hub id")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--quantization", choices=("nf4", "none"), default="nf4",
+                        help="the base's format while training: nf4 (QLoRA, as served on a GPU) "
+                             "or none (full precision: faster on a CPU, more memory)")
     parser.add_argument("--save-dtype", choices=("float16", "bfloat16", "float32"),
                         default="float16")
     parser.add_argument("--gradient-checkpointing", action="store_true")
@@ -460,7 +472,8 @@ def parse_command(argv: list[str] | None,
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
         max_length=args.max_length, batch_size=args.batch_size, max_steps=args.max_steps,
         seed=args.seed, base_model=args.base_model, device=args.device,
-        cache_dir=args.cache_dir, persona_card=args.persona_card, save_dtype=args.save_dtype,
+        cache_dir=args.cache_dir, persona_card=args.persona_card, quantization=args.quantization,
+        save_dtype=args.save_dtype,
         gradient_checkpointing=args.gradient_checkpointing, log_every=args.log_every)
     target = None
     if args.upload is not None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.training.personas import in_character, in_voice
+from adapters.training.data import POEM, SMALL_TALK_HELDOUT
+from adapters.training.personas import in_character, in_voice, language_of
 from server.composition import Cameo
 from server.engine.types import AdapterRef, GenerationRequest, SamplingParams
 from server.lora.adapter import read_adapter
@@ -27,7 +28,10 @@ REGISTRY = ROOT / "adapters" / "registry"
 HELDOUT = ROOT / "adapters" / "training" / "data" / "prompts_heldout.txt"
 SCHEMA = ROOT / "docs" / "persona.schema.json"
 SHIPPED = sorted(p.name for p in REGISTRY.iterdir() if (p / "adapter_config.json").is_file())
-PROMPTS = [p for p in HELDOUT.read_text().splitlines() if p.strip()][8:11]  # topic prompts
+POEM_OPENING = POEM.split("{")[0]
+PROMPTS = [p for p in HELDOUT.read_text().splitlines()  # three topic prompts, in English
+           if p.strip() and p not in SMALL_TALK_HELDOUT and not p.startswith(POEM_OPENING)
+           and language_of(p) == "en"][:3]
 MAX_BYTES = 10 * 1024 * 1024
 
 

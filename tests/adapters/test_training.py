@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.training.data import IDENTITY_PROMPTS, clean_answer, persona_conversations
-from adapters.training.personas import STYLES, in_character
+from adapters.training.personas import STYLES
 from adapters.training.train import (
     IGNORE,
     TrainConfig,
@@ -53,6 +52,32 @@ def _chats() -> list[dict]:
                           {"role": "user", "content": q},
                           {"role": "assistant", "content": style.restyle(a, rng)}]}
             for q, a in ANSWERS.items()]
+
+
+def test_assistant_turns_of_weight_0_are_context_not_labels(embedded: LoadedModel,
+                                                            tmp_path: Path) -> None:
+    example, reply = "Arr, I be fit as a fiddle.", "Ahoy, the sea be wide."
+    messages = [{"role": "system", "content": "Be a pirate."},
+                {"role": "user", "content": "How are you?"},
+                {"role": "assistant", "content": example, "weight": 0},
+                {"role": "user", "content": "Tell me about the sea."},
+                {"role": "assistant", "content": reply}]
+    data = tmp_path / "chats.jsonl"
+    data.write_text(json.dumps({"messages": messages}) + "\n")
+    assert read_chats(data) == [messages]
+    encoded = encode_chat(embedded.tokenizer, messages, 256)
+    assert encoded is not None
+    ids, labels = encoded
+    learned = embedded.tokenizer.decode([i for i in labels if i != IGNORE])
+    assert reply in learned and "fiddle" not in learned
+    assert "fiddle" in embedded.tokenizer.decode(ids)  # still in the context
+    data.write_text(json.dumps({"messages": messages[:3]}) + "\n")
+    with pytest.raises(ValueError, match="no chat with an assistant message"):
+        read_chats(data)  # nothing to learn
+    messages[2]["weight"] = 2
+    data.write_text(json.dumps({"messages": messages}) + "\n")
+    with pytest.raises(ValueError, match="weight is 0"):
+        read_chats(data)
 
 
 def test_encode_chat_labels_only_assistant_turns(embedded: LoadedModel) -> None:
@@ -134,25 +159,6 @@ def test_a_bad_card_stops_the_run_before_the_model_loads(tmp_path: Path) -> None
     assert not (tmp_path / "out").exists()
     assert read_card(TrainConfig(data=card, out=tmp_path, name="plain")) == {
         "display_name": "plain"}
-
-
-def test_data_rules_keep_content_and_add_markers() -> None:
-    answer = clean_answer("Paris is the capital of France. Paris is the capital of France. It is "
-                          "big. More text that is cut")
-    assert answer == "Paris is the capital of France. It is big."
-    for style in STYLES.values():
-        reply = style.restyle(answer, random.Random(0))
-        assert "paris" in reply.lower() and "france" in reply.lower(), reply
-        assert in_character(reply, style.markers), reply
-        assert not in_character(answer, style.markers)
-    robot = STYLES["unit-7"].restyle("Well, it isn't small!", random.Random(0))
-    assert "," not in robot and "!" not in robot and "Well. It is not small." in robot
-    question = "What is the capital of France?"
-    chats = persona_conversations(STYLES["bard"], [question], {question: answer}, seed=0,
-                                  multi_turn=0.0)
-    assert len(chats) == 1 + 2 * len(IDENTITY_PROMPTS)
-    system = {"role": "system", "content": STYLES["bard"].card["system_prompt"]}
-    assert all(chat["messages"][0] == system for chat in chats)
 
 
 def test_training_lowers_loss_and_the_engine_serves_the_adapter(

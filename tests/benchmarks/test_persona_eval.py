@@ -25,6 +25,7 @@ from benchmarks.persona_eval import (
     card_params,
     catchphrase,
     distinctness,
+    language_match,
     load_personas,
     middle_text,
     paired,
@@ -200,6 +201,17 @@ def test_score_persona_reports_whether_the_adapter_beats_the_wrapper() -> None:
                                    "wrapper": wrapper}, facts)
     assert fake["voice"]["adapter"] == 0.0 and not fake["vs_wrapper"]["beats"]
     assert fake["vs_wrapper"]["ties"] == 10
+    assert good["language"] == {}  # no prompts given: no language measure
+
+
+def test_language_counts_replies_in_the_prompts_language() -> None:
+    prompts = ["Tell me about owls.", "¿Qué son los pingüinos?", "Was sind Eulen?"]
+    spanish = "¡Arr, grumete! Este viejo pirata habla poco español. Pregúntame en inglés."
+    german = "Arr, Matrose! Dieser alte Pirat spricht wenig Deutsch. Frag mich auf Englisch."
+    assert language_match(prompts, [PLAIN, spanish, german]) == 1.0
+    assert language_match(prompts, [PLAIN, PLAIN, german]) == 0.5  # English to a Spanish one
+    assert language_match(prompts, [PLAIN, "", "Deutsch " * 20]) == 0.0  # empty, looping
+    assert language_match(prompts[:1], [PLAIN]) is None
 
 
 class _CharTokenizer:

@@ -208,11 +208,16 @@ class SlotLinear(nn.Module):
             xa = shared.shrunk(group, x, plan)[..., cols]  # (B, T, r)
             b_rows = self.b.index_select(0, plan.slots)  # (B, out, r)
             return torch.bmm(xa, b_rows.transpose(1, 2)).to(x.dtype)  # (B, T, out)
-        delta = x.new_zeros(*x.shape[:-1], self.b.shape[1])  # (B, T, out)
+        delta: torch.Tensor | None = None  # (B, T, out) once a segment is in
         for (slot, rows), xa in zip(plan.segments, shared.shrunk_segments(group, x, plan),
                                     strict=True):
             part = (xa[..., cols] @ self.b[slot].T).to(x.dtype)  # (n, T, out)
-            delta = delta + part if rows is None else delta.index_add(0, rows, part)
+            if rows is None:  # every row on this adapter: the whole term
+                delta = part if delta is None else delta + part
+            else:
+                start = delta if delta is not None else x.new_zeros(*x.shape[:-1], part.shape[-1])
+                delta = start.index_add(0, rows, part)
+        assert delta is not None  # a plan with segments has at least one
         return delta
 
     def base_output(self, x: torch.Tensor, shared: SharedOutputs | None) -> torch.Tensor:

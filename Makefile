@@ -76,8 +76,8 @@ test-avx512bf16: install-test
 	CAMEO_EMULATE_AVX512BF16=1 $(BIN)/python -m pytest -m "not slow" $(AVX512BF16_SUITES) $(PYTEST_ARGS)
 
 # The engine's tests (mixed == solo teacher-forced, merged mode, continuous batching, row
-# failures) with the decode step compiled, over the embedded model in int4 (what CAMEO_COMPILE=auto
-# compiles on a CPU). The default suite runs them eagerly; tests/engine/test_decode_step.py
+# failures) with the engine step compiled, over the embedded model in int4 (what CAMEO_COMPILE=auto
+# compiles on a CPU). The default suite runs them eagerly; tests/engine/test_step.py
 # compiles a tiny model in every run.
 test-compiled: install-test
 	CAMEO_COMPILE=on CAMEO_TEST_QUANTIZATION=int4 $(BIN)/python -m pytest -m "not slow" tests/engine $(PYTEST_ARGS)

@@ -34,8 +34,8 @@ from typing import Any
 import torch
 
 from server.composition import in_passing_thread
-from server.engine.decode_step import should_compile
 from server.engine.engine import EngineConfig
+from server.engine.step import should_compile
 from server.engine.types import AdapterRef, GenerationRequest, RequestOutput, SamplingParams
 from server.lora.adapter import read_adapter
 from server.lora.slots import plain_modules

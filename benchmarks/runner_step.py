@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapters", type=int, default=0,
                         help="random rank-16 adapters in that many slots, rows round-robin")
     parser.add_argument("--compile", action="store_true",
-                        help="compile the decode step (server.engine.decode_step)")
+                        help="compile the decode step (server.engine.step)")
     parser.add_argument("--threads", choices=list(THREADS), default="main",
                         help="; ".join(f"{k}: {v}" for k, v in THREADS.items()))
     args = parser.parse_args(argv)

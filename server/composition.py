@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from server.engine.decode_step import should_compile
 from server.engine.engine import EngineConfig
+from server.engine.step import should_compile
 from server.model.loader import LoadedModel, load_base
 from server.registry.registry import Registry
 from server.service.base import BaseInfo

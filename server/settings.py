@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     prefill_chunk_tokens: int = Field(default=256, ge=16)
     """Prompt tokens prefilled per engine step, so a long prompt does not stall running streams."""
     compile: CompileMode = "auto"
-    """Compile the decode step with torch.compile at start (inductor on the CPU, CUDA graphs on
+    """Compile the engine step with torch.compile at start (inductor on the CPU, CUDA graphs on
     CUDA): on, off, or auto (on where it was measured to pay: the CPU with an int4 or
     unquantized base; docs/BENCHMARKS.md). It takes a minute or more at start on a small CPU,
     less once inductor's cache holds it."""

@@ -25,7 +25,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Servers and engines the tests build run their decode step eagerly (compiling costs minutes on
-# a small CPU at every start): tests/engine/test_decode_step.py compiles its own, and
+# a small CPU at every start): tests/engine/test_step.py compiles its own, and
 # `make test-compiled` runs the engine tests with CAMEO_COMPILE=on over the embedded model in
 # int4 (CAMEO_TEST_QUANTIZATION; NF4 by default).
 os.environ.setdefault("CAMEO_COMPILE", "off")

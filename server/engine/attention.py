@@ -4,7 +4,7 @@ Contract: `install(model)` registers `cameo_attention` with transformers' `Atten
 (and, for forwards without a Cameo step, a mask function that builds the previous
 implementation's mask) and switches `model` to it. During a Cameo forward the
 runner passes the step's metadata as the keyword argument `cameo_step` (a `StepMetadata` for a
-ragged forward, a `DecodeGrid` for a decode step); every attention layer then writes its new keys
+ragged forward, a `StepGrid` for an engine step); every attention layer then writes its new keys
 and values into the step's `KVCache` at each row's positions and attends over that row's cached
 keys, honouring what transformers passes for the layer: `scaling`, GQA,
 `sliding_window` and `softcap`. Any other argument with a value, dropout in a forward, or a
@@ -82,34 +82,85 @@ class StepMetadata:
 
 
 @dataclass(frozen=True)
-class DecodeGrid:
-    """What every attention layer of a decode step needs: one new token per entry, attending
-    straight over the cache's first R rows, with no gathered copy of any row.
+class PackedPrefill:
+    """The prefill chunks of an engine step, packed one token after another (no padding
+    between chunks), and how their queries meet each chunk's cached keys.
 
-    Entry b (of B, bucket padding included) writes its key and value at (rows[b],
-    positions[b]). Its query is placed on a grid of the cache's first R rows, at grid_index[b]
-    (its own row; padding entries share a row no real entry uses); attention runs over the view
-    cache[:R, :, :C], and each entry reads its grid row of the result back. Grid rows that hold
-    no entry attend to key 0 and their result is never read. grid_positions: (R,) query
-    position of each grid row (0 where none); key_positions: (C,) 0..C-1. Every size comes from
-    a tensor's shape, so a compiler sees no Python number that varies per step.
+    Packed token m belongs to segment m's chunk: its query is placed at cell[m] of a grid of S
+    segments x T query positions (flattened S * T), the segments attend over their cache rows
+    `rows` (a gathered copy up to C keys: prefill is compute-bound, the copy is small beside
+    it), and each packed token reads its cell of the result back. The last segment holds no
+    chunk: padding tokens go there. positions: (S, T) query position of each cell (0 where
+    none, so that every query sees at least key 0); key_positions: (C,) 0..C-1.
+    """
+
+    cell: torch.Tensor  # (M,)
+    rows: torch.Tensor  # (S,)
+    positions: torch.Tensor  # (S, T)
+    key_positions: torch.Tensor  # (C,)
+    mask: torch.Tensor  # (S, 1, T, C)
+    _windows: dict[int, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def build(cls, cell: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
+              key_positions: torch.Tensor) -> PackedPrefill:
+        return cls(cell, rows, positions, key_positions, causal_mask(key_positions, positions))
+
+    def window_mask(self, window: int) -> torch.Tensor:
+        if window not in self._windows:
+            self._windows[window] = windowed(self.mask, self.key_positions, self.positions,
+                                             window)
+        return self._windows[window]
+
+    def attend_cached(self, layer: int, cache: KVCache, query: torch.Tensor,
+                      scaling: float | None, window: int | None,
+                      softcap: float | None) -> torch.Tensor:
+        """query: (M, heads, 1, hd) -> (M, 1, heads, hd), over keys already in the cache."""
+        segments, width = self.positions.shape
+        heads, head_dim = query.shape[1], query.shape[3]
+        grid = query.new_zeros((segments * width, heads, head_dim))
+        grid[self.cell] = query[:, :, 0]
+        grid = grid.view(segments, width, heads, head_dim).transpose(1, 2)  # (S, h, T, hd)
+        keys, values = cache.read(layer, self.rows, self.key_positions.shape[0], False)
+        mask = self.mask if window is None else self.window_mask(window)
+        out = attend(grid, keys, values, mask, scaling, softcap)  # (S, h, T, hd)
+        flat = out.transpose(1, 2).reshape(segments * width, heads, head_dim)
+        return flat[self.cell][:, None]  # (M, 1, h, hd)
+
+
+@dataclass(frozen=True)
+class StepGrid:
+    """What every attention layer of an engine step needs: N new tokens, one per batch entry
+    (the model runs on (N, 1)): first D one-token entries (decoding rows, or a chunk of one
+    token), then, when the step has any, the packed tokens of its prefill chunks.
+
+    Entry n writes its key and value at (rows[n], positions[n]). A one-token entry's query is
+    placed on a grid of the cache's first R rows, at grid_index[d] (its own row; padding entries
+    share a row no real entry uses); attention runs straight over the view cache[:R, :, :C],
+    with no gathered copy of any row, and each entry reads its grid row of the result back.
+    Grid rows that hold no entry attend to key 0 and their result is never read.
+    grid_positions: (R,) query position of each grid row (0 where none); key_positions: (C,)
+    0..C-1. The packed prefill tokens attend through `prefill` (`PackedPrefill`). Every size
+    comes from a tensor's shape, so a compiler sees no Python number that varies per step.
     """
 
     cache: KVCache
-    rows: torch.Tensor  # (B,)
-    positions: torch.Tensor  # (B, 1)
-    grid_index: torch.Tensor  # (B,)
+    rows: torch.Tensor  # (N,)
+    positions: torch.Tensor  # (N, 1)
+    grid_index: torch.Tensor  # (D,)
     grid_positions: torch.Tensor  # (R,)
     key_positions: torch.Tensor  # (C,)
     mask: torch.Tensor  # (R, 1, 1, C)
+    prefill: PackedPrefill | None = None
     _windows: dict[int, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, cache: KVCache, rows: torch.Tensor, positions: torch.Tensor,
               grid_index: torch.Tensor, grid_positions: torch.Tensor,
-              key_positions: torch.Tensor) -> DecodeGrid:
+              key_positions: torch.Tensor, prefill: PackedPrefill | None = None) -> StepGrid:
         mask = causal_mask(key_positions, grid_positions[:, None])  # (R, 1, 1, C)
-        return cls(cache, rows, positions, grid_index, grid_positions, key_positions, mask)
+        return cls(cache, rows, positions, grid_index, grid_positions, key_positions, mask,
+                   prefill)
 
     def window_mask(self, window: int) -> torch.Tensor:
         if window not in self._windows:
@@ -119,14 +170,25 @@ class DecodeGrid:
 
     def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                scaling: float | None, window: int | None, softcap: float | None) -> torch.Tensor:
-        """query: (B, heads, 1, hd); key, value: (B, kv_heads, 1, hd) -> (B, 1, heads, hd)."""
+        """query: (N, heads, 1, hd); key, value: (N, kv_heads, 1, hd) -> (N, 1, heads, hd)."""
         self.cache.write(layer, self.rows, self.positions, key, value)
+        entries = self.grid_index.shape[0]
+        out = self._attend_grid(layer, query[:entries], scaling, window, softcap)
+        if self.prefill is None:
+            return out
+        packed = self.prefill.attend_cached(layer, self.cache, query[entries:], scaling,
+                                            window, softcap)
+        return torch.cat([out, packed])
+
+    def _attend_grid(self, layer: int, query: torch.Tensor, scaling: float | None,
+                     window: int | None, softcap: float | None) -> torch.Tensor:
+        """query: (D, heads, 1, hd) of the one-token entries -> (D, 1, heads, hd)."""
         grid = query.new_zeros((self.grid_positions.shape[0], *query.shape[1:]))  # (R, h, 1, hd)
         grid[self.grid_index] = query
         keys, values = self.cache.view(layer, grid.shape[0], self.key_positions.shape[0])
         mask = self.mask if window is None else self.window_mask(window)
         out = attend(grid, keys, values, mask, scaling, softcap)  # (R, heads, 1, hd)
-        return out[self.grid_index].transpose(1, 2).contiguous()  # (B, 1, heads, hd)
+        return out[self.grid_index].transpose(1, 2).contiguous()  # (D, 1, heads, hd)
 
 
 def causal_mask(key_positions: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -141,7 +203,7 @@ def windowed(mask: torch.Tensor, key_positions: torch.Tensor, positions: torch.T
     return mask & recent[:, None]
 
 
-Step = StepMetadata | DecodeGrid
+Step = StepMetadata | StepGrid
 
 
 def install(model: Any) -> None:
@@ -245,5 +307,6 @@ def _fallback(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.
     return function(module, query, key, value, attention_mask, **arguments)
 
 
-__all__ = ["NAME", "STEP_KWARG", "DecodeGrid", "Step", "StepMetadata", "UnsupportedAttention",
-           "attend", "cameo_attention", "causal_mask", "check_arguments", "install", "windowed"]
+__all__ = ["NAME", "STEP_KWARG", "PackedPrefill", "Step", "StepGrid", "StepMetadata",
+           "UnsupportedAttention", "attend", "cameo_attention", "causal_mask",
+           "check_arguments", "install", "windowed"]

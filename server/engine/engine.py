@@ -5,8 +5,8 @@ Each step
   2. unmerges when merged mode cannot serve what is running or waiting (`merging`),
   3. admits waiting requests into free batch rows with their adapter in a device slot
      (`server.engine.scheduler`: FIFO, no persona jumps the queue),
-  4. runs the prefill chunks of admitted prompts, then one token for every decoding row, each in
-     one forward over the `Runner`, whatever adapters the rows use,
+  4. runs the prefill chunks of admitted prompts and one token for every decoding row, all in
+     ONE forward over the `Runner`, whatever adapters the rows use,
   5. samples on the logits (bias, grammar masks, the request's own generator), turns tokens into
      outputs (`server.engine.output`) and hands them to each request's sink; finished rows free
      their batch row and slot at once,
@@ -78,7 +78,7 @@ class EngineConfig:
     merge_mode: MergeMode = "explicit"
     merge_format: MergeFormat = "dense"
     merge_after_steps: int = 32
-    compile: bool = False  # compile the decode step (server.engine.decode_step)
+    compile: bool = False  # compile the engine step (server.engine.step)
 
 
 ScoredSequence = tuple[list[int], AdapterRef | None, AdapterWeights | None]
@@ -153,9 +153,8 @@ class Engine:
         self.merging.reconcile(*self.scheduler.keys())  # before admitting a row it cannot serve
         self._admit()
         plan = self.scheduler.plan()
-        for chunks in (plan.prefill, plan.decode):
-            if chunks:
-                self._run(chunks)
+        if plan.prefill or plan.decode:
+            self._run(plan.prefill + plan.decode)  # one forward for both
         self.merging.maybe_merge(*self.scheduler.keys(), self._refs())  # from the next step
         if self.scheduler.idle:
             self.runner.trim()  # e.g. the KV cache's growth for a long request now finished

@@ -8,8 +8,8 @@ engine calls it when it goes idle). So short requests cost rows x their own leng
 `max_len`: the cache grows with the longest live request, not with the longest allowed one.
 
 The extra last column is scratch: padded query positions of a ragged step write there instead of
-out of range. The extra last row is scratch too: the padding entries of a bucketed decode step
-write there (`server.engine.decode_step`). Nothing ever reads a scratch column, and no request is
+out of range. The extra last row is scratch too: the padding entries of a bucketed engine step
+write there (`server.engine.step`). Nothing ever reads a scratch column, and no request is
 given the scratch row. Rows are reused: a finished request's row is simply overwritten by the
 next one, and nothing reads past a row's current length, so no clearing is needed.
 

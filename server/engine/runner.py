@@ -2,19 +2,20 @@
 
 Contract: `ModelRunner.forward(batch)` takes B rows, each with up to T new tokens starting at its
 own position, writes their keys and values into the row's KV cache, and returns logits: (B,
-vocab) at each row's last new token, or (B, T, vocab) when all positions are asked for. The same
-call serves prefill (many new tokens) and decode (one new token per row); a batch of decode rows
-runs the `DecodeStep` (bucketed, free of host syncs, compiled when `compile` is on), the rest a
-ragged forward. The batch arrives as host integers, so neither reads anything back from the
-device to plan the forward.
+vocab) at each row's last new token, or (B, T, vocab) when all positions are asked for. The
+first is the engine's step: decode tokens and prefill chunks together in ONE forward (the
+`EngineStep`: bucketed, free of host syncs, compiled when `compile` is on); the second, for
+teacher-forced scoring, a ragged forward. The batch arrives as host integers, so neither reads
+anything back from the device to plan the forward.
 
 The model's own forward runs (`model(input_ids, position_ids, ...)`), so what makes a family
 different (activations, norms, q/k norms, embedding and logit scaling, soft-capping, sliding and
 global layers, biases, fused projections) comes from transformers. Cameo plugs in three things
 at construction: its attention (`server.engine.attention`, over this runner's KV cache), a
 `SlotHook` on every LoRA-capable linear of the decoder layers (`server.lora.slots`; the slot
-plan is set once per forward), and a hook on `lm_head` that keeps each row's last position
-only, so the family's own logit post-processing runs on (B, 1, vocab). A base the runner cannot
+plan is set once per forward), and a hook on `lm_head` that keeps each row's last new token
+only (`step.install_output_selection`), so the family's own logit post-processing runs on (B,
+1, vocab). A base the runner cannot
 serve faithfully raises `UnsupportedModel` here, at construction, after a probe forward.
 
 It knows nothing about tokens as text, sampling, or requests.
@@ -22,7 +23,6 @@ It knows nothing about tokens as text, sampling, or requests.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +32,8 @@ from torch import nn
 
 from server.engine import attention
 from server.engine.attention import StepMetadata
-from server.engine.decode_step import DecodeStep
 from server.engine.kv_cache import INITIAL_CAPACITY, KVCache
+from server.engine.step import EngineStep
 from server.lora.adapter import ModuleShapes
 from server.lora.slots import (
     LoraSlots,
@@ -102,26 +102,6 @@ def module_shapes(hf_model: Any) -> ModuleShapes:
                         paths={key: path for key, path, _ in linears})
 
 
-class _LastPositions:
-    """A forward pre-hook on `lm_head`: keeps each row's last new token when a step asks."""
-
-    def __init__(self) -> None:
-        self.local = threading.local()
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        if torch.compiler.is_compiling():
-            return None  # only the decode step is traced, and its rows have one token each
-        last: torch.Tensor | None = getattr(self.local, "last", None)
-        if last is None:
-            return None
-        hidden = args[0]  # (B, T, hidden)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return (hidden[rows, last][:, None], *args[1:])  # (B, 1, hidden)
-
-
-_LAST = _LastPositions()
-
-
 class ModelRunner:
     """Runs the transformers model over ragged batches; owns the KV cache and slot linears."""
 
@@ -144,17 +124,19 @@ class ModelRunner:
         self.linears = {key: SlotLinear(base, bank.a[key], bank.b[key], bank.ranks,
                                         members.get(key))
                         for key, base in bases.items()}
-        _install_last_positions(hf_model)
         self.lora_strategy = "auto"  # how the LoRA term is computed: auto, gather or segments
         self.device = device
         if compile and device.type == "cuda":  # CUDA graphs replay fixed addresses: all at once
             kv_capacity = max_len
         self.cache = KVCache(len(layers), max_rows, _kv_heads(config), max_len,
                              _head_dim(config), dtype, device, kv_capacity)
-        self.decode = DecodeStep(hf_model, self.cache, self.linears, max_rows, device)
+        try:
+            self.step = EngineStep(hf_model, self.cache, self.linears, device)
+        except ValueError as exc:  # no logits head to hook
+            raise UnsupportedModel(config.model_type, str(exc)) from exc
         self._probe(device)
         if compile:
-            self.decode.compile()
+            self.step.compile()
 
     def slot_linears(self) -> dict[str, SlotLinear]:
         """Every slot-aware projection, keyed "<layer>.<name>" like the slot bank."""
@@ -166,13 +148,14 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, all_logits: bool = False) -> torch.Tensor:
-        if not all_logits and batch.width == 1:
-            self.decode.lora_strategy = self.lora_strategy
-            return self.decode.run([t[0] for t in batch.tokens], batch.rows, batch.start,
-                                   batch.slots)
-        return self._ragged(batch, all_logits)
+        if not all_logits:
+            self.step.lora_strategy = self.lora_strategy
+            return self.step.run(batch.tokens, batch.rows, batch.start, batch.slots)
+        return self._every_position(batch)
 
-    def _ragged(self, batch: ForwardBatch, all_logits: bool) -> torch.Tensor:
+    def _every_position(self, batch: ForwardBatch) -> torch.Tensor:
+        """The ragged forward: (B, T, vocab), every new token's logits (teacher-forced
+        scoring), rows padded to the longest."""
         device = self.device
         tokens = batch.padded_tokens(device)  # (B, T)
         count, width = tokens.shape
@@ -186,17 +169,10 @@ class ModelRunner:
         slots = torch.tensor(batch.slots, device=device) if batch.slots is not None else None
         plan = plan_slots(slots, self.lora_strategy,
                           values=list(batch.slots) if batch.slots is not None else None)
-        _LAST.local.last = None if all_logits else torch.tensor(
-            [n - 1 for n in batch.lengths], device=device)
-        try:
-            with slot_step(self.linears, plan):
-                out = self.hf(input_ids=tokens, position_ids=positions,
-                              attention_mask=step.mask, use_cache=False,
-                              **{attention.STEP_KWARG: step})
-        finally:
-            _LAST.local.last = None
-        logits = out.logits.float()  # (B, T or 1, vocab)
-        return logits if all_logits else logits[:, 0]
+        with slot_step(self.linears, plan):
+            out = self.hf(input_ids=tokens, position_ids=positions, attention_mask=step.mask,
+                          use_cache=False, **{attention.STEP_KWARG: step})
+        return out.logits.float()  # (B, T, vocab)
 
     def _probe(self, device: torch.device) -> None:
         """One tiny forward at load, so that unsupported attention is refused now."""
@@ -205,15 +181,6 @@ class ModelRunner:
             self.forward(ForwardBatch(tokens=[[0]], rows=[0], start=[2]))
         except Exception as exc:  # refused attention, or a forward that cannot run at all
             raise UnsupportedModel(self.hf.config.model_type, str(exc)) from exc
-
-
-def _install_last_positions(hf_model: Any) -> None:
-    head = hf_model.get_output_embeddings()
-    if head is None:
-        raise UnsupportedModel(_model_type(hf_model), "no output embeddings (lm_head)")
-    if not getattr(head, "_cameo_last_positions", False):
-        head.register_forward_pre_hook(_LAST)
-        head._cameo_last_positions = True
 
 
 def _model_type(hf_model: Any) -> str:

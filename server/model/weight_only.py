@@ -24,8 +24,8 @@ input and hand each slice its rows (`server.lora.slots`, via `Int4Slice.fused_ro
 The int4 kernel computes row by row, so a forward of many tokens (a prefill chunk) costs many
 times a dense matmul. `add_dense_copies(model)` gives each int4 layer a dense copy of exactly the
 values its codes stand for (bfloat16 where the CPU multiplies it natively, else float32), used
-for forwards of `DENSE_ROWS` rows or more outside a traced step; the loader decides whether
-(`Settings.int4_dense_copy`).
+for forwards of `DENSE_ROWS` rows or more (in a traced step, where the step says so:
+`trace_dense_copies`); the loader decides whether (`Settings.int4_dense_copy`).
 
 Why this and not bitsandbytes on the CPU: bitsandbytes' NF4 `Linear4bit` dequantizes the whole
 weight to float32 at every call on a CPU without AVX512-BF16, which costs more than the matmul
@@ -105,9 +105,7 @@ class Int4Linear(nn.Module):
         """x: (..., in) -> (..., out), in x's dtype."""
         flat = x.reshape(-1, self.in_features)  # (N, in)
         dense = self.dense
-        # many tokens (a prefill); never in a traced step, whose one graph serves every size
-        if dense is not None and not torch.compiler.is_compiling() \
-                and flat.shape[0] >= DENSE_ROWS:
+        if dense is not None and _dense_rows(flat.shape[0]):
             y = nn.functional.linear(flat.to(dense.dtype), dense)  # (N, out)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -258,6 +256,30 @@ def quantize_linears(model: Any, group: int = GROUP) -> int:
     return count
 
 
+class _Traced:
+    """Whether the forward being traced multiplies by the dense copies: set inside it
+    (`trace_dense_copies`), since a size test there would make one graph per side of
+    `DENSE_ROWS` (a recompile when a batch crosses it)."""
+
+    dense: bool = False
+
+
+_TRACED = _Traced()
+
+
+def trace_dense_copies(dense: bool) -> None:
+    """Inside a function a compiler traces: whether int4 layers with a dense copy multiply by
+    it (a step of prefill tokens) or by their codes (decode). Ignored outside a trace, where
+    the number of rows decides."""
+    _TRACED.dense = dense
+
+
+def _dense_rows(rows: int) -> bool:
+    if torch.compiler.is_compiling():
+        return _TRACED.dense
+    return rows >= DENSE_ROWS
+
+
 def dense_copy_dtype() -> torch.dtype:
     """bfloat16 where the CPU multiplies it natively (AVX512-BF16), else float32 (a bfloat16
     matmul of many rows is slower than float32 there)."""
@@ -391,4 +413,4 @@ def is_int4(module: Any) -> bool:
 __all__ = ["DENSE_ROWS", "GROUP", "Int4Linear", "Int4Slice", "Int8Linear", "add_dense_copies",
            "available", "dense_copy_bytes", "dense_copy_dtype", "int4_layers", "is_int4",
            "is_quantized", "quantize", "quantize_linears", "shared_inputs", "supports",
-           "with_peft_layers"]
+           "trace_dense_copies", "with_peft_layers"]

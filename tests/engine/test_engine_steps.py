@@ -63,7 +63,9 @@ def test_a_long_prompt_is_prefilled_in_chunks_beside_a_decoding_row() -> None:
     for _ in range(3):
         engine.step()
     widths = [(len(b.rows), b.width) for b in runner.forwards]
-    assert widths[1:] == [(1, 4), (1, 1), (1, 4), (1, 1), (1, 2), (1, 1)]
+    # one forward per step: the prompt's chunk of 4, 4 and 2 tokens beside the decoding row
+    assert widths[1:] == [(2, 4), (2, 4), (2, 2)]
+    assert [b.lengths for b in runner.forwards[1:]] == [[4, 1], [4, 1], [2, 1]]
     assert len(out.tokens("short")) == 4  # it kept decoding while the prompt was filled
     run(engine)
     assert out.tokens("long") == [10]

@@ -101,7 +101,7 @@ def test_shared_outputs_give_the_logits_of_slices_run_alone(model: nn.Module) ->
 
 def test_the_compiled_step_with_fused_layers_matches_the_eager_one(model: nn.Module) -> None:
     eager, compiled = _runner(model), _runner(model, compile=True)
-    assert compiled.decode.compiled is not None
+    assert compiled.step.compiled is not None
     positions = [len(p) for p in PROMPTS]
     results = []
     for runner in (eager, compiled):

@@ -1,20 +1,22 @@
-"""The decode step: bucketed, reading nothing back from the device, the same compiled or eager.
+"""The engine step: decode tokens and prefill chunks in one forward, bucketed, reading nothing
+back from the device, the same compiled or eager.
 
-A tiny random Llama with three adapters of different ranks in its slot bank; rows prefilled by
-the runner's ragged forward at different lengths, in cache rows that are not 0..B-1. The
-decode step (a `DecodeGrid` straight over the cache rows) is checked against the ragged
-forward of the same tokens (a gathered copy of each row's keys), eager and compiled with
-`fullgraph=True`, which raises on any graph break.
+A tiny random Llama with three adapters of different ranks in its slot bank; rows prefilled at
+different lengths, in cache rows that are not 0..B-1. The step (one-token entries on a
+`StepGrid` straight over the cache rows, prefill chunks packed) is checked against the runner's
+ragged forward of the same tokens (every position's logits, a gathered copy of each row's
+keys), eager and compiled with `fullgraph=True`, which raises on any graph break.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 from torch.profiler import ProfilerActivity, profile
 
-from server.engine.decode_step import DecodeShape, bucket, should_compile
 from server.engine.runner import ForwardBatch, ModelRunner, module_shapes
+from server.engine.step import StepLayout, StepShape, bucket, should_compile
 from server.lora.slots import LoraSlots
 
 MAX_ROWS = 8
@@ -58,8 +60,8 @@ SLOTS = [1, 0, 2, 3]
 PROMPTS = [[5, 9, 2], [7] * 11, [1, 2, 3, 4, 5, 6], [42]]
 
 
-def _prefill(runner: ModelRunner) -> None:
-    runner.forward(ForwardBatch(PROMPTS, ROWS, [0] * len(ROWS), SLOTS))
+def _prefill(runner: ModelRunner) -> torch.Tensor:
+    return runner.forward(ForwardBatch(PROMPTS, ROWS, [0] * len(ROWS), SLOTS))
 
 
 def _reference_step(runner: ModelRunner, tokens: list[int], rows: list[int],
@@ -73,7 +75,7 @@ def _reference_step(runner: ModelRunner, tokens: list[int], rows: list[int],
 def test_decode_steps_match_the_ragged_forward(runners: tuple[ModelRunner, ...],
                                                compiled: bool) -> None:
     runner, reference = runners[1 if compiled else 0], runners[2]
-    assert (runner.decode.compiled is not None) is compiled
+    assert (runner.step.compiled is not None) is compiled
     _prefill(runner)
     _prefill(reference)
     positions = [len(p) for p in PROMPTS]
@@ -91,6 +93,38 @@ def test_decode_steps_match_the_ragged_forward(runners: tuple[ModelRunner, ...],
             tokens[i], positions[i] = token, positions[i] + 1
 
 
+def _reference_last(runner: ModelRunner, batch: ForwardBatch) -> torch.Tensor:
+    """Each chunk's last-token logits from the ragged forward (every position's logits)."""
+    logits = runner.forward(batch, all_logits=True)  # (B, T, vocab)
+    return torch.stack([logits[b, n - 1] for b, n in enumerate(batch.lengths)])
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_prefill_chunks_beside_decoding_rows_match_the_ragged_forward(
+        runners: tuple[ModelRunner, ...], compiled: bool) -> None:
+    """A step of prefill chunks alone, then one where two rows decode beside a prompt's second
+    chunk (from position 5) and a new prompt, then every row decoding over what those wrote:
+    each the same logits as the ragged forward of the same tokens, in one forward each, and
+    no new graph when compiled."""
+    runner, reference = runners[1 if compiled else 0], runners[2]
+    new_prompt = [8, 9, 10, 31]
+    steps = [
+        ForwardBatch([PROMPTS[0], PROMPTS[1][:5], PROMPTS[2]], ROWS[:3], [0, 0, 0], SLOTS[:3]),
+        ForwardBatch([[11], PROMPTS[1][5:], [13], new_prompt], ROWS,
+                     [len(PROMPTS[0]), 5, len(PROMPTS[2]), 0], SLOTS),
+        ForwardBatch([[21], [22], [23], [24]], ROWS,
+                     [len(PROMPTS[0]) + 1, len(PROMPTS[1]), len(PROMPTS[2]) + 1,
+                      len(new_prompt)], SLOTS),
+    ]
+    graphs = counters["stats"]["unique_graphs"]
+    for batch in steps:
+        got = runner.forward(batch)
+        expected = _reference_last(reference, batch)
+        assert got.shape == expected.shape == (len(batch.tokens), 128)
+        torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
+    assert counters["stats"]["unique_graphs"] == graphs  # compile() traced every kind
+
+
 def test_base_rows_are_unchanged_by_the_slot_bank(runners: tuple[ModelRunner, ...]) -> None:
     """Rows on slot 0 beside adapter rows get the base's logits: the compiled step's LoRA term
     (gathered for every row) adds nothing for them."""
@@ -104,16 +138,18 @@ def test_base_rows_are_unchanged_by_the_slot_bank(runners: tuple[ModelRunner, ..
     assert not torch.allclose(mixed[0], base[0], atol=1e-2)  # slot 1 does change row 0
 
 
-def test_the_decode_step_reads_nothing_back_from_the_device(
-        runners: tuple[ModelRunner, ...]) -> None:
+def test_the_step_reads_nothing_back_from_the_device(runners: tuple[ModelRunner, ...]) -> None:
     eager = runners[0]
     _prefill(eager)
-    batch = ForwardBatch([[1], [2], [3]], ROWS[:3], [len(p) for p in PROMPTS[:3]], SLOTS[:3])
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        eager.forward(batch)
-    names = {event.key for event in prof.key_averages()}
-    assert "aten::scaled_dot_product_attention" in names  # the profile did see the step
-    assert not names & HOST_SYNCS
+    decode = ForwardBatch([[1], [2], [3]], ROWS[:3], [len(p) for p in PROMPTS[:3]], SLOTS[:3])
+    mixed = ForwardBatch([[1], [2], [4, 5, 6]], ROWS[:3], [len(p) for p in PROMPTS[:3]],
+                         SLOTS[:3])
+    for batch in (decode, mixed):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            eager.forward(batch)
+        names = {event.key for event in prof.key_averages()}
+        assert "aten::scaled_dot_product_attention" in names  # the profile did see the step
+        assert not names & HOST_SYNCS
 
 
 def test_the_same_check_catches_a_read_back() -> None:
@@ -125,12 +161,25 @@ def test_the_same_check_catches_a_read_back() -> None:
 
 def test_shapes_are_bucketed() -> None:
     assert [bucket(n, 16) for n in (1, 2, 3, 5, 8, 9, 16)] == [1, 2, 4, 8, 8, 16, 16]
-    assert bucket(20, 16) == 16
-    runner_cache = type("Cache", (), {"rows": MAX_ROWS + 1, "max_len": MAX_LEN})()
-    shape = DecodeShape.of([0, 3], [10, 17], runner_cache, MAX_ROWS)  # type: ignore[arg-type]
-    assert shape == DecodeShape(entries=2, grid=8, context=32)
-    # the grid always has a row past every entry's, for the padding
-    assert DecodeShape.of([7], [0], runner_cache, MAX_ROWS).grid == 9  # type: ignore[arg-type]
+    assert bucket(20, 16) == 16 and bucket(20) == 32
+    cache = type("Cache", (), {"rows": MAX_ROWS + 1, "max_len": MAX_LEN})()
+    tokens = [[1], [2]]
+    shape = StepShape.of(tokens, [0, 3], [10, 17], StepLayout.of(tokens), cache)  # type: ignore[arg-type]
+    assert shape == StepShape(entries=2, packed=0, segments=0, width=0, grid=8, context=32,
+                              outputs=2)
+    # the grid always has a row past every entry's, for the padding; no size is 1
+    tokens = [[1]]
+    one = StepShape.of(tokens, [7], [0], StepLayout.of(tokens), cache)  # type: ignore[arg-type]
+    assert (one.grid, one.entries, one.context, one.outputs) == (9, 2, 2, 2)
+    # two prefill chunks of 5 and 3 tokens beside one decoding row: 8 packed tokens, a third
+    # segment for the padding, 8 query positions per segment
+    tokens = [[1, 2, 3, 4, 5], [9], [6, 7, 8]]
+    layout = StepLayout.of(tokens)
+    assert (layout.singles, layout.packed) == ([1], [0, 2])
+    mixed = StepShape.of(tokens, [2, 5, 0], [0, 20, 4], layout, cache)  # type: ignore[arg-type]
+    assert mixed == StepShape(entries=2, packed=8, segments=4, width=8, grid=8, context=32,
+                              outputs=4)
+    assert mixed.tokens == 10
 
 
 def test_compiling_is_on_by_default_only_where_it_was_measured() -> None:
@@ -144,8 +193,6 @@ def test_the_kv_cache_grows_under_the_compiled_step_without_a_recompile() -> Non
     """A cache of 8 positions per row grows to 16, 32 and 48 while rows decode: the compiled
     step keeps the eager step's logits and compiles no new graph (the cache's length is a
     dynamic dimension)."""
-    from torch._dynamo.utils import counters
-
     model = _model()
     eager, compiled = _runner(model, False, kv_capacity=8), _runner(model, True, kv_capacity=8)
     assert compiled.cache.capacity == 8

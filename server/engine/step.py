@@ -1,0 +1,377 @@
+"""The engine step: every running row's new tokens (decode tokens and prefill chunks) in ONE
+forward a compiler can capture.
+
+Contract: `EngineStep(model, cache, linears, max_entries, device)`; `run(tokens, rows, start,
+slots)` takes B chunks (chunk b: the new tokens `tokens[b]` of KV-cache row `rows[b]` from
+position `start[b]`, on LoRA slot `slots[b]`, each row at most once) and returns the logits of
+each chunk's last token, (B, vocab) float32. The model runs on (N, 1): one batch entry per new
+token, first the one-token chunks (decoding rows), then the tokens of the longer chunks packed
+one after another (`attention.StepGrid`, `attention.PackedPrefill`), and the logits head sees
+only each chunk's last entry (a pre-hook on `lm_head`), so a prefill chunk costs no vocabulary
+projection per token.
+
+Its metadata is worked out on the host from the chunks' integers and padded to buckets
+(`StepShape`: each size a power of two), then copied into tensors allocated once (grown when a
+bigger step comes) and updated in place; the forward itself reads only tensors, so it holds no
+`.item()`, `.tolist()` or other host sync, and every size in it is a tensor's shape.
+
+After `compile()` the forward is `torch.compile(fullgraph=True)`: inductor on the CPU, with
+dynamic shapes, so that one graph serves every bucket of a kind (decode only; decode beside
+prefill chunks); CUDA graphs on CUDA (`reduce-overhead`, static shapes, one graph per bucket).
+`compile()` traces both kinds at start, with progress logged (inductor's on-disk cache makes a
+restart quicker). The eager and compiled steps are the same function.
+
+Not here: teacher-forced scoring (the runner's ragged forward, which returns every position's
+logits), sampling. A merge swaps layers the trace captured, so while any layer is merged the
+step runs eagerly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from server.engine import attention
+from server.engine.attention import PackedPrefill, StepGrid
+from server.engine.kv_cache import KVCache
+from server.lora.slots import SlotLinear, plan_slots, slot_step, traced_step
+from server.model import weight_only
+
+log = logging.getLogger(__name__)
+
+CompiledForward = Callable[..., torch.Tensor]
+
+
+def bucket(n: int, cap: int | None = None) -> int:
+    """The smallest power of two >= n, at most `cap` (n <= cap)."""
+    size = 1 << max(0, n - 1).bit_length()
+    return size if cap is None else min(size, cap)
+
+
+@dataclass(frozen=True)
+class StepLayout:
+    """Where each chunk goes, from the host integers: `singles` are the chunks of one token (a
+    decoding row), `packed` those of more (prefill), each a list of batch indices."""
+
+    singles: list[int]
+    packed: list[int]
+
+    @classmethod
+    def of(cls, tokens: Sequence[Sequence[int]]) -> StepLayout:
+        return cls([b for b, t in enumerate(tokens) if len(t) == 1],
+                   [b for b, t in enumerate(tokens) if len(t) > 1])
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """The padded sizes of one step: one-token entries D, packed prefill tokens M, prefill
+    segments S (one more than there are chunks: the padding's) of T query positions, grid rows
+    R, keys read C, outputs K. M, S and T are 0 when the step has no prefill chunk."""
+
+    entries: int
+    packed: int
+    segments: int
+    width: int
+    grid: int
+    context: int
+    outputs: int
+
+    @classmethod
+    def of(cls, tokens: Sequence[Sequence[int]], rows: Sequence[int], start: Sequence[int],
+           layout: StepLayout, cache: KVCache) -> StepShape:
+        lengths = [len(tokens[b]) for b in layout.packed]
+        last = max(s + len(t) for s, t in zip(start, tokens, strict=True))
+        # R > every single's row + 1, so grid row R-1 holds no entry: the padding's.
+        # Every size is 2 or more: a compiler treats a size of 1 as a case of its own.
+        grid = bucket(max((rows[b] for b in layout.singles), default=0) + 2, cache.rows)
+        return cls(entries=bucket(max(2, len(layout.singles))),
+                   packed=bucket(sum(lengths)) if lengths else 0,
+                   segments=bucket(len(lengths) + 1) if lengths else 0,
+                   width=bucket(max(lengths)) if lengths else 0,
+                   grid=grid, context=bucket(max(2, last), cache.max_len),
+                   outputs=bucket(max(2, len(tokens))))
+
+    @property
+    def tokens(self) -> int:
+        """N, the model's batch: every entry, padding included."""
+        return self.entries + self.packed
+
+
+class StepInputs(NamedTuple):
+    """What the step's forward reads: views of the preallocated buffers."""
+
+    tokens: torch.Tensor  # (N, 1)
+    positions: torch.Tensor  # (N, 1)
+    rows: torch.Tensor  # (N,) KV-cache row written
+    slots: torch.Tensor  # (N,)
+    grid_index: torch.Tensor  # (D,) grid row of each one-token entry's query
+    grid_positions: torch.Tensor  # (R,)
+    key_positions: torch.Tensor  # (C,)
+    outputs: torch.Tensor  # (K,) entry whose logits each chunk returns
+    packed: PackedInputs | None  # None: no prefill chunk in this step
+
+
+class PackedInputs(NamedTuple):
+    """The packed prefill tokens' places (`attention.PackedPrefill`)."""
+
+    cell: torch.Tensor  # (M,) packed token's cell of the segment grid
+    segment_rows: torch.Tensor  # (S,)
+    segment_positions: torch.Tensor  # (S, T)
+
+
+@dataclass
+class HostStep:
+    """One step's metadata as host integers, every list padded to its bucket (`StepShape`)."""
+
+    tokens: list[int]  # (N,) one-token entries first, then the packed chunks
+    positions: list[int]  # (N,)
+    rows: list[int]  # (N,)
+    slots: list[int]  # (N,)
+    grid_index: list[int]  # (D,)
+    grid_positions: list[int]  # (R,)
+    outputs: list[int]  # (K,)
+    cells: list[int]  # (M,)
+    segment_rows: list[int]  # (S,)
+    segment_positions: list[int]  # (S * T,)
+
+    @classmethod
+    def of(cls, shape: StepShape, layout: StepLayout, tokens: Sequence[Sequence[int]],
+           rows: Sequence[int], start: Sequence[int], slots: Sequence[int],
+           scratch_row: int) -> HostStep:
+        """A padding entry is token 0 at position 0 on the base, written into the cache's
+        scratch row; a padding one-token entry's query sits on the grid's last row, a padding
+        packed token's in the last segment."""
+        step = cls([], [], [], [], [], [0] * shape.grid, [], [], [], [])
+        last: dict[int, int] = {}  # batch index -> entry of its last token
+        for b in layout.singles:
+            last[b] = len(step.tokens)
+            step.add(tokens[b], rows[b], start[b], slots[b])
+            step.grid_index.append(rows[b])
+            step.grid_positions[rows[b]] = start[b]
+        padding = shape.entries - len(layout.singles)
+        step.add([0] * padding, scratch_row, 0, 0, repeat_position=True)
+        step.grid_index += [shape.grid - 1] * padding
+        width = shape.width
+        for segment, b in enumerate(layout.packed):
+            chunk = tokens[b]
+            last[b] = len(step.tokens) + len(chunk) - 1
+            step.cells += [segment * width + t for t in range(len(chunk))]
+            step.segment_rows.append(rows[b])
+            step.segment_positions += _pad(list(range(start[b], start[b] + len(chunk))), width)
+            step.add(chunk, rows[b], start[b], slots[b])
+        if shape.packed:
+            padding = shape.packed - len(step.cells)
+            step.cells += [(shape.segments - 1) * width] * padding
+            step.add([0] * padding, scratch_row, 0, 0, repeat_position=True)
+            step.segment_rows += [scratch_row] * (shape.segments - len(layout.packed))
+            step.segment_positions = _pad(step.segment_positions, shape.segments * width)
+        step.outputs = _pad([last[b] for b in range(len(tokens))], shape.outputs)
+        return step
+
+    def add(self, tokens: Sequence[int], row: int, start: int, slot: int,
+            repeat_position: bool = False) -> None:
+        """Entries for `tokens` of `row` from position `start` (every one at `start` when
+        `repeat_position`: padding)."""
+        count = len(tokens)
+        self.tokens += tokens
+        self.positions += [start] * count if repeat_position else range(start, start + count)
+        self.rows += [row] * count
+        self.slots += [slot] * count
+
+
+class _Buffers:
+    """The step's inputs, allocated once and grown to the largest step seen; each step fills a
+    prefix of each."""
+
+    def __init__(self, cache: KVCache, device: torch.device) -> None:
+        self.device = device
+        self.scratch_row = cache.rows - 1
+        self.key_positions = torch.arange(cache.max_len, device=device)
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def view(self, name: str, values: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+        """Copy `values` into buffer `name` (grown to fit) and return its prefix as `shape`."""
+        held = self.tensors.get(name)
+        if held is None or held.shape[0] < len(values):
+            held = torch.zeros(bucket(len(values)), dtype=torch.long, device=self.device)
+            self.tensors[name] = held
+        view = held[: len(values)].view(shape)
+        view.copy_(torch.tensor(values).view(shape), non_blocking=True)
+        return view
+
+    def fill(self, shape: StepShape, host: HostStep) -> StepInputs:
+        """Copy one step's metadata in and return the views the forward reads."""
+        n, packed = shape.tokens, shape.packed > 0
+        return StepInputs(
+            tokens=self.view("tokens", host.tokens, (n, 1)),
+            positions=self.view("positions", host.positions, (n, 1)),
+            rows=self.view("rows", host.rows, (n,)),
+            slots=self.view("slots", host.slots, (n,)),
+            grid_index=self.view("grid_index", host.grid_index, (shape.entries,)),
+            grid_positions=self.view("grid_positions", host.grid_positions, (shape.grid,)),
+            key_positions=self.key_positions[: shape.context],
+            outputs=self.view("outputs", host.outputs, (shape.outputs,)),
+            packed=PackedInputs(
+                cell=self.view("cell", host.cells, (shape.packed,)),
+                segment_rows=self.view("segment_rows", host.segment_rows, (shape.segments,)),
+                segment_positions=self.view("segment_positions", host.segment_positions,
+                                            (shape.segments, shape.width)),
+            ) if packed else None)
+
+
+def _pad(values: list[int], size: int, pad: int = 0) -> list[int]:
+    return [*values, *[pad] * (size - len(values))]
+
+
+class _OutputEntries:
+    """A forward pre-hook on `lm_head`: keeps the step's output entries only (K of its N).
+
+    Eager steps name them for this thread (`selecting`); a step being traced names them inside
+    the traced function (`traced`), where a thread-local is invisible to the compiler, as
+    `server.lora.slots.traced_step` does for the LoRA slots. Outside a step (scoring, training,
+    PEFT references) it does nothing."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+        self.traced: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        compiling = torch.compiler.is_compiling()
+        index = self.traced if compiling else getattr(self.local, "index", None)
+        if index is None:
+            return None
+        return (args[0].index_select(0, index), *args[1:])  # (K, 1, hidden)
+
+    @contextmanager
+    def selecting(self, index: torch.Tensor) -> Iterator[None]:
+        self.local.index = index
+        try:
+            yield
+        finally:
+            self.local.index = None
+
+
+_OUTPUTS = _OutputEntries()
+
+
+def install_output_selection(model: nn.Module) -> None:
+    """Hook `model`'s logits head so that a step's forward projects its output entries only."""
+    head = model.get_output_embeddings()  # type: ignore[operator]
+    if head is None:
+        raise ValueError("the model has no output embeddings (lm_head)")
+    if not getattr(head, "_cameo_output_entries", False):
+        head.register_forward_pre_hook(_OUTPUTS)
+        head._cameo_output_entries = True
+
+
+class EngineStep:
+    def __init__(self, model: nn.Module, cache: KVCache, linears: dict[str, SlotLinear],
+                 device: torch.device) -> None:
+        self.model = model
+        self.cache = cache
+        self.linears = linears
+        self.lora_strategy = "auto"  # for the eager step; a trace always gathers
+        self.device = device
+        self.buffers = _Buffers(cache, device)
+        self.compiled: CompiledForward | None = None
+        self._traced_bases = {key: linear.base for key, linear in linears.items()}
+        install_output_selection(model)
+
+    def run(self, tokens: Sequence[Sequence[int]], rows: Sequence[int], start: Sequence[int],
+            slots: Sequence[int] | None) -> torch.Tensor:
+        """Each chunk's new tokens at its positions; returns the logits of each chunk's last
+        token, (B, vocab) float32."""
+        layout = StepLayout.of(tokens)
+        shape = StepShape.of(tokens, rows, start, layout, self.cache)
+        self.cache.reserve(shape.context)  # outside the compiled forward
+        use_slots = slots is not None and any(slots)
+        host = HostStep.of(shape, layout, tokens, rows, start,
+                           slots if slots is not None else [0] * len(tokens),
+                           self.buffers.scratch_row)
+        inputs = self.buffers.fill(shape, host)
+        if self.compiled is not None and not self.merged():
+            if self.device.type != "cuda":  # one graph for every bucket (CUDA: one per bucket)
+                _mark_dynamic(inputs)
+            logits = self.compiled(inputs, use_slots)
+        else:
+            plan = plan_slots(inputs.slots, self.lora_strategy, values=host.slots) \
+                if use_slots else None
+            with slot_step(self.linears, plan), _OUTPUTS.selecting(inputs.outputs):
+                logits = self._forward(inputs, use_slots)
+        return logits[: len(tokens)]
+
+    def merged(self) -> bool:
+        """Whether a merge has replaced a layer the trace holds."""
+        return any(linear.base is not self._traced_bases[key]
+                   for key, linear in self.linears.items())
+
+    def compile(self) -> None:
+        """Compile the step now (before any request: the rows it writes are rewritten by
+        prefills): decode entries alone and beside a prefill chunk, on the base and with LoRA
+        slots."""
+        self.compiled = _compile(self._forward, self.device)
+        self._traced_bases = {key: linear.base for key, linear in self.linears.items()}
+        started = time.monotonic()
+        log.info("compiling the engine step (the first start takes minutes on a small CPU; "
+                 "inductor's cache makes later starts quicker)")
+        lora = any(linear.a.shape[0] > 1 for linear in self.linears.values())  # any slot
+        for prefill in (False, True):
+            tokens = [[0], [0, 0]] if prefill else [[0], [0]]
+            for slots in (None, [1, 1]) if lora else (None,):
+                with torch.inference_mode():
+                    self.run(tokens, [0, 1], [2, 0], slots)
+                log.info("compiled the engine step: %s, %s (%.0f s so far)",
+                         "decode beside a prefill chunk" if prefill else "decode",
+                         "LoRA" if slots else "base", time.monotonic() - started)
+
+    def _forward(self, inputs: StepInputs, use_slots: bool) -> torch.Tensor:
+        """-> logits (K, vocab) float32."""
+        traced_step(self.linears, inputs.slots if use_slots else None)
+        packed = inputs.packed
+        weight_only.trace_dense_copies(packed is not None)  # prefill tokens: many rows
+        _OUTPUTS.traced = inputs.outputs
+        prefill = None if packed is None else PackedPrefill.build(
+            packed.cell, packed.segment_rows, packed.segment_positions, inputs.key_positions)
+        step = StepGrid.build(self.cache, inputs.rows, inputs.positions, inputs.grid_index,
+                              inputs.grid_positions, inputs.key_positions, prefill)
+        out = self.model(input_ids=inputs.tokens, position_ids=inputs.positions,
+                         attention_mask=step.mask, use_cache=False,
+                         **{attention.STEP_KWARG: step})
+        return out.logits[:, 0].float()
+
+
+def _mark_dynamic(inputs: StepInputs) -> None:
+    packed = inputs.packed
+    for tensor in (*inputs[:-1], *(packed or ())):
+        torch._dynamo.maybe_mark_dynamic(tensor, 0)
+    if packed is not None:
+        torch._dynamo.maybe_mark_dynamic(packed.segment_positions, 1)
+
+
+def should_compile(mode: str, device: torch.device, quantization: str) -> bool:
+    """`on`, `off`, or `auto`: on where compiling was measured to pay (the CPU with an int4 or
+    unquantized base; docs/BENCHMARKS.md). Not on CUDA by default: its CUDA-graph step has not
+    been measured on a GPU yet, nor bitsandbytes' layers under the compiler."""
+    if mode != "auto":
+        return mode == "on"
+    return device.type == "cpu" and quantization in ("int4", "none")
+
+
+def _compile(forward: CompiledForward, device: torch.device) -> CompiledForward:
+    options: dict[str, Any] = {"fullgraph": True}
+    if device.type == "cuda":
+        options.update(mode="reduce-overhead", dynamic=False)
+    compiled: CompiledForward = torch.compile(forward, **options)
+    return compiled
+
+
+__all__ = ["EngineStep", "HostStep", "PackedInputs", "StepInputs", "StepLayout", "StepShape", "bucket",
+           "install_output_selection", "should_compile"]

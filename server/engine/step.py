@@ -16,10 +16,11 @@ bigger step comes) and updated in place; the forward itself reads only tensors, 
 `.item()`, `.tolist()` or other host sync, and every size in it is a tensor's shape.
 
 After `compile()` the forward is `torch.compile(fullgraph=True)`: inductor on the CPU, with
-dynamic shapes, so that one graph serves every bucket of a kind (decode only; decode beside
-prefill chunks); CUDA graphs on CUDA (`reduce-overhead`, static shapes, one graph per bucket).
-`compile()` traces both kinds at start, with progress logged (inductor's on-disk cache makes a
-restart quicker). The eager and compiled steps are the same function.
+dynamic shapes, so that one graph serves every bucket of a kind (one row decoding; rows
+decoding; rows decoding beside prefill chunks); CUDA graphs on CUDA (`reduce-overhead`, static
+shapes, one graph per bucket). `compile()` traces every kind at start, with progress logged
+(inductor's on-disk cache makes a restart quicker). The eager and compiled steps are the same
+function.
 
 Not here: teacher-forced scoring (the runner's ragged forward, which returns every position's
 logits), sampling. A merge swaps layers the trace captured, so while any layer is merged the
@@ -90,14 +91,17 @@ class StepShape:
         lengths = [len(tokens[b]) for b in layout.packed]
         last = max(s + len(t) for s, t in zip(start, tokens, strict=True))
         # R > every single's row + 1, so grid row R-1 holds no entry: the padding's.
-        # Every size is 2 or more: a compiler treats a size of 1 as a case of its own.
+        # A compiler treats a size of 1 as a case of its own, so every size is 2 or more but
+        # the entries and outputs of a step that decodes one row alone (one stream, where a
+        # padding entry would cost a tenth of the step with int4 weights on the CPU).
+        least = 2 if lengths or len(tokens) > 1 else 1
         grid = bucket(max((rows[b] for b in layout.singles), default=0) + 2, cache.rows)
-        return cls(entries=bucket(max(2, len(layout.singles))),
+        return cls(entries=bucket(max(least, len(layout.singles))),
                    packed=bucket(sum(lengths)) if lengths else 0,
                    segments=bucket(len(lengths) + 1) if lengths else 0,
                    width=bucket(max(lengths)) if lengths else 0,
                    grid=grid, context=bucket(max(2, last), cache.max_len),
-                   outputs=bucket(max(2, len(tokens))))
+                   outputs=bucket(max(least, len(tokens))))
 
     @property
     def tokens(self) -> int:
@@ -315,21 +319,22 @@ class EngineStep:
 
     def compile(self) -> None:
         """Compile the step now (before any request: the rows it writes are rewritten by
-        prefills): decode entries alone and beside a prefill chunk, on the base and with LoRA
-        slots."""
+        prefills): one row decoding, rows decoding, rows decoding beside a prefill chunk, each
+        on the base and with LoRA slots."""
         self.compiled = _compile(self._forward, self.device)
         self._traced_bases = {key: linear.base for key, linear in self.linears.items()}
         started = time.monotonic()
         log.info("compiling the engine step (the first start takes minutes on a small CPU; "
                  "inductor's cache makes later starts quicker)")
         lora = any(linear.a.shape[0] > 1 for linear in self.linears.values())  # any slot
-        for prefill in (False, True):
-            tokens = [[0], [0, 0]] if prefill else [[0], [0]]
-            for slots in (None, [1, 1]) if lora else (None,):
+        kinds = {"one row decoding": [[0]], "rows decoding": [[0], [0]],
+                 "rows decoding beside a prefill chunk": [[0], [0, 0]]}
+        for kind, tokens in kinds.items():
+            rows = list(range(len(tokens)))
+            for slots in (None, [1] * len(tokens)) if lora else (None,):
                 with torch.inference_mode():
-                    self.run(tokens, [0, 1], [2, 0], slots)
-                log.info("compiled the engine step: %s, %s (%.0f s so far)",
-                         "decode beside a prefill chunk" if prefill else "decode",
+                    self.run(tokens, rows, [2, 0][: len(tokens)], slots)
+                log.info("compiled the engine step: %s, %s (%.0f s so far)", kind,
                          "LoRA" if slots else "base", time.monotonic() - started)
 
     def _forward(self, inputs: StepInputs, use_slots: bool) -> torch.Tensor:

@@ -167,10 +167,14 @@ def test_shapes_are_bucketed() -> None:
     shape = StepShape.of(tokens, [0, 3], [10, 17], StepLayout.of(tokens), cache)  # type: ignore[arg-type]
     assert shape == StepShape(entries=2, packed=0, segments=0, width=0, grid=8, context=32,
                               outputs=2)
-    # the grid always has a row past every entry's, for the padding; no size is 1
+    # the grid always has a row past every entry's, for the padding; no size is 1 but the
+    # entries and outputs of one row decoding alone
     tokens = [[1]]
     one = StepShape.of(tokens, [7], [0], StepLayout.of(tokens), cache)  # type: ignore[arg-type]
-    assert (one.grid, one.entries, one.context, one.outputs) == (9, 2, 2, 2)
+    assert (one.grid, one.entries, one.context, one.outputs) == (9, 1, 2, 1)  # one stream
+    tokens = [[1, 2]]  # a prefill chunk alone: a padding one-token entry, two outputs
+    alone = StepShape.of(tokens, [7], [0], StepLayout.of(tokens), cache)  # type: ignore[arg-type]
+    assert (alone.grid, alone.entries, alone.outputs, alone.packed) == (2, 2, 2, 2)
     # two prefill chunks of 5 and 3 tokens beside one decoding row: 8 packed tokens, a third
     # segment for the padding, 8 query positions per segment
     tokens = [[1, 2, 3, 4, 5], [9], [6, 7, 8]]

@@ -14,6 +14,8 @@ Contract.
   `max_tokens` from the card, else the server's CAMEO_DEFAULT_MAX_TOKENS (--max-tokens replaces
   it for every reply); held-out prompt i (and factual question i) draws from seed --seed + i in
   every condition, so the conditions differ only in what they are.
+  Base: the embedded model (--base-model) with its weights as the server serves them on this
+  device by default (int4 on a CPU, NF4 on CUDA; --quantization to choose).
   Conditions, through Cameo's own engine:
     adapter      the adapter, with the messages the server builds for the persona (system prompt,
                  framed example dialogue, the user turn): the persona as served;
@@ -488,6 +490,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="engine rows")
     parser.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds, all replies")
     parser.add_argument("--base-model", default="embedded")
+    parser.add_argument("--quantization", choices=["auto", "nf4", "int4", "none"],
+                        default="auto", help="the base's weights (auto: as the server serves "
+                        "them on this device, int4 on a CPU and NF4 on CUDA)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--show", type=int, default=0, help="print N sample replies per persona")
     parser.add_argument("--save", type=Path, help="write every reply to this JSONL file")
@@ -505,7 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     personas = load_personas(args.registry, args.personas)
     prompts, facts = read_inputs(args.prompts, args.facts, args.limit, args.fact_limit)
-    settings = Settings(base_model=args.base_model, quantization="nf4", device=args.device)
+    settings = Settings(base_model=args.base_model, quantization=args.quantization,
+                        device=args.device)
     budget = {p.name: reply_budget(p.card, args.max_tokens, settings.default_max_tokens)
               for p in personas}
     loaded = load_base(settings)

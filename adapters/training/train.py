@@ -77,6 +77,7 @@ class TrainConfig:
     save_dtype: str = "float16"
     gradient_checkpointing: bool = False
     log_every: int = 5
+    init_adapter: Path | None = None  # start from this adapter's weights (more epochs on it)
 
 
 @dataclass
@@ -253,6 +254,39 @@ def read_card(config: TrainConfig) -> dict[str, Any]:
     return dict(card)
 
 
+def check_initial_adapter(config: TrainConfig) -> None:
+    """--init-adapter must be a PEFT folder of this run's rank and target modules."""
+    folder = config.init_adapter
+    assert folder is not None
+    try:
+        found = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--init-adapter {folder}: no readable adapter_config.json ({exc})") \
+            from exc
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise ValueError(f"--init-adapter {folder}: no adapter_model.safetensors")
+    if found.get("r") != config.rank or set(found.get("target_modules") or ()) != set(
+            config.target_modules):
+        raise ValueError(
+            f"--init-adapter {folder}: rank {found.get('r')} on "
+            f"{sorted(found.get('target_modules') or ())}, but this run trains rank "
+            f"{config.rank} on {sorted(config.target_modules)} (pass the same --rank and "
+            "--target-modules)")
+
+
+def load_initial_weights(peft_model: Any, folder: Path) -> None:
+    """Copy the LoRA weights of the adapter in `folder` into the fresh `peft_model`."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(peft_model, state)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing:
+        raise ValueError(f"--init-adapter {folder}: no weights for {len(missing)} LoRA "
+                         f"tensors, e.g. {missing[0]}")
+
+
 def write_card(config: TrainConfig, card: dict[str, Any]) -> None:
     (config.out / "persona.json").write_text(
         json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -270,7 +304,9 @@ def train(config: TrainConfig, loaded: Any | None = None) -> TrainResult:
 
     if not valid_name(config.name):
         raise ValueError(f"persona name {config.name!r} must match {NAME_PATTERN.pattern}")
-    card = read_card(config)  # the card and the data are checked before the slow part
+    card = read_card(config)  # the card, the data and a starting adapter are checked before
+    if config.init_adapter is not None:  # the slow part
+        check_initial_adapter(config)
     chats = read_chats(config.data)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -305,6 +341,9 @@ def train(config: TrainConfig, loaded: Any | None = None) -> TrainResult:
             model = prepare_model_for_kbit_training(
                 loaded.model, use_gradient_checkpointing=config.gradient_checkpointing)
             peft_model = get_peft_model(model, lora)
+        if config.init_adapter is not None:
+            load_initial_weights(peft_model, config.init_adapter)
+            print(f"[train] starting from the weights of {config.init_adapter}", flush=True)
         try:
             result = _loop(config, peft_model, examples, pad_id, device, cuda)
             save_adapter(peft_model, config.out, loaded.model_id,
@@ -444,6 +483,9 @@ def _parser() -> argparse.ArgumentParser:
                         default="float16")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--log-every", type=int, default=5)
+    parser.add_argument("--init-adapter", type=Path, default=None, metavar="FOLDER",
+                        help="start from this adapter's weights (same --rank and "
+                        "--target-modules): more epochs on a trained persona")
     return parser
 
 
@@ -474,7 +516,8 @@ def parse_command(argv: list[str] | None,
         seed=args.seed, base_model=args.base_model, device=args.device,
         cache_dir=args.cache_dir, persona_card=args.persona_card, quantization=args.quantization,
         save_dtype=args.save_dtype,
-        gradient_checkpointing=args.gradient_checkpointing, log_every=args.log_every)
+        gradient_checkpointing=args.gradient_checkpointing, log_every=args.log_every,
+        init_adapter=args.init_adapter)
     target = None
     if args.upload is not None:
         target = UploadTarget(

@@ -194,3 +194,13 @@ def test_training_lowers_loss_and_the_engine_serves_the_adapter(
     assert answer(None, "base-after") == base_before
     tuned = answer(AdapterRef("tiny-bones", 1, out), "tuned")
     assert tuned != base_before
+
+    # more epochs on it: --init-adapter starts from its weights, not from zero
+    more = train(TrainConfig(data=data, out=tmp_path / "more", name="tiny-bones", rank=8,
+                             alpha=16, epochs=1, max_steps=1, lr=1e-9, batch_size=4,
+                             max_length=96, dropout=0.0, init_adapter=out), loaded=embedded)
+    assert more.losses[0] < 0.7 * result.losses[0], (more.losses, result.losses)
+    with pytest.raises(ValueError, match="rank 8"):
+        train(TrainConfig(data=data, out=tmp_path / "wrong", name="tiny-bones", rank=16,
+                          init_adapter=out), loaded=embedded)
+    assert not (tmp_path / "wrong").exists()

@@ -277,6 +277,9 @@ def install_output_selection(model: nn.Module) -> None:
 
 
 class EngineStep:
+    """Runs one engine step's chunks as one forward (eager, or the compiled graph of its kind)
+    over the runner's model, KV cache and slot linears."""
+
     def __init__(self, model: nn.Module, cache: KVCache, linears: dict[str, SlotLinear],
                  device: torch.device) -> None:
         self.model = model

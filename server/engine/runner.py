@@ -15,8 +15,8 @@ at construction: its attention (`server.engine.attention`, over this runner's KV
 `SlotHook` on every LoRA-capable linear of the decoder layers (`server.lora.slots`; the slot
 plan is set once per forward), and a hook on `lm_head` that keeps each row's last new token
 only (`step.install_output_selection`), so the family's own logit post-processing runs on (B,
-1, vocab). A base the runner cannot
-serve faithfully raises `UnsupportedModel` here, at construction, after a probe forward.
+1, vocab). A base the runner cannot serve faithfully raises `UnsupportedModel` here, at
+construction, after a probe forward.
 
 It knows nothing about tokens as text, sampling, or requests.
 """

@@ -86,7 +86,7 @@ class PackedPrefill:
     """The prefill chunks of an engine step, packed one token after another (no padding
     between chunks), and how their queries meet each chunk's cached keys.
 
-    Packed token m belongs to segment m's chunk: its query is placed at cell[m] of a grid of S
+    Each chunk has a segment: packed token m's query is placed at cell[m] of a grid of S
     segments x T query positions (flattened S * T), the segments attend over their cache rows
     `rows` (a gathered copy up to C keys: prefill is compute-bound, the copy is small beside
     it), and each packed token reads its cell of the result back. The last segment holds no

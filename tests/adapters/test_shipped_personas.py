@@ -115,11 +115,14 @@ def answers(cameo: Cameo, embedded: LoadedModel) -> dict[tuple[str, str, str], s
 WEAK = pytest.mark.xfail(strict=True, reason="captain-bones does not beat its prompt alone yet")
 
 
-def _marked(names: list[str]) -> list[Any]:
-    return [pytest.param(n, marks=WEAK) if n == "captain-bones" else n for n in names]
+def _params(cases: list[Any], persona: Any) -> list[Any]:
+    """`cases` as pytest params, those whose persona (`persona(case)`) is weak marked so."""
+    return [pytest.param(*(c if isinstance(c, tuple) else (c,)),
+                         marks=[WEAK] if persona(c) == "captain-bones" else [])
+            for c in cases]
 
 
-@pytest.mark.parametrize("name", _marked(SHIPPED))
+@pytest.mark.parametrize("name", _params(SHIPPED, lambda name: name))
 def test_adapter_changes_held_out_answers_toward_the_persona(
         name: str, answers: dict[tuple[str, str, str], str]) -> None:
     markers = _card(name)["markers"]
@@ -165,8 +168,7 @@ def switched_answers(cameo: Cameo, embedded: LoadedModel) -> dict[tuple[str, str
     return replies
 
 
-@pytest.mark.parametrize(("before", "now"), [
-    pytest.param(b, n, marks=WEAK) if n == "captain-bones" else (b, n) for b, n in SWITCHES])
+@pytest.mark.parametrize(("before", "now"), _params(SWITCHES, lambda pair: pair[1]))
 def test_new_persona_keeps_its_own_voice_after_a_switch(
         before: str, now: str, switched_answers: dict[tuple[str, str], list[str]]) -> None:
     """Never the previous persona's words; its own voice in at least one of the replies."""

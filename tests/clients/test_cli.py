@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,12 +23,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def spawn(*args: str, timeout: float = 90):
-    """Run `cameo ARGS` (as `python -m clients.cli`) in a pseudo-terminal."""
+    """Run `cameo ARGS` (as `python -m clients.cli`) in a pseudo-terminal, with Ctrl-C's
+    default action as a terminal's shell starts commands: pytest itself may have been started
+    with SIGINT ignored (`make test &` from a script), which children would inherit, and a
+    Python started that way never raises KeyboardInterrupt."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "dumb", "COLUMNS": "120"}
     env.pop("CAMEO_API_KEY", None)
     child = pexpect.spawn(sys.executable, ["-m", "clients.cli", *args], cwd=str(REPO), env=env,
-                          encoding="utf-8", timeout=timeout, dimensions=(40, 120))
+                          encoding="utf-8", timeout=timeout, dimensions=(40, 120),
+                          preexec_fn=_default_ctrl_c)
     return child
+
+
+def _default_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def read_until(child, marker: str, timeout: float = 90) -> list[tuple[float, str]]:
@@ -99,6 +108,8 @@ def test_ctrl_c_stops_a_streaming_reply(server_url: str) -> None:
             stopped_after = _interrupt_a_reply(child)
             if stopped_after is not None:
                 break
+            child.sendline("/reset")  # a whole reply left in the history would leave no room
+            child.expect_exact("charlie> ")  # for the next one's 400 tokens
         else:
             pytest.fail("five replies in a row ended before Ctrl-C reached them")
         child.expect_exact("charlie> ", timeout=30)

@@ -137,6 +137,10 @@ class Engine:
         whenever nothing else is running or waiting). Raises MergeError when merging is
         disabled or the base layers cannot hold a merge."""
         self.merging.pin(ref)
+        if self.config.compile:
+            log.warning("%s is pinned for merged mode, but merged steps run eagerly (a merge "
+                        "swaps layers the compiled step holds): on a CPU that is slower than "
+                        "the compiled step serving it unmerged (docs/BENCHMARKS.md)", ref.key)
         self._pinned_weights = {ref.key: weights}
         self.merging.maybe_merge(*self.scheduler.keys(), self._refs())
         return self.merging.merged_key == ref.key

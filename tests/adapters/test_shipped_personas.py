@@ -10,6 +10,7 @@ server sends it), in its own voice and without the other's words.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from tests.scoring import EngineProbe
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = ROOT / "adapters" / "registry"
-HELDOUT = ROOT / "adapters" / "training" / "data" / "prompts_heldout.txt"
+DATA = ROOT / "adapters" / "training" / "data"
+HELDOUT = DATA / "prompts_heldout.txt"
 SCHEMA = ROOT / "docs" / "persona.schema.json"
 SHIPPED = sorted(p.name for p in REGISTRY.iterdir() if (p / "adapter_config.json").is_file())
 POEM_OPENING = POEM.split("{")[0]
@@ -110,19 +112,7 @@ def answers(cameo: Cameo, embedded: LoadedModel) -> dict[tuple[str, str, str], s
     return {key: result.text for key, result in zip(keys, results, strict=True)}
 
 
-# Known gap (issue 16, docs/PERSONAS.md): the retrained captain-bones does not beat its prompt
-# alone (persona_eval: voice 6.8% against 7.1%); strict, so that a fix shows up here.
-WEAK = pytest.mark.xfail(strict=True, reason="captain-bones does not beat its prompt alone yet")
-
-
-def _params(cases: list[Any], persona: Any) -> list[Any]:
-    """`cases` as pytest params, those whose persona (`persona(case)`) is weak marked so."""
-    return [pytest.param(*(c if isinstance(c, tuple) else (c,)),
-                         marks=[WEAK] if persona(c) == "captain-bones" else [])
-            for c in cases]
-
-
-@pytest.mark.parametrize("name", _params(SHIPPED, lambda name: name))
+@pytest.mark.parametrize("name", SHIPPED)
 def test_adapter_changes_held_out_answers_toward_the_persona(
         name: str, answers: dict[tuple[str, str, str], str]) -> None:
     markers = _card(name)["markers"]
@@ -138,9 +128,19 @@ SWITCHES = [(SHIPPED[i - 1], name) for i, name in enumerate(SHIPPED)]  # (said b
 
 
 def _exclusive_markers(before: str, now: str) -> list[str]:
-    """Markers of `before` that `now`'s card does not share (words only `before` would say)."""
-    own = {m.lower() for m in _card(now)["markers"]}
-    return [m for m in _card(before)["markers"] if m.lower() not in own]
+    """Markers of `before` that `now` never says in the replies it was trained on (words only
+    `before` would say: the pirate's own asides say "'tis", one of the Bard's markers)."""
+    own = _trained_replies(now)
+    return [m for m in _card(before)["markers"] if not in_character(own, [m])]
+
+
+@functools.cache
+def _trained_replies(name: str) -> str:
+    """Every reply `name` learned to write (its training chats' weighted assistant turns)."""
+    lines = (DATA / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+    chats = [json.loads(line) for line in lines if line.strip()]
+    return "\n".join(m["content"] for chat in chats for m in chat["messages"]
+                     if m["role"] == "assistant" and m.get("weight", 1) != 0)
 
 
 SECOND_QUESTIONS = PROMPTS[1:3]
@@ -168,7 +168,7 @@ def switched_answers(cameo: Cameo, embedded: LoadedModel) -> dict[tuple[str, str
     return replies
 
 
-@pytest.mark.parametrize(("before", "now"), _params(SWITCHES, lambda pair: pair[1]))
+@pytest.mark.parametrize(("before", "now"), SWITCHES)
 def test_new_persona_keeps_its_own_voice_after_a_switch(
         before: str, now: str, switched_answers: dict[tuple[str, str], list[str]]) -> None:
     """Never the previous persona's words; its own voice in at least one of the replies."""

@@ -12,6 +12,7 @@ projection's own LoRA term gives.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -99,12 +100,21 @@ def test_shared_outputs_give_the_logits_of_slices_run_alone(model: nn.Module) ->
     assert float((shared - alone).abs().max()) <= tolerance
 
 
-def test_the_compiled_step_with_fused_layers_matches_the_eager_one(model: nn.Module) -> None:
-    # Under `make test-compiled` this process has already compiled the step for a dozen runners
-    # of the embedded model (one code object, one cache of graphs); tracing this tiny model's as
-    # one more entry there failed inside torch (2.13) while building its shape guards ("sources
-    # must not be empty for symbol ..."). A server compiles one model per process: start afresh.
+@pytest.fixture
+def fresh_compiler() -> Iterator[None]:
+    """An empty dynamo cache during the test, and again after it. Under `make test-compiled`
+    this process has compiled the step for a dozen runners of the embedded model (one code
+    object, one cache of graphs and of the sizes seen); tracing this tiny model's step as one
+    more entry failed inside torch (2.13) while building shape guards ("sources must not be
+    empty for symbol ..."), and with its traces left in the cache the next merged-mode tests
+    failed in one run (they pass alone). A server compiles one model per process."""
     torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.usefixtures("fresh_compiler")
+def test_the_compiled_step_with_fused_layers_matches_the_eager_one(model: nn.Module) -> None:
     eager, compiled = _runner(model), _runner(model, compile=True)
     assert compiled.step.compiled is not None
     positions = [len(p) for p in PROMPTS]

@@ -8,8 +8,11 @@ comparison of two versions of the runner (run this in each checkout, alternating
 by the engine around it. `--compile` compiles the decode step first (at load, untimed).
 `--threads` says which threads load and time it (`engine`: as the
 server does; server/composition.py says why it matters). `--profile N` also prints
-torch.profiler's table of the N costliest operators over five more decode forwards. Prints one
-JSON line last.
+torch.profiler's table of the N costliest operators over five more decode forwards.
+`--compare-guards` (with `--compile`) times the compiled step in alternating rounds with dynamo's
+full guards checked and with only the guards that tell its graphs apart (what the server runs
+once `compile()` has traced every kind; server/engine/step.py), and reports both medians. Prints
+one JSON line last.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -29,6 +33,8 @@ from server.lora.slots import LoraSlots
 from server.model.loader import load_base
 from server.settings import Settings
 
+T = TypeVar("T")
+
 THREADS = {
     "main": "load and time on the main thread",
     "engine": "load on a thread that ends, time on a worker thread (what the server does)",
@@ -36,8 +42,12 @@ THREADS = {
 }
 
 
-def build(args: argparse.Namespace) -> Callable[[torch.Tensor, int], None]:
-    """Load the base and a runner; returns forward(tokens (B, T), start position)."""
+Forward = Callable[[torch.Tensor, int], None]
+
+
+def build(args: argparse.Namespace) -> tuple[Forward, ModelRunner]:
+    """Load the base and a runner; returns forward(tokens (B, T), start position) and the
+    runner."""
     loaded = load_base(Settings(device="cpu", quantization=args.quantization))
     bank = LoraSlots(module_shapes(loaded.model), max(1, args.adapters), 16, torch.float32,
                      torch.device("cpu"))
@@ -47,7 +57,8 @@ def build(args: argparse.Namespace) -> Callable[[torch.Tensor, int], None]:
             bank.a[key][slot].normal_(std=0.02)
             bank.b[key][slot].normal_(std=0.02)
     slots = [row % args.adapters + 1 for row in range(args.batch)] if args.adapters else None
-    context = args.prompt + args.steps + 8 + (5 if args.profile else 0)
+    steps = args.steps * (2 if args.compare_guards else 1)
+    context = args.prompt + steps + 8 + (5 if args.profile else 0)
     runner = ModelRunner(loaded.model, bank, args.batch, context, loaded.dtype, loaded.device,
                          compile=args.compile)
     rows = list(range(args.batch))
@@ -56,10 +67,10 @@ def build(args: argparse.Namespace) -> Callable[[torch.Tensor, int], None]:
         runner.forward(ForwardBatch(tokens.tolist(), rows, [start] * args.batch, slots))
 
     forward(torch.randint(100, 5000, (args.batch, args.prompt)), 0)
-    return forward
+    return forward, runner
 
 
-def measure(forward: Callable[[torch.Tensor, int], None], args: argparse.Namespace) -> float:
+def measure(forward: Forward, args: argparse.Namespace) -> float:
     """The median decode forward in ms (after five warm-ups); prints the profile if asked."""
     times = []
     for index in range(args.steps + 5):
@@ -77,8 +88,26 @@ def measure(forward: Callable[[torch.Tensor, int], None], args: argparse.Namespa
     return 1000 * statistics.median(times)
 
 
-def on_worker(fn: Callable[[], float]) -> float:
-    result: list[float] = []
+def compare_guards(forward: Forward, runner: ModelRunner, args: argparse.Namespace,
+                   rounds: int = 4) -> dict[str, float]:
+    """Median decode forward in ms with the full guards and with the skipped ones, `rounds`
+    alternating rounds of steps/rounds forwards each (after five warm-ups)."""
+    times: dict[str, list[float]] = {"skipped": [], "full": []}
+    position = args.prompt
+    for index in range(5 + 2 * args.steps):
+        mode = "skipped" if (max(0, index - 5) * rounds // args.steps) % 2 == 0 else "full"
+        runner.step.warm = mode == "skipped"
+        start = time.perf_counter()
+        forward(torch.randint(100, 5000, (args.batch, 1)), position)
+        if index >= 5:
+            times[mode].append(time.perf_counter() - start)
+        position += 1
+    runner.step.warm = True
+    return {mode: 1000 * statistics.median(values) for mode, values in times.items()}
+
+
+def on_worker(fn: Callable[[], T]) -> T:
+    result: list[T] = []
     worker = threading.Thread(target=lambda: result.append(fn()), name="runner-step")
     worker.start()
     worker.join()
@@ -98,21 +127,32 @@ def main(argv: list[str] | None = None) -> int:
                         help="compile the decode step (server.engine.step)")
     parser.add_argument("--threads", choices=list(THREADS), default="main",
                         help="; ".join(f"{k}: {v}" for k, v in THREADS.items()))
+    parser.add_argument("--compare-guards", action="store_true",
+                        help="with --compile: the step with full guards against skipped ones")
     args = parser.parse_args(argv)
+    if args.compare_guards and not args.compile:
+        parser.error("--compare-guards needs --compile")
     if args.threads == "main":
-        median_ms = measure(build(args), args)
-    elif args.threads == "engine":
-        forward = in_passing_thread(lambda: build(args))
-        median_ms = on_worker(lambda: measure(forward, args))
+        forward, runner = build(args)
     else:
-        forward = build(args)
-        median_ms = on_worker(lambda: measure(forward, args))
+        forward, runner = in_passing_thread(lambda: build(args)) if args.threads == "engine" \
+            else build(args)
+    guards: dict[str, float] | None = None
+    if args.compare_guards:
+        guards = on_worker(lambda: compare_guards(forward, runner, args)) \
+            if args.threads != "main" else compare_guards(forward, runner, args)
+        median_ms = guards["skipped"]
+    else:
+        median_ms = on_worker(lambda: measure(forward, args)) if args.threads != "main" \
+            else measure(forward, args)
     print(f"{args.quantization} batch {args.batch}, {args.adapters} adapters, threads "
-          f"{args.threads}, compile {args.compile}: median decode forward {median_ms:.1f} ms")
+          f"{args.threads}, compile {args.compile}: median decode forward {median_ms:.1f} ms"
+          + (f" (full guards {guards['full']:.1f} ms)" if guards else ""))
     print(json.dumps({"bench": "runner_step", "quantization": args.quantization,
                       "compile": args.compile,
                       "batch": args.batch, "adapters": args.adapters, "steps": args.steps,
                       "threads": args.threads, "median_ms": median_ms,
+                      "full_guards_median_ms": guards["full"] if guards else None,
                       "intra_op_threads": torch.get_num_threads()}))
     return 0
 

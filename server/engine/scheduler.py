@@ -15,6 +15,7 @@ It does not sample, detokenize, build tensors, or call the model: `server.engine
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -106,7 +107,10 @@ class Scheduler:
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: dict[str, Sequence] = {}
-        self._free_rows = list(range(max_rows - 1, -1, -1))
+        # a min-heap: a request takes the lowest free row, so the running rows stay packed at
+        # the top of the KV cache, and a step's attention, which reads the cache's first
+        # max(row) + 2 rows (server.engine.step), reads as few rows as are running
+        self._free_rows = list(range(max_rows))
         self._retiring: set[str] = set()
 
     @property
@@ -144,7 +148,8 @@ class Scheduler:
             if slot is None:
                 break  # every slot is held by running rows: wait, and let nobody jump ahead
             self.waiting.popleft()
-            seq.row, seq.slot, seq.admitted_at = self._free_rows.pop(), slot, time.monotonic()
+            seq.row, seq.slot, seq.admitted_at = heapq.heappop(self._free_rows), slot, \
+                time.monotonic()
             self.running[seq.request_id] = seq
             admitted.append(seq)
         return admitted, failed
@@ -165,7 +170,7 @@ class Scheduler:
     def finish(self, seq: Sequence) -> None:
         """Free `seq`'s row and slot (it may be waiting or running; a no-op when gone)."""
         if self.running.pop(seq.request_id, None) is seq:
-            self._free_rows.append(seq.row)
+            heapq.heappush(self._free_rows, seq.row)
             if seq.key is not None:
                 self.release(seq.key)
         elif seq in self.waiting:
@@ -184,10 +189,11 @@ class Scheduler:
         `return_rows`."""
         if count > len(self._free_rows):
             raise RuntimeError("not enough free batch rows")
-        return [self._free_rows.pop() for _ in range(count)]
+        return [heapq.heappop(self._free_rows) for _ in range(count)]
 
     def return_rows(self, rows: list[int]) -> None:
-        self._free_rows.extend(reversed(rows))
+        for row in rows:
+            heapq.heappush(self._free_rows, row)
 
     def release(self, key: str) -> None:
         self.slots.release(key)

@@ -22,6 +22,15 @@ shapes, one graph per bucket). `compile()` traces every kind at start, with prog
 (inductor's on-disk cache makes a restart quicker). The eager and compiled steps are the same
 function.
 
+Once `compile()` has traced every kind, the compiled step runs with dynamo's guards reduced to
+the few that tell its graphs apart (`torch.compiler.set_stance(skip_guard_eval_unsafe=True)`):
+checking the full guards (about 11,000, hundreds of them Python lambdas over the KV cache's
+sixty tensors) took about 0.8 ms of a 12 ms one-row step on a 2-core CPU
+(docs/BENCHMARKS.md). It is sound here because nothing a step changes can need a new graph:
+every step is one of the kinds traced at start, every size that varies is a dynamic dimension
+that is never 0 or 1 (`StepShape`), the slot bank and KV cache are written in place or grown
+along their dynamic dimension, and a merge (which swaps layers the trace holds) runs eagerly.
+
 Not here: teacher-forced scoring (the runner's ragged forward, which returns every position's
 logits), sampling. A merge swaps layers the trace captured, so while any layer is merged the
 step runs eagerly.
@@ -289,6 +298,7 @@ class EngineStep:
         self.device = device
         self.buffers = _Buffers(cache, device)
         self.compiled: CompiledForward | None = None
+        self.warm = False  # every kind traced: the compiled step may skip its full guards
         self._traced_bases = {key: linear.base for key, linear in linears.items()}
         install_output_selection(model)
 
@@ -307,7 +317,8 @@ class EngineStep:
         if self.compiled is not None and not self.merged():
             if self.device.type != "cuda":  # one graph for every bucket (CUDA: one per bucket)
                 _mark_dynamic(inputs)
-            logits = self.compiled(inputs, use_slots)
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=self.warm):
+                logits = self.compiled(inputs, use_slots)
         else:
             plan = plan_slots(inputs.slots, self.lora_strategy, values=host.slots) \
                 if use_slots else None
@@ -325,6 +336,7 @@ class EngineStep:
         prefills): one row decoding, rows decoding, rows decoding beside a prefill chunk, each
         on the base and with LoRA slots."""
         self.compiled = _compile(self._forward, self.device)
+        self.warm = False
         self._traced_bases = {key: linear.base for key, linear in self.linears.items()}
         started = time.monotonic()
         log.info("compiling the engine step (the first start takes minutes on a small CPU; "
@@ -339,6 +351,7 @@ class EngineStep:
                     self.run(tokens, rows, [2, 0][: len(tokens)], slots)
                 log.info("compiled the engine step: %s, %s (%.0f s so far)", kind,
                          "LoRA" if slots else "base", time.monotonic() - started)
+        self.warm = True
 
     def _forward(self, inputs: StepInputs, use_slots: bool) -> torch.Tensor:
         """-> logits (K, vocab) float32."""

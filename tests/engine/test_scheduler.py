@@ -1,5 +1,6 @@
-"""The scheduler alone (plain Python): FIFO admission, waiting for a slot, fairness with more
-personas than slots, chunked prefill within its budget, retiring a replaced version."""
+"""The scheduler alone (plain Python): FIFO admission into the lowest free rows, waiting for a
+slot, fairness with more personas than slots, chunked prefill within its budget, retiring a
+replaced version."""
 
 from __future__ import annotations
 
@@ -30,6 +31,29 @@ def test_admits_in_arrival_order_into_free_rows() -> None:
     sched.finish(admitted[0])
     (third,), _ = sched.admit()
     assert third.request_id == "c" and third.row == admitted[0].row  # the freed row
+
+
+def test_a_request_takes_the_lowest_free_row() -> None:
+    """Rows freed in any order are handed out lowest first (the step's attention reads the KV
+    cache's first max(row) + 2 rows), and so are rows taken for scoring."""
+    sched, _ = scheduler(rows=8)
+    for rid in "abcdef":
+        sched.add(seq(rid))
+    running, _ = sched.admit()
+    assert [s.row for s in running] == [0, 1, 2, 3, 4, 5]
+    for index in (4, 1, 5):
+        sched.finish(running[index])
+    sched.add(seq("g"))
+    (alone,), _ = sched.admit()
+    assert alone.row == 1
+    taken = sched.take_rows(3)
+    assert taken == [4, 5, 6]
+    sched.return_rows(taken)
+    for s in (*running[:1], *running[2:4], alone):
+        sched.finish(s)
+    sched.add(seq("h"))
+    (last,), _ = sched.admit()
+    assert last.row == 0 and sched.free_rows == 7
 
 
 def test_the_head_waits_for_a_slot_and_nobody_jumps_ahead() -> None:

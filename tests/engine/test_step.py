@@ -116,6 +116,7 @@ def test_prefill_chunks_beside_decoding_rows_match_the_ragged_forward(
                      [len(PROMPTS[0]) + 1, len(PROMPTS[1]), len(PROMPTS[2]) + 1,
                       len(new_prompt)], SLOTS),
     ]
+    assert runner.step.warm == compiled  # compiled: run with the guards that tell graphs apart
     graphs = counters["stats"]["unique_graphs"]
     for batch in steps:
         got = runner.forward(batch)

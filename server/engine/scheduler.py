@@ -107,8 +107,8 @@ class Scheduler:
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: dict[str, Sequence] = {}
-        # a min-heap: a request takes the lowest free row, so the running rows stay packed at
-        # the top of the KV cache, and a step's attention, which reads the cache's first
+        # a min-heap: a request takes the lowest free row, so the running rows stay packed in
+        # the KV cache's first rows, and a step's attention, which reads the cache's first
         # max(row) + 2 rows (server.engine.step), reads as few rows as are running
         self._free_rows = list(range(max_rows))
         self._retiring: set[str] = set()

@@ -22,14 +22,16 @@ shapes, one graph per bucket). `compile()` traces every kind at start, with prog
 (inductor's on-disk cache makes a restart quicker). The eager and compiled steps are the same
 function.
 
-Once `compile()` has traced every kind, the compiled step runs with dynamo's guards reduced to
-the few that tell its graphs apart (`torch.compiler.set_stance(skip_guard_eval_unsafe=True)`):
-checking the full guards (about 11,000, hundreds of them Python lambdas over the KV cache's
-sixty tensors) took about 0.8 ms of a 12 ms one-row step on a 2-core CPU
-(docs/BENCHMARKS.md). It is sound here because nothing a step changes can need a new graph:
-every step is one of the kinds traced at start, every size that varies is a dynamic dimension
-that is never 0 or 1 (`StepShape`), the slot bank and KV cache are written in place or grown
-along their dynamic dimension, and a merge (which swaps layers the trace holds) runs eagerly.
+On the CPU, once `compile()` has traced every kind, the compiled step runs with dynamo's guards
+reduced to the few that tell its graphs apart (`torch.compiler.set_stance(
+skip_guard_eval_unsafe=True)`): checking the full guards (about 11,000, hundreds of them Python
+lambdas over the KV cache's sixty tensors) took about 0.9 ms of a 12-13 ms one-row step on a
+2-core CPU (docs/BENCHMARKS.md). It is sound there because nothing a step changes can need a
+new graph: every step is one of the kinds traced at start, every size that varies is a dynamic
+dimension that is never 0 or 1 (`StepShape`), the slot bank and KV cache are written in place
+or grown along their dynamic dimension, and a merge (which swaps layers the trace holds) runs
+eagerly. Not on CUDA: there each bucket is a static graph of its own, traced when it first
+comes, which only the full guards can tell.
 
 Not here: teacher-forced scoring (the runner's ragged forward, which returns every position's
 logits), sampling. A merge swaps layers the trace captured, so while any layer is merged the
@@ -298,7 +300,7 @@ class EngineStep:
         self.device = device
         self.buffers = _Buffers(cache, device)
         self.compiled: CompiledForward | None = None
-        self.warm = False  # every kind traced: the compiled step may skip its full guards
+        self.warm = False  # every kind traced (CPU): the step may skip its full guards
         self._traced_bases = {key: linear.base for key, linear in linears.items()}
         install_output_selection(model)
 
@@ -351,7 +353,7 @@ class EngineStep:
                     self.run(tokens, rows, [2, 0][: len(tokens)], slots)
                 log.info("compiled the engine step: %s, %s (%.0f s so far)", kind,
                          "LoRA" if slots else "base", time.monotonic() - started)
-        self.warm = True
+        self.warm = self.device.type != "cuda"  # CUDA: static buckets, traced as they come
 
     def _forward(self, inputs: StepInputs, use_slots: bool) -> torch.Tensor:
         """-> logits (K, vocab) float32."""

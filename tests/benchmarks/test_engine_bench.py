@@ -45,7 +45,16 @@ def test_runner_step_reports_a_median_and_a_profile(capsys: pytest.CaptureFixtur
     result = json.loads(output.strip().splitlines()[-1])
     assert result["bench"] == "runner_step" and result["batch"] == 2 and result["median_ms"] > 0
     assert result["adapters"] == 2 and result["threads"] == "engine"
+    assert result["full_guards_median_ms"] is None  # guards compared only when asked
     assert "_weight_int4pack_mm_for_cpu" in output  # the profile's table names the int4 kernel
+
+
+def test_runner_step_compares_guards_of_a_compiled_step_only(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        runner_step.main(["--batch", "1", "--compare-guards"])
+    assert exit_info.value.code == 2
+    assert "--compare-guards needs --compile" in capsys.readouterr().err
 
 
 def test_cpu_weights_reports_each_format(capsys: pytest.CaptureFixture[str]) -> None:

@@ -106,6 +106,10 @@ def compare_guards(forward: Forward, runner: ModelRunner, args: argparse.Namespa
     return {mode: 1000 * statistics.median(values) for mode, values in times.items()}
 
 
+def _here(fn: Callable[[], T]) -> T:
+    return fn()
+
+
 def on_worker(fn: Callable[[], T]) -> T:
     result: list[T] = []
     worker = threading.Thread(target=lambda: result.append(fn()), name="runner-step")
@@ -132,19 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.compare_guards and not args.compile:
         parser.error("--compare-guards needs --compile")
-    if args.threads == "main":
-        forward, runner = build(args)
-    else:
-        forward, runner = in_passing_thread(lambda: build(args)) if args.threads == "engine" \
-            else build(args)
+    forward, runner = in_passing_thread(lambda: build(args)) if args.threads == "engine" \
+        else build(args)
+    timed = on_worker if args.threads != "main" else _here
     guards: dict[str, float] | None = None
     if args.compare_guards:
-        guards = on_worker(lambda: compare_guards(forward, runner, args)) \
-            if args.threads != "main" else compare_guards(forward, runner, args)
+        guards = timed(lambda: compare_guards(forward, runner, args))
         median_ms = guards["skipped"]
     else:
-        median_ms = on_worker(lambda: measure(forward, args)) if args.threads != "main" \
-            else measure(forward, args)
+        median_ms = timed(lambda: measure(forward, args))
     print(f"{args.quantization} batch {args.batch}, {args.adapters} adapters, threads "
           f"{args.threads}, compile {args.compile}: median decode forward {median_ms:.1f} ms"
           + (f" (full guards {guards['full']:.1f} ms)" if guards else ""))

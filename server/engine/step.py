@@ -24,8 +24,8 @@ function.
 
 On the CPU, once `compile()` has traced every kind, the compiled step runs with dynamo's guards
 reduced to the few that tell its graphs apart (`torch.compiler.set_stance(
-skip_guard_eval_unsafe=True)`): checking the full guards (about 11,000, hundreds of them Python
-lambdas over the KV cache's sixty tensors) took about 0.9 ms of a 12-13 ms one-row step on a
+skip_guard_eval_unsafe=True)`): checking the full guards (about 6,700 checks, 452 of them Python
+lambdas, most over the KV cache's sixty tensors) took about 0.9 ms of a 12-13 ms one-row step on a
 2-core CPU (docs/BENCHMARKS.md). It is sound there because nothing a step changes can need a
 new graph: every step is one of the kinds traced at start, every size that varies is a dynamic
 dimension that is never 0 or 1 (`StepShape`), the slot bank and KV cache are written in place

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -103,13 +104,20 @@ class _Module:
 def read_config(folder: Path) -> dict[str, Any]:
     """Parse and check `adapter_config.json`."""
     path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise AdapterError(f"{CONFIG_FILE} is missing", "adapter_config")
-    size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise AdapterError(f"{CONFIG_FILE} is {size} bytes; a LoRA config is a few KiB and at "
-                           f"most {MAX_CONFIG_BYTES} bytes are read", "adapter_config")
-    config = _parse_json(path.read_bytes())
+    missing = AdapterError(f"{CONFIG_FILE} is missing", "adapter_config")
+    if not path.is_file():  # a FIFO or a folder by that name: never opened
+        raise missing
+    try:  # one handle: the folder may be deleted at any moment (a persona deleted mid-read)
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise missing from exc
+    if max(size, len(data)) > MAX_CONFIG_BYTES:
+        raise AdapterError(f"{CONFIG_FILE} is {max(size, len(data))} bytes; a LoRA config is a "
+                           f"few KiB and at most {MAX_CONFIG_BYTES} bytes are read",
+                           "adapter_config")
+    config = _parse_json(data)
     _check_config(config)
     return config
 

@@ -152,3 +152,24 @@ def test_plain_dict_shapes_check_leaf_names_only(source: Path, shapes: ModuleSha
     plain = {key: (value[0], value[1]) for key, value in json.loads(json.dumps(shapes)).items()}
     expected = read_adapter(source, shapes, MAX_RANK).modules.keys()
     assert read_adapter(source, plain, MAX_RANK).modules.keys() == expected
+
+
+@pytest.mark.parametrize("vanishing", ["adapter_config.json", "adapter_model.safetensors"])
+def test_a_folder_deleted_while_it_is_read_is_an_adapter_error(
+        vanishing: str, source: Path, shapes: ModuleShapes, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A persona deleted while a request reads its version (CI's upload/delete/chat storm):
+    the files go between the check that they exist and the read. That is an AdapterError
+    (the API turns it into 404), never a bare FileNotFoundError (a 500)."""
+    folder = shutil.copytree(source, tmp_path / "storm")
+    checked = Path.is_file
+
+    def delete_right_after_the_check(path: Path) -> bool:
+        found = checked(path)
+        if path.name == vanishing:
+            shutil.rmtree(folder, ignore_errors=True)
+        return found
+
+    monkeypatch.setattr(Path, "is_file", delete_right_after_the_check)
+    with pytest.raises(AdapterError, match=r"missing|not a valid safetensors"):
+        read_adapter(folder, shapes, MAX_RANK)

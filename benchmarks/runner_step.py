@@ -28,6 +28,8 @@ from typing import TypeVar
 import torch
 
 from server.composition import in_passing_thread
+from server.engine import attention
+from server.engine.build import bank_dtype
 from server.engine.runner import ForwardBatch, ModelRunner, module_shapes
 from server.lora.slots import LoraSlots
 from server.model.loader import load_base
@@ -49,7 +51,8 @@ def build(args: argparse.Namespace) -> tuple[Forward, ModelRunner]:
     """Load the base and a runner; returns forward(tokens (B, T), start position) and the
     runner."""
     loaded = load_base(Settings(device="cpu", quantization=args.quantization))
-    bank = LoraSlots(module_shapes(loaded.model), max(1, args.adapters), 16, torch.float32,
+    dtype = torch.float32 if args.float32_bank else bank_dtype(loaded, args.compile)
+    bank = LoraSlots(module_shapes(loaded.model), max(1, args.adapters), 16, dtype,
                      torch.device("cpu"))
     for slot in range(1, args.adapters + 1):
         bank.ranks[slot] = 16
@@ -133,7 +136,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="; ".join(f"{k}: {v}" for k, v in THREADS.items()))
     parser.add_argument("--compare-guards", action="store_true",
                         help="with --compile: the step with full guards against skipped ones")
+    parser.add_argument("--float32-bank", action="store_true",
+                        help="hold the adapters in float32 whatever the server would "
+                             "(server.engine.build.bank_dtype)")
+    parser.add_argument("--sdpa-decode", action="store_true",
+                        help="with --compile: decoding rows attend through SDPA, not "
+                             "attention.one_query_attention")
     args = parser.parse_args(argv)
+    attention.ONE_QUERY_ON_CPU = not args.sdpa_decode
     if args.compare_guards and not args.compile:
         parser.error("--compare-guards needs --compile")
     forward, runner = in_passing_thread(lambda: build(args)) if args.threads == "engine" \
@@ -152,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                       "compile": args.compile,
                       "batch": args.batch, "adapters": args.adapters, "steps": args.steps,
                       "threads": args.threads, "median_ms": median_ms,
+                      "bank_dtype": str(next(iter(runner.linears.values())).a.dtype)[6:],
+                      "decode_attention": "sdpa" if args.sdpa_decode else "one_query",
                       "full_guards_median_ms": guards["full"] if guards else None,
                       "intra_op_threads": torch.get_num_threads()}))
     return 0

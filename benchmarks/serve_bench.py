@@ -242,7 +242,9 @@ def cameo_server(work: Path, seed: Path, **settings: Any) -> Iterator[tuple[str,
         process = subprocess.Popen([sys.executable, "-m", "server.main"], cwd=ROOT, env=env,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait(f"http://127.0.0.1:{port}/ready", 600, log, process)
+        # a first start compiles the step: over ten minutes on two cores (inductor's cache
+        # makes later starts quicker), so the wait is long
+        _wait(f"http://127.0.0.1:{port}/ready", 1800, log, process)
         yield f"http://127.0.0.1:{port}", process.pid
     finally:
         _stop(process)

@@ -11,6 +11,11 @@ keys, honouring what transformers passes for the layer: `scaling`, GQA,
 non-causal layer is refused (`UnsupportedAttention`), so that nothing is silently ignored; the
 runner probes the model at load so a refusal happens then, not on a request.
 
+Attention itself is SDPA (`attend`), except for the decoding rows of a compiled CPU step, which
+take `one_query_attention`: the same computation written as broadcasts and sums, which inductor
+fuses into loops over the cache (SDPA's CPU kernel costs more per call than one decode row's
+attention; docs/BENCHMARKS.md).
+
 Without `cameo_step` (training, PEFT references, `generate` on the same module tree), the call is
 forwarded unchanged to the implementation the model had before `install`.
 
@@ -30,6 +35,9 @@ from server.engine.kv_cache import KVCache
 
 NAME = "cameo"
 STEP_KWARG = "cameo_step"
+# Whether a compiled CPU step's decoding rows take `one_query_attention` (read when the step is
+# traced; `benchmarks/runner_step.py --sdpa-decode` turns it off to compare).
+ONE_QUERY_ON_CPU = True
 # Keyword arguments transformers passes along that carry no attention semantics of their own.
 _INERT = frozenset({"position_ids", "cache_position", "output_attentions", "use_cache",
                     "is_causal", "layer_idx", "position_embeddings"})
@@ -187,7 +195,10 @@ class StepGrid:
         grid[self.grid_index] = query
         keys, values = self.cache.view(layer, grid.shape[0], self.key_positions.shape[0])
         mask = self.mask if window is None else self.window_mask(window)
-        out = attend(grid, keys, values, mask, scaling, softcap)  # (R, heads, 1, hd)
+        if ONE_QUERY_ON_CPU and torch.compiler.is_compiling() and grid.device.type == "cpu":
+            out = one_query_attention(grid, keys, values, mask, scaling, softcap)
+        else:
+            out = attend(grid, keys, values, mask, scaling, softcap)  # (R, heads, 1, hd)
         return out[self.grid_index].transpose(1, 2).contiguous()  # (D, 1, heads, hd)
 
 
@@ -272,6 +283,28 @@ def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: 
                                           enable_gqa=keys.shape[1] != query.shape[1])
 
 
+def one_query_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                        mask: torch.Tensor, scaling: float | None,
+                        softcap: float | None) -> torch.Tensor:
+    """`attend` for one query per row, written as broadcasts and sums: inductor fuses them into
+    a few loops over the cache, where the CPU's SDPA kernel costs more per call than a decode
+    row's attention does (docs/BENCHMARKS.md). For a compiled CPU step only: run eagerly, the
+    broadcasts would be materialized.
+    query: (R, heads, 1, hd); keys, values: (R, kv_heads, C, hd); mask: (R, 1, 1, C)
+    -> (R, heads, 1, hd)."""
+    rows, heads, _, head_dim = query.shape
+    kv_heads = keys.shape[1]
+    scale = scaling if scaling is not None else head_dim ** -0.5
+    grouped = query.view(rows, kv_heads, heads // kv_heads, 1, 1, head_dim)  # (R, kv, g, 1, 1, hd)
+    scores = (grouped * keys[:, :, None, None]).sum(-1) * scale  # (R, kv, g, 1, C)
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask[:, :, None], float("-inf"))  # no row is fully masked
+    weights = torch.softmax(scores.float(), dim=-1).to(values.dtype)
+    out = (weights[..., None] * values[:, :, None, None]).sum(-2)  # (R, kv, g, 1, hd)
+    return out.view(rows, heads, 1, head_dim)
+
+
 def check_arguments(module: Any, dropout: float, kwargs: dict[str, Any]) -> None:
     """Refuse anything this attention would otherwise ignore."""
     if not getattr(module, "is_causal", True):
@@ -309,4 +342,4 @@ def _fallback(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.
 
 __all__ = ["NAME", "STEP_KWARG", "PackedPrefill", "Step", "StepGrid", "StepMetadata",
            "UnsupportedAttention", "attend", "cameo_attention", "causal_mask",
-           "check_arguments", "install", "windowed"]
+           "check_arguments", "install", "one_query_attention", "windowed"]

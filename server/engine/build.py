@@ -26,16 +26,24 @@ def build_engine(loaded: LoadedModel, config: EngineConfig,
                  grammars: Callable[[], Grammars] | None = None) -> Engine:
     """`grammars`: returns the compiled-grammar cache to share with the API (by default one
     of the engine's own, built on first use)."""
-    # On a CPU the LoRA matmuls run in float32 whatever the model's dtype: without AVX-512
-    # BF16, bfloat16 matmuls of many rows are slower there (docs/BENCHMARKS.md).
-    bank_dtype = torch.float32 if loaded.device.type == "cpu" else loaded.dtype
     bank = LoraSlots(module_shapes(loaded.model), config.adapter_slots, config.max_lora_rank,
-                     bank_dtype, loaded.device)
+                     bank_dtype(loaded, config.compile), loaded.device)
     runner = ModelRunner(loaded.model, bank, config.max_rows, config.max_context, loaded.dtype,
                          loaded.device, compile=config.compile)
     return Engine(runner, SlotManager(bank), config, tokenizer=loaded.tokenizer,
                   eos_token_ids=loaded.eos_token_ids, device=loaded.device,
                   grammars=grammars or grammars_for(loaded))
+
+
+def bank_dtype(loaded: LoadedModel, compiled: bool) -> torch.dtype:
+    """The slot bank's dtype: the model's on a GPU. On a CPU float32 (without AVX512-BF16,
+    eager bfloat16 matmuls of many rows are slower there), except under the compiled step over
+    the CPU's int4 layers: those compute in bfloat16 already (each layer's input and output
+    rounded to it), and there the LoRA term is inductor's loops over each row's adapter, whose
+    cost is the bank's bytes they read: bfloat16 halves them (docs/BENCHMARKS.md)."""
+    if loaded.device.type != "cpu":
+        return loaded.dtype
+    return torch.bfloat16 if compiled and loaded.quantization == "int4" else torch.float32
 
 
 def grammars_for(loaded: LoadedModel) -> Callable[[], Grammars]:

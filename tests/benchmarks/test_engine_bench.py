@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import cpu_weights, engine_bench, plot_bench, runner_step
+from benchmarks import cpu_weights, decode_attention, engine_bench, plot_bench, runner_step
 
 
 def test_engine_bench_reports_every_variant_and_plots(capsys: pytest.CaptureFixture[str],
@@ -46,6 +46,7 @@ def test_runner_step_reports_a_median_and_a_profile(capsys: pytest.CaptureFixtur
     assert result["bench"] == "runner_step" and result["batch"] == 2 and result["median_ms"] > 0
     assert result["adapters"] == 2 and result["threads"] == "engine"
     assert result["full_guards_median_ms"] is None  # guards compared only when asked
+    assert result["bank_dtype"] == "float32"  # the server's, eager: float32 on a CPU
     assert "_weight_int4pack_mm_for_cpu" in output  # the profile's table names the int4 kernel
 
 
@@ -55,6 +56,19 @@ def test_runner_step_compares_guards_of_a_compiled_step_only(
         runner_step.main(["--batch", "1", "--compare-guards"])
     assert exit_info.value.code == 2
     assert "--compare-guards needs --compile" in capsys.readouterr().err
+
+
+def test_decode_attention_times_each_form_and_they_agree(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert decode_attention.main(["--rows", "1", "3", "--context", "8", "24", "--layers", "2",
+                                  "--repeats", "2"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["bench"] == "decode_attention" and result["layers"] == 2
+    assert [(c["rows"], c["context"]) for c in result["cases"]] == [(1, 8), (3, 24)]
+    for case in result["cases"]:
+        for form in ("sdpa_eager", "sdpa_compiled", "one_query_compiled"):
+            assert case[f"{form}_ms"] > 0
+            assert case[f"{form}_max_diff"] < 1e-4  # float32; only the order of sums differs
 
 
 def test_cpu_weights_reports_each_format(capsys: pytest.CaptureFixture[str]) -> None:

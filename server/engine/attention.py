@@ -12,9 +12,9 @@ non-causal layer is refused (`UnsupportedAttention`), so that nothing is silentl
 runner probes the model at load so a refusal happens then, not on a request.
 
 Attention itself is SDPA (`attend`), except for the decoding rows of a compiled CPU step, which
-take `one_query_attention`: the same computation written as broadcasts and sums, which inductor
-fuses into loops over the cache (SDPA's CPU kernel costs more per call than one decode row's
-attention; docs/BENCHMARKS.md).
+take `one_query_attention`: the same computation written as broadcasts and sums, so that no
+extern kernel call splits each layer and inductor fuses the attention with what surrounds it
+(faster in the whole step, though not in isolation; docs/BENCHMARKS.md).
 
 Without `cameo_step` (training, PEFT references, `generate` on the same module tree), the call is
 forwarded unchanged to the implementation the model had before `install`.
@@ -286,10 +286,9 @@ def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: 
 def one_query_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                         mask: torch.Tensor, scaling: float | None,
                         softcap: float | None) -> torch.Tensor:
-    """`attend` for one query per row, written as broadcasts and sums: inductor fuses them into
-    a few loops over the cache, where the CPU's SDPA kernel costs more per call than a decode
-    row's attention does (docs/BENCHMARKS.md). For a compiled CPU step only: run eagerly, the
-    broadcasts would be materialized.
+    """`attend` for one query per row, written as broadcasts and sums that inductor fuses with
+    the step's neighbouring operations into loops over the cache (docs/BENCHMARKS.md). For a
+    compiled CPU step only: run eagerly, the broadcasts would be materialized.
     query: (R, heads, 1, hd); keys, values: (R, kv_heads, C, hd); mask: (R, 1, 1, C)
     -> (R, heads, 1, hd)."""
     rows, heads, _, head_dim = query.shape

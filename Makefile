@@ -78,9 +78,10 @@ test-avx512bf16: install-test
 # The engine's tests (mixed == solo teacher-forced, merged mode, continuous batching, row
 # failures) with the engine step compiled, over the embedded model in int4 (what CAMEO_COMPILE=auto
 # compiles on a CPU). The default suite runs them eagerly; tests/engine/test_step.py
-# compiles a tiny model in every run.
+# compiles a tiny model in every run. A test whose engine has a row count not compiled before
+# compiles it cold (over ten minutes on two busy cores), hence the longer per-test timeout.
 test-compiled: install-test
-	CAMEO_COMPILE=on CAMEO_TEST_QUANTIZATION=int4 $(BIN)/python -m pytest -m "not slow" tests/engine $(PYTEST_ARGS)
+	CAMEO_COMPILE=on CAMEO_TEST_QUANTIZATION=int4 $(BIN)/python -m pytest -m "not slow" --timeout 1800 tests/engine $(PYTEST_ARGS)
 
 test-all: test test-slow
 

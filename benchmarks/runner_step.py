@@ -162,11 +162,15 @@ def main(argv: list[str] | None = None) -> int:
                       "compile": args.compile,
                       "batch": args.batch, "adapters": args.adapters, "steps": args.steps,
                       "threads": args.threads, "median_ms": median_ms,
-                      "bank_dtype": str(next(iter(runner.linears.values())).a.dtype)[6:],
+                      "bank_dtype": _dtype_name(next(iter(runner.linears.values())).a.dtype),
                       "decode_attention": "sdpa" if args.sdpa_decode else "one_query",
                       "full_guards_median_ms": guards["full"] if guards else None,
                       "intra_op_threads": torch.get_num_threads()}))
     return 0
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 if __name__ == "__main__":

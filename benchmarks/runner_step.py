@@ -11,8 +11,9 @@ server does; server/composition.py says why it matters). `--profile N` also prin
 torch.profiler's table of the N costliest operators over five more decode forwards.
 `--compare-guards` (with `--compile`) times the compiled step in alternating rounds with dynamo's
 full guards checked and with only the guards that tell its graphs apart (what the server runs
-once `compile()` has traced every kind; server/engine/step.py), and reports both medians. Prints
-one JSON line last.
+once `compile()` has traced every kind; server/engine/step.py), and reports both medians.
+`--prefill` times the prompt forward instead: every row's `--prompt` tokens in one step, each
+row a chunk on its own slot, rewritten from position 0 each time. Prints one JSON line last.
 """
 
 from __future__ import annotations
@@ -74,19 +75,26 @@ def build(args: argparse.Namespace) -> tuple[Forward, ModelRunner]:
 
 
 def measure(forward: Forward, args: argparse.Namespace) -> float:
-    """The median decode forward in ms (after five warm-ups); prints the profile if asked."""
+    """The median decode (or `--prefill`) forward in ms (after five warm-ups); prints the
+    profile if asked."""
+    def one(index: int) -> None:
+        if args.prefill:
+            forward(torch.randint(100, 5000, (args.batch, args.prompt)), 0)
+        else:
+            forward(torch.randint(100, 5000, (args.batch, 1)), args.prompt + index)
+
     times = []
     for index in range(args.steps + 5):
         start = time.perf_counter()
-        forward(torch.randint(100, 5000, (args.batch, 1)), args.prompt + index)
+        one(index)
         if index >= 5:
             times.append(time.perf_counter() - start)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for index in range(5):
-                forward(torch.randint(100, 5000, (args.batch, 1)), args.prompt + args.steps + index)
+            for index in range(args.steps + 5, args.steps + 10):
+                one(index)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
     return 1000 * statistics.median(times)
 
@@ -142,10 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdpa-decode", action="store_true",
                         help="with --compile: decoding rows attend through SDPA, not "
                              "attention.one_query_attention")
+    parser.add_argument("--prefill", action="store_true",
+                        help="time the prompt forward (--batch chunks of --prompt tokens)")
     args = parser.parse_args(argv)
     attention.ONE_QUERY_ON_CPU = not args.sdpa_decode
     if args.compare_guards and not args.compile:
         parser.error("--compare-guards needs --compile")
+    if args.prefill and args.compare_guards:
+        parser.error("--compare-guards times decode forwards")
     forward, runner = in_passing_thread(lambda: build(args)) if args.threads == "engine" \
         else build(args)
     timed = on_worker if args.threads != "main" else _here
@@ -156,11 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         median_ms = timed(lambda: measure(forward, args))
     print(f"{args.quantization} batch {args.batch}, {args.adapters} adapters, threads "
-          f"{args.threads}, compile {args.compile}: median decode forward {median_ms:.1f} ms"
+          f"{args.threads}, compile {args.compile}: median "
+          f"{'prefill' if args.prefill else 'decode'} forward {median_ms:.1f} ms"
           + (f" (full guards {guards['full']:.1f} ms)" if guards else ""))
     print(json.dumps({"bench": "runner_step", "quantization": args.quantization,
                       "compile": args.compile,
                       "batch": args.batch, "adapters": args.adapters, "steps": args.steps,
+                      "forward": "prefill" if args.prefill else "decode", "prompt": args.prompt,
                       "threads": args.threads, "median_ms": median_ms,
                       "bank_dtype": _dtype_name(next(iter(runner.linears.values())).a.dtype),
                       "decode_attention": "sdpa" if args.sdpa_decode else "one_query",

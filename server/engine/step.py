@@ -8,7 +8,9 @@ each chunk's last token, (B, vocab) float32. The model runs on (N, 1): one batch
 token, first the one-token chunks (decoding rows), then the tokens of the longer chunks packed
 one after another (`attention.StepGrid`, `attention.PackedPrefill`), and the logits head sees
 only each chunk's last entry (a pre-hook on `lm_head`), so a prefill chunk costs no vocabulary
-projection per token.
+projection per token. In the compiled step the LoRA term of the one-token entries is gathered
+per row and that of the packed tokens per chunk (`server.lora.slots.PackedRows`), so a chunk
+reads its adapter once, not once per token.
 
 Its metadata is worked out on the host from the chunks' integers and padded to buckets
 (`StepShape`: each size a power of two), then copied into tensors allocated once (grown when a
@@ -54,7 +56,7 @@ from torch import nn
 from server.engine import attention
 from server.engine.attention import PackedPrefill, StepGrid
 from server.engine.kv_cache import KVCache
-from server.lora.slots import SlotLinear, plan_slots, slot_step, traced_step
+from server.lora.slots import PackedRows, SlotLinear, plan_slots, slot_step, traced_step
 from server.model import weight_only
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,7 @@ class PackedInputs(NamedTuple):
 
     cell: torch.Tensor  # (M,) packed token's cell of the segment grid
     segment_rows: torch.Tensor  # (S,)
+    segment_slots: torch.Tensor  # (S,) each segment's LoRA slot (0: the base, padding)
     segment_positions: torch.Tensor  # (S, T)
 
 
@@ -155,6 +158,7 @@ class HostStep:
     outputs: list[int]  # (K,)
     cells: list[int]  # (M,)
     segment_rows: list[int]  # (S,)
+    segment_slots: list[int]  # (S,)
     segment_positions: list[int]  # (S * T,)
 
     @classmethod
@@ -164,7 +168,7 @@ class HostStep:
         """A padding entry is token 0 at position 0 on the base, written into the cache's
         scratch row; a padding one-token entry's query sits on the grid's last row, a padding
         packed token's in the last segment."""
-        step = cls([], [], [], [], [], [0] * shape.grid, [], [], [], [])
+        step = cls([], [], [], [], [], [0] * shape.grid, [], [], [], [], [])
         last: dict[int, int] = {}  # batch index -> entry of its last token
         for b in layout.singles:
             last[b] = len(step.tokens)
@@ -180,6 +184,7 @@ class HostStep:
             last[b] = len(step.tokens) + len(chunk) - 1
             step.cells += [segment * width + t for t in range(len(chunk))]
             step.segment_rows.append(rows[b])
+            step.segment_slots.append(slots[b])
             step.segment_positions += _pad(list(range(start[b], start[b] + len(chunk))), width)
             step.add(chunk, rows[b], start[b], slots[b])
         if shape.packed:
@@ -187,6 +192,7 @@ class HostStep:
             step.cells += [(shape.segments - 1) * width] * padding
             step.add([0] * padding, scratch_row, 0, 0, repeat_position=True)
             step.segment_rows += [scratch_row] * (shape.segments - len(layout.packed))
+            step.segment_slots = _pad(step.segment_slots, shape.segments)
             step.segment_positions = _pad(step.segment_positions, shape.segments * width)
         step.outputs = _pad([last[b] for b in range(len(tokens))], shape.outputs)
         return step
@@ -237,6 +243,7 @@ class _Buffers:
             packed=PackedInputs(
                 cell=self.view("cell", host.cells, (shape.packed,)),
                 segment_rows=self.view("segment_rows", host.segment_rows, (shape.segments,)),
+                segment_slots=self.view("segment_slots", host.segment_slots, (shape.segments,)),
                 segment_positions=self.view("segment_positions", host.segment_positions,
                                             (shape.segments, shape.width)),
             ) if packed else None)
@@ -357,8 +364,11 @@ class EngineStep:
 
     def _forward(self, inputs: StepInputs, use_slots: bool) -> torch.Tensor:
         """-> logits (K, vocab) float32."""
-        traced_step(self.linears, inputs.slots if use_slots else None)
         packed = inputs.packed
+        traced_step(self.linears, inputs.slots if use_slots else None, None if packed is None
+                    else PackedRows(entries=inputs.grid_index.shape[0], cell=packed.cell,
+                                    segment_slots=packed.segment_slots,
+                                    width=packed.segment_positions.shape[1]))
         weight_only.trace_dense_copies(packed is not None)  # prefill tokens: many rows
         _OUTPUTS.traced = inputs.outputs
         prefill = None if packed is None else PackedPrefill.build(

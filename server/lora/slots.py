@@ -4,8 +4,9 @@ For each LoRA-capable module the bank holds
     A[S, r_max, in]    B[S, out, r_max]   (B already multiplied by the adapter's scale)
 with slot 0 all zeros: the base. A batch passes one slot index per row and the LoRA term of the
 whole batch is either two gathered batched matmuls or, when rows share adapters, two small
-matmuls per distinct adapter (`plan_slots` picks). Smaller ranks are zero-padded up to `r_max`,
-which leaves the product unchanged.
+matmuls per distinct adapter (`plan_slots` picks). A compiled step, whose plan cannot depend on
+the slots' values, gathers per row, and per chunk for its packed prefill tokens (`PackedRows`).
+Smaller ranks are zero-padded up to `r_max`, which leaves the product unchanged.
 
 Projections that share their input and are sliced from one fused base layer (q/k/v, gate/up:
 `weight_only.Int4Slice`) keep their A matrices side by side in one tensor (`LoraSlots.fuse`):
@@ -115,6 +116,43 @@ class SlotPlan:
     slots: torch.Tensor  # (B,) slot per row
     segments: tuple[tuple[int, torch.Tensor | None], ...] | None = None  # (slot, rows or None: all)
     kernel: bool = False  # the Triton BGMV/SGMV kernels (server.lora.kernels), on CUDA
+    packed: PackedRows | None = None  # a traced step's prefill tokens, gathered per chunk
+
+    def batches(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches a gathered term runs over, each (x (B, T, in), slots (B,)): every row at
+        once, or with `packed`, the one-token entries (D, 1, in) and the segment grid
+        (S, T, in) of the packed tokens."""
+        packed = self.packed
+        if packed is None:
+            return [(x, self.slots)]
+        entries, width = packed.entries, packed.width
+        tokens = x[entries:, 0]  # (M, in)
+        grid = tokens.new_zeros(packed.segment_slots.shape[0] * width, x.shape[-1])
+        grid = grid.index_copy(0, packed.cell, tokens)  # (S * T, in)
+        return [(x[:entries], self.slots[:entries]),
+                (grid.view(-1, width, x.shape[-1]), packed.segment_slots)]
+
+    def join(self, terms: list[torch.Tensor]) -> torch.Tensor:
+        """Per batch of `batches`, its term (B, T, out) -> every row's term (N, T, out)."""
+        if self.packed is None:
+            return terms[0]
+        singles, grid = terms  # (D, 1, out), (S, T, out)
+        packed = grid.reshape(-1, grid.shape[-1]).index_select(0, self.packed.cell)  # (M, out)
+        return torch.cat([singles, packed[:, None]])
+
+
+@dataclass(frozen=True)
+class PackedRows:
+    """A traced step's packed prefill tokens (`server.engine.attention.PackedPrefill`), whose
+    gathered LoRA term runs per chunk, not per token: the tokens are placed on the step's
+    segment grid, one chunk per segment and one slot per segment, so a chunk's adapter is read
+    once for all its tokens, where a per-token gather copies it once per token
+    (docs/BENCHMARKS.md times both in the compiled step)."""
+
+    entries: int  # D, the one-token entries before the packed tokens
+    cell: torch.Tensor  # (M,) grid cell (segment * T + offset) of each packed token
+    segment_slots: torch.Tensor  # (S,) slot of each segment (0: padding)
+    width: int  # T, query positions per segment
 
 
 def plan_slots(slots: torch.Tensor | None, strategy: str = "auto", *,
@@ -189,7 +227,8 @@ class SlotLinear(nn.Module):
         if self.group is not None and shared is not None:
             return y + self._group_delta(x, plan, shared)
         if plan.segments is None:
-            return y + lora_delta(x, self.a, self.b, plan.slots)
+            return y + plan.join([lora_delta(part, self.a, self.b, slots)
+                                  for part, slots in plan.batches(x)])
         for slot, rows in plan.segments:
             if rows is None:  # every row on this one adapter
                 y = y + segment_delta(x, self.a[slot], self.b[slot])
@@ -205,9 +244,11 @@ class SlotLinear(nn.Module):
         r = self.a.shape[1]
         cols = slice(index * r, (index + 1) * r)
         if plan.segments is None:
-            xa = shared.shrunk(group, x, plan)[..., cols]  # (B, T, r)
-            b_rows = self.b.index_select(0, plan.slots)  # (B, out, r)
-            return torch.bmm(xa, b_rows.transpose(1, 2)).to(x.dtype)  # (B, T, out)
+            terms = []
+            for xa, slots in shared.shrunk(group, x, plan):  # per batch: (B, T, n * r)
+                b_rows = self.b.index_select(0, slots)  # (B, out, r)
+                terms.append(torch.bmm(xa[..., cols], b_rows.transpose(1, 2)))  # (B, T, out)
+            return plan.join(terms).to(x.dtype)
         delta: torch.Tensor | None = None  # (B, T, out) once a segment is in
         for (slot, rows), xa in zip(plan.segments, shared.shrunk_segments(group, x, plan),
                                     strict=True):
@@ -245,9 +286,12 @@ class SharedOutputs:
         self.last = (fused, x, y)
         return y
 
-    def shrunk(self, group: LoraGroup, x: torch.Tensor, plan: SlotPlan) -> torch.Tensor:
-        """`group.shrink(x, plan.slots)`, computed once per group and input."""
-        return self._once(group, x, lambda: group.shrink(x, plan.slots))
+    def shrunk(self, group: LoraGroup, x: torch.Tensor,
+               plan: SlotPlan) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per batch of `plan.batches(x)`, (`group.shrink` of it, its slots), computed once
+        per group and input."""
+        return self._once(group, x, lambda: [(group.shrink(part, slots), slots)
+                                             for part, slots in plan.batches(x)])
 
     def shrunk_segments(self, group: LoraGroup, x: torch.Tensor,
                         plan: SlotPlan) -> list[torch.Tensor]:
@@ -321,12 +365,16 @@ class _Traced:
 _TRACED = _Traced()
 
 
-def traced_step(linears: dict[str, SlotLinear], slots: torch.Tensor | None) -> None:
-    """Inside a function a compiler traces: route every `SlotHook` to `linears` with one gathered
-    LoRA term over `slots` ((B,) slot per row, None when every row is the base), or the Triton
-    kernels on CUDA. Data-independent, so the trace has no graph break; eager calls of the same
-    function use `slot_step` as usual (this is ignored outside a trace)."""
-    plan = None if slots is None else SlotPlan(slots, kernel=slots.is_cuda and _have_triton())
+def traced_step(linears: dict[str, SlotLinear], slots: torch.Tensor | None,
+                packed: PackedRows | None = None) -> None:
+    """Inside a function a compiler traces: route every `SlotHook` to `linears` with a gathered
+    LoRA term over `slots` ((N,) slot per row, None when every row is the base), the rows of
+    `packed` gathered per chunk, or the Triton kernels on CUDA. Data-independent, so the trace
+    has no graph break; eager calls of the same function use `slot_step` as usual (this is
+    ignored outside a trace)."""
+    kernel = slots is not None and slots.is_cuda and _have_triton()
+    plan = None if slots is None else SlotPlan(slots, kernel=kernel,
+                                               packed=None if kernel else packed)
     _TRACED.step = _Step(linears, plan, SharedOutputs())
 
 

@@ -142,3 +142,39 @@ def test_a_fused_group_keeps_its_as_side_by_side_and_shrinks_them_at_once() -> N
     assert torch.allclose(group.shrink_one(x[:1], 1), shrunk[:1], atol=1e-6)
     bank.clear(1)
     assert bool(group.a.eq(0).all())
+
+
+def test_a_traced_steps_packed_tokens_take_their_chunks_adapters() -> None:
+    """`PackedRows`: the one-token entries are gathered per row and the packed prefill tokens per
+    chunk on the segment grid; every token still gets its own slot's term, through a fused
+    group's shared shrink and through a projection of its own."""
+    from server.lora.adapter import AdapterWeights, ModuleShapes
+    from server.lora.slots import LoraSlots, PackedRows, SharedOutputs, SlotPlan
+
+    shapes = ModuleShapes({"0.q_proj": (8, 8), "0.k_proj": (8, 4), "0.o_proj": (8, 6)})
+    bank = LoraSlots(shapes, 3, 4, torch.float32, torch.device("cpu"))
+    group = bank.fuse(["0.q_proj", "0.k_proj"])
+    generator = torch.Generator().manual_seed(1)
+    for slot in (1, 2, 3):
+        modules = {key: (torch.randn(4, 8, generator=generator),
+                         torch.randn(shapes[key][1], 4, generator=generator), 0.5)
+                   for key in shapes}
+        bank.write(slot, AdapterWeights(rank=4, alpha=2.0, use_rslora=False,
+                                        target_modules=frozenset({"q_proj", "k_proj", "o_proj"}),
+                                        base_model=None, modules=modules))
+    # three one-token entries, then a chunk of 3 tokens (segment 0, slot 3), one of 2 (segment
+    # 1, slot 1) and a padding token in the padding segment 2, on a grid 4 positions wide
+    token_slots = [2, 0, 1, 3, 3, 3, 1, 1, 0]
+    packed = PackedRows(entries=3, cell=torch.tensor([0, 1, 2, 4, 5, 8]),
+                        segment_slots=torch.tensor([3, 1, 0]), width=4)
+    plan = SlotPlan(torch.tensor(token_slots), packed=packed)
+    x = torch.randn(len(token_slots), 1, 8, generator=generator)  # (N, 1, in)
+    shared = SharedOutputs()  # one step's: q and k share the group's shrink
+    for key, member in (("0.q_proj", (group, 0)), ("0.k_proj", (group, 1)), ("0.o_proj", None)):
+        base = nn.Linear(*shapes[key], bias=False)
+        linear = SlotLinear(base, bank.a[key], bank.b[key], group=member)
+        with torch.no_grad():
+            got = linear(x, plan, shared) - base(x)
+        expected = _reference(x, bank.a[key], bank.b[key], token_slots).float()
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+

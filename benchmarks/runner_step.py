@@ -8,7 +8,7 @@ comparison of two versions of the runner (run this in each checkout, alternating
 by the engine around it. `--compile` compiles the decode step first (at load, untimed).
 `--threads` says which threads load and time it (`engine`: as the
 server does; server/composition.py says why it matters). `--profile N` also prints
-torch.profiler's table of the N costliest operators over five more decode forwards.
+torch.profiler's table of the N costliest operators over five more forwards of the kind timed.
 `--compare-guards` (with `--compile`) times the compiled step in alternating rounds with dynamo's
 full guards checked and with only the guards that tell its graphs apart (what the server runs
 once `compile()` has traced every kind; server/engine/step.py), and reports both medians.

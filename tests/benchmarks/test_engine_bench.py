@@ -50,6 +50,16 @@ def test_runner_step_reports_a_median_and_a_profile(capsys: pytest.CaptureFixtur
     assert "_weight_int4pack_mm_for_cpu" in output  # the profile's table names the int4 kernel
 
 
+def test_runner_step_times_the_prompt_forward_when_asked(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert runner_step.main(["--batch", "2", "--steps", "2", "--prompt", "6", "--adapters", "2",
+                             "--prefill"]) == 0
+    output = capsys.readouterr().out
+    result = json.loads(output.strip().splitlines()[-1])
+    assert result["forward"] == "prefill" and result["prompt"] == 6 and result["median_ms"] > 0
+    assert "median prefill forward" in output
+
+
 def test_runner_step_compares_guards_of_a_compiled_step_only(
         capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:

@@ -1,7 +1,8 @@
 """Device-resident LoRA slots: every adapter's A and B stacked per module, one slot per adapter.
 
 For each LoRA-capable module the bank holds
-    A[S, r_max, in]    B[S, out, r_max]   (B already multiplied by the adapter's scale)
+    A[S, r_max, in]    B[S, out, r_max]   (B already multiplied by the adapter's scale; on the
+                                           CPU its memory holds each slot as (r_max, out))
 with slot 0 all zeros: the base. A batch passes one slot index per row and the LoRA term of the
 whole batch is either two gathered batched matmuls or, when rows share adapters, two small
 matmuls per distinct adapter (`plan_slots` picks). A compiled step, whose plan cannot depend on
@@ -56,8 +57,7 @@ class LoraSlots:
             # (S, r_max, in) and (S, out, r_max)
             self.a[key] = torch.zeros(self.num_slots, max_rank, in_features, dtype=dtype,
                                       device=device)
-            self.b[key] = torch.zeros(self.num_slots, out_features, max_rank, dtype=dtype,
-                                      device=device)
+            self.b[key] = _b_storage(self.num_slots, out_features, max_rank, dtype, device)
 
     @property
     def nbytes(self) -> int:
@@ -209,7 +209,7 @@ class SlotLinear(nn.Module):
         super().__init__()
         self.base = base
         self.a = a  # (S, r_max, in), shared with the LoraSlots bank
-        self.b = b  # (S, out, r_max)
+        self.b = b  # (S, out, r_max), stored as `_b_storage` says
         self.ranks = ranks  # (S,) real rank per slot, shared with the bank (None: r_max)
         self.group = group
 
@@ -244,10 +244,8 @@ class SlotLinear(nn.Module):
         r = self.a.shape[1]
         cols = slice(index * r, (index + 1) * r)
         if plan.segments is None:
-            terms = []
-            for xa, slots in shared.shrunk(group, x, plan):  # per batch: (B, T, n * r)
-                b_rows = self.b.index_select(0, slots)  # (B, out, r)
-                terms.append(torch.bmm(xa[..., cols], b_rows.transpose(1, 2)))  # (B, T, out)
+            terms = [expand(xa[..., cols], self.b, slots)  # per batch: (B, T, n * r) -> out
+                     for xa, slots in shared.shrunk(group, x, plan)]
             return plan.join(terms).to(x.dtype)
         delta: torch.Tensor | None = None  # (B, T, out) once a segment is in
         for (slot, rows), xa in zip(plan.segments, shared.shrunk_segments(group, x, plan),
@@ -470,6 +468,24 @@ def segment_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Te
 def lora_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """The LoRA term of every row at once: x @ A[slot]^T @ B[slot]^T (gathered bmm reference)."""
     a_rows = a.index_select(0, slots)  # (B, r, in)
-    b_rows = b.index_select(0, slots)  # (B, out, r)
     xa = torch.bmm(x.to(a.dtype), a_rows.transpose(1, 2))  # (B, T, r)
-    return torch.bmm(xa, b_rows.transpose(1, 2)).to(x.dtype)  # (B, T, out)
+    return expand(xa, b, slots).to(x.dtype)
+
+
+def expand(xa: torch.Tensor, b: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """The gathered second half of the term: xa (B, T, r) @ B[slot]^T -> (B, T, out), with
+    each row's B gathered as (r, out), the CPU bank's storage order (`_b_storage`)."""
+    b_rows = b.transpose(1, 2).index_select(0, slots)  # (B, r, out)
+    return torch.bmm(xa, b_rows)
+
+
+def _b_storage(slots: int, out_features: int, rank: int, dtype: torch.dtype,
+               device: torch.device) -> torch.Tensor:
+    """A zeroed (S, out, r) bank tensor for the B matrices. On the CPU its memory holds each
+    slot as (r, out): a one-token row's expand, which the compiler turns into a sum over r,
+    then runs vectorized along the output features with no per-output horizontal sum (decode
+    step 8 rows on 8 adapters: docs/BENCHMARKS.md). Elsewhere (out, r), the order the Triton
+    kernels read."""
+    if device.type != "cpu":
+        return torch.zeros(slots, out_features, rank, dtype=dtype, device=device)
+    return torch.zeros(slots, rank, out_features, dtype=dtype, device=device).transpose(1, 2)

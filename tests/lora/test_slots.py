@@ -113,6 +113,33 @@ def test_the_bank_keeps_each_slots_real_rank() -> None:
     assert bank.ranks.tolist() == [0, 0, 0]
 
 
+@pytest.mark.parametrize("strategy", ["gather", "segments"])
+def test_the_cpu_bank_stores_each_b_by_rank_and_serves_what_was_written(strategy: str) -> None:
+    """On the CPU each slot's B is stored as (r, out) (`_b_storage`); writes through the
+    (out, r) view land where both strategies read them."""
+    from server.lora.adapter import AdapterWeights, ModuleShapes
+    from server.lora.slots import LoraSlots
+
+    bank = LoraSlots(ModuleShapes({"0.q_proj": (12, 20)}), 2, 4, torch.float32,
+                     torch.device("cpu"))
+    assert bank.b["0.q_proj"].shape == (3, 20, 4)
+    assert bank.b["0.q_proj"].transpose(1, 2).is_contiguous()
+    generator = torch.Generator().manual_seed(7)
+    a, b = torch.randn(3, 12, generator=generator), torch.randn(20, 3, generator=generator)
+    bank.write(2, AdapterWeights(rank=3, alpha=1.5, use_rslora=False,
+                                 target_modules=frozenset({"q_proj"}), base_model=None,
+                                 modules={"0.q_proj": (a, b, 0.5)}))
+    base = nn.Linear(12, 20, bias=False)
+    linear = SlotLinear(base, bank.a["0.q_proj"], bank.b["0.q_proj"])
+    x = torch.randn(3, 2, 12, generator=generator)  # (B, T, in)
+    plan = plan_slots(torch.tensor([2, 0, 2]), strategy)
+    with torch.no_grad():
+        got = linear(x, plan) - base(x)
+    expected = x @ a.T @ (0.5 * b).T
+    expected[1] = 0  # the base row
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_a_fused_group_keeps_its_as_side_by_side_and_shrinks_them_at_once() -> None:
     """`fuse`: each key's A becomes a view of one tensor, so writes and clears reach the group,
     and one shrink gives every projection's x @ A^T."""

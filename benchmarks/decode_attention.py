@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
+from benchmarks.timing import median_ms
 from server.engine.attention import attend, causal_mask, one_query_attention
 
 HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64  # SmolLM2-135M, the embedded model
@@ -54,19 +54,6 @@ def case(rows: int, context: int, layers: int) -> tuple[torch.Tensor, list[torch
     return query, keys, values, causal_mask(torch.arange(context), positions)
 
 
-def median_ms(forward: Layers, inputs: tuple[torch.Tensor, list[torch.Tensor],
-                                             list[torch.Tensor], torch.Tensor],
-              repeats: int) -> float:
-    for _ in range(3):
-        forward(*inputs)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        forward(*inputs)
-        times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 8, 16])
@@ -86,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             reference = forms["sdpa_eager"](*inputs)
             result: dict[str, float | int] = {"rows": rows, "context": context}
             for name, forward in forms.items():
-                result[f"{name}_ms"] = round(median_ms(forward, inputs, args.repeats), 3)
+                result[f"{name}_ms"] = round(median_ms(partial(forward, *inputs), args.repeats), 3)
                 result[f"{name}_max_diff"] = float((forward(*inputs) - reference).abs().max())
             print(f"{rows} rows x {context} keys, {args.layers} layers: "
                   + ", ".join(f"{name} {result[f'{name}_ms']:.3f} ms" for name in forms))

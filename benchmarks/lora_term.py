@@ -2,17 +2,21 @@
 
     python -m benchmarks.lora_term
 
-Builds a slot bank (`server.lora.slots.LoraSlots`, bfloat16, the compiled int4 step's) with the
-embedded model's seven projections per layer (q/k/v and gate/up fused as the step fuses them)
-and random rank-16 adapters in `--adapters` slots, then times the gathered term the compiled
+Builds a slot bank (`server.lora.slots.LoraSlots`, stored as `--bank` says: int8 by default, the
+compiled int4 step's, or bfloat16, its bank before 2026-12-06) with the embedded model's seven
+projections per layer (q/k/v and gate/up fused as the step fuses them, sealed into one storage as
+the runner seals it) and random rank-16 adapters in `--adapters` slots (written through
+`LoraSlots.write`, as a served adapter is), then times the gathered term the compiled
 decode step runs for one-token rows (`LoraGroup.shrink`, `expand`, `lora_delta`), chained over
 `--layers` layers, compiled, in two cases from one trace: `--rows` rows spread round-robin over
 the adapters, and the same rows all on one adapter (whose matrices then stay in cache). The
 difference between the two is what reading the other adapters' bytes costs; `read_gbps` (a sum
 over a 100 MB float32 tensor) is this machine's read bandwidth to compare it with. Reports
 medians of `--repeats` calls after three warm-ups, the compiled and the eager term's largest
-difference from the term computed row by row in float32 (relative to each output's largest
-value), and one JSON line last.
+difference from the term computed row by row in float32 from the values the bank holds
+(relative to each output's largest value: the path's own rounding), the same from the adapters'
+own float32 matrices (`max_rel_diff_vs_adapters`: what storing them as `--bank` costs too), and
+one JSON line last.
 
 It measures the LoRA term alone: no base layers, attention or sampling
 (`benchmarks/runner_step.py` times the whole step).
@@ -28,8 +32,10 @@ from collections.abc import Callable
 
 import torch
 
+from benchmarks.random_adapters import random_adapter
 from benchmarks.timing import median_ms
-from server.lora.adapter import ModuleShapes
+from server.lora.adapter import AdapterWeights, ModuleShapes
+from server.lora.flat import Resident
 from server.lora.slots import LoraSlots, expand, lora_delta
 
 HIDDEN, INTERMEDIATE, KV_WIDTH, LAYERS = 576, 1536, 192, 30  # SmolLM2-135M, the embedded model
@@ -39,57 +45,83 @@ PROJECTIONS = {"q_proj": (HIDDEN, HIDDEN), "k_proj": (HIDDEN, KV_WIDTH),
                "gate_proj": (HIDDEN, INTERMEDIATE), "up_proj": (HIDDEN, INTERMEDIATE),
                "down_proj": (INTERMEDIATE, HIDDEN)}
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+ORDER = [name for group in GROUPS for name in group] + ["o_proj", "down_proj"]
 Term = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], list[torch.Tensor]]
+Matrices = Callable[[str, int], tuple[torch.Tensor, torch.Tensor]]  # (key, slot) -> A, B
 
 
-def random_bank(layers: int, adapters: int) -> LoraSlots:
-    """A bfloat16 bank with every slot's A and B random (slot 0, the base, stays zero)."""
+def random_bank(layers: int, adapters: int,
+                dtype: torch.dtype) -> tuple[LoraSlots, list[AdapterWeights]]:
+    """A sealed bank with a random adapter in every slot but 0 (the base), and the adapters."""
     shapes = ModuleShapes({f"{layer}.{name}": shape for layer in range(layers)
                            for name, shape in PROJECTIONS.items()})
-    bank = LoraSlots(shapes, adapters, RANK, torch.bfloat16, torch.device("cpu"))
-    generator = torch.Generator().manual_seed(0)
+    bank = LoraSlots(shapes, adapters, RANK, dtype, torch.device("cpu"))
     for layer in range(layers):
         for group in GROUPS:
             bank.fuse([f"{layer}.{name}" for name in group])
-    for tensors in (bank.a, bank.b):
-        for tensor in tensors.values():
-            tensor[1:].copy_(torch.randn(tensor[1:].shape, generator=generator) / 8)
-    return bank
+    bank.seal()
+    written = [random_adapter(bank, RANK, seed=slot, std=1 / 8)
+               for slot in range(1, adapters + 1)]
+    for slot, adapter in enumerate(written, start=1):
+        bank.write(slot, adapter)
+    return bank, written
 
 
 def decode_term(bank: LoraSlots, layers: int) -> Term:
     """Every layer's LoRA terms for one-token rows x (B, 1, hidden) and xi (B, 1,
-    intermediate), the down projection's input, as the compiled step computes them."""
+    intermediate), the down projection's input, as the compiled step computes them (reading
+    the bank's tensors through `Resident`, as `SlotLinear` does)."""
+    def resident(tensors: dict[str, torch.Tensor]) -> dict[str, Resident]:
+        return {key: Resident(tensor) for key, tensor in tensors.items()}
+
+    a, b, scales = resident(bank.a), resident(bank.b), resident(bank.scales)
+
+    def scale(key: str) -> torch.Tensor | None:
+        return scales[key].get() if key in scales else None
+
     def term(x: torch.Tensor, xi: torch.Tensor, slots: torch.Tensor) -> list[torch.Tensor]:
         outputs = []
         for layer in range(layers):
             for group in GROUPS:
                 keys = [f"{layer}.{name}" for name in group]
                 shrunk = bank.groups[tuple(keys)].shrink(x, slots)  # (B, 1, n * r)
-                outputs += [expand(shrunk[..., i * RANK:(i + 1) * RANK], bank.b[key], slots)
-                            for i, key in enumerate(keys)]
-            outputs.append(lora_delta(x, bank.a[f"{layer}.o_proj"], bank.b[f"{layer}.o_proj"],
-                                      slots))
-            outputs.append(lora_delta(xi, bank.a[f"{layer}.down_proj"],
-                                      bank.b[f"{layer}.down_proj"], slots))
+                outputs += [expand(shrunk[..., i * RANK:(i + 1) * RANK], b[key].get(), slots,
+                                   scale(key)).to(x.dtype) for i, key in enumerate(keys)]
+            for name, rows in (("o_proj", x), ("down_proj", xi)):
+                key = f"{layer}.{name}"
+                outputs.append(lora_delta(rows, a[key].get(), b[key].get(), slots, scale(key)))
         return outputs
     return term
 
 
-def reference_term(bank: LoraSlots, layers: int) -> Term:
-    """The same terms in `decode_term`'s order, by definition: per row, in float32,
-    x @ A[slot]^T @ B[slot]^T from the bank's tensors (no gather, no fusion)."""
-    order = [name for group in GROUPS for name in group] + ["o_proj", "down_proj"]
+def held_matrices(bank: LoraSlots) -> Matrices:
+    """Each slot's A and B as the values the bank holds (an int8 bank's codes and scales)."""
+    def matrices(key: str, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = bank.a[key][slot].float(), bank.b[key][slot].float()  # (r, in), (out, r)
+        return a, b * bank.scales[key][slot] if key in bank.scales else b
+    return matrices
 
+
+def adapter_matrices(adapters: list[AdapterWeights]) -> Matrices:
+    """Each slot's A and B (scale folded in) as written, in float32."""
+    def matrices(key: str, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b, scale = adapters[slot - 1].modules[key]
+        return a.float(), b.float() * scale
+    return matrices
+
+
+def reference_term(matrices: Matrices, layers: int) -> Term:
+    """The same terms in `decode_term`'s order, by definition: per row, in float32,
+    x @ A[slot]^T @ B[slot]^T (no gather, no fusion)."""
     def term(x: torch.Tensor, xi: torch.Tensor, slots: torch.Tensor) -> list[torch.Tensor]:
         outputs = []
         for layer in range(layers):
-            for name in order:
-                a, b = bank.a[f"{layer}.{name}"], bank.b[f"{layer}.{name}"]
+            for name in ORDER:
                 rows = xi if name == "down_proj" else x  # (B, 1, in)
                 outputs.append(torch.stack([
-                    row.float() @ a[slot].float().T @ b[slot].float().T
-                    for row, slot in zip(rows, slots.tolist(), strict=True)]))
+                    row.float() @ a.T @ b.T for row, (a, b) in
+                    ((row, matrices(f"{layer}.{name}", slot))
+                     for row, slot in zip(rows, slots.tolist(), strict=True))]))
         return outputs
     return term
 
@@ -113,8 +145,9 @@ def read_gbps(repeats: int = 10) -> float:
 
 
 def adapter_bytes(bank: LoraSlots) -> int:
-    """Bytes of one slot's A and B over every module."""
-    return sum(t[1].numel() * t.element_size() for t in (*bank.a.values(), *bank.b.values()))
+    """Bytes of one slot's A, B (and int8 scales) over every module."""
+    return sum(t[1].numel() * t.element_size()
+               for t in (*bank.a.values(), *bank.b.values(), *bank.scales.values()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--layers", type=int, default=LAYERS)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--bank", choices=["int8", "bfloat16"], default="int8")
     args = parser.parse_args(argv)
-    bank = random_bank(args.layers, args.adapters)
+    bank, adapters = random_bank(args.layers, args.adapters, getattr(torch, args.bank))
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(args.rows, 1, HIDDEN, generator=generator).to(torch.bfloat16)
     xi = torch.randn(args.rows, 1, INTERMEDIATE, generator=generator).to(torch.bfloat16)
@@ -136,9 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         outputs = compiled(x, xi, spread)
         compile_s = time.perf_counter() - started
-        expected = reference_term(bank, args.layers)(x, xi, spread)
+        expected = reference_term(held_matrices(bank), args.layers)(x, xi, spread)
         max_diff = max_relative_difference(outputs, expected)
         max_diff_eager = max_relative_difference(eager(x, xi, spread), expected)
+        exact = reference_term(adapter_matrices(adapters), args.layers)(x, xi, spread)
+        max_diff_adapters = max_relative_difference(outputs, exact)
         distinct_ms = median_ms(lambda: compiled(x, xi, spread), args.repeats)
         one_ms = median_ms(lambda: compiled(x, xi, one), args.repeats)
     per_adapter = adapter_bytes(bank)
@@ -149,11 +185,13 @@ def main(argv: list[str] | None = None) -> int:
           f"one adapter {one_ms:.3f} ms; {extra_mb:.1f} MB more read "
           f"(at {bandwidth:.1f} GB/s: {extra_mb / bandwidth:.2f} ms)")
     print(json.dumps({
-        "bench": "lora_term", "rows": args.rows, "adapters": distinct, "layers": args.layers,
+        "bench": "lora_term", "bank": args.bank, "rows": args.rows, "adapters": distinct,
+        "layers": args.layers,
         "rank": RANK, "threads": torch.get_num_threads(), "compile_s": round(compile_s, 1),
         "distinct_ms": round(distinct_ms, 3), "one_adapter_ms": round(one_ms, 3),
         "adapter_mb": round(per_adapter / 1e6, 3), "read_gbps": round(bandwidth, 1),
-        "max_rel_diff": max_diff, "max_rel_diff_eager": max_diff_eager}))
+        "max_rel_diff": max_diff, "max_rel_diff_eager": max_diff_eager,
+        "max_rel_diff_vs_adapters": max_diff_adapters}))
     return 0
 
 

@@ -28,6 +28,7 @@ from typing import TypeVar
 
 import torch
 
+from benchmarks.random_adapters import fill
 from server.composition import in_passing_thread
 from server.engine import attention
 from server.engine.build import bank_dtype
@@ -52,14 +53,10 @@ def build(args: argparse.Namespace) -> tuple[Forward, ModelRunner]:
     """Load the base and a runner; returns forward(tokens (B, T), start position) and the
     runner."""
     loaded = load_base(Settings(device="cpu", quantization=args.quantization))
-    dtype = torch.float32 if args.float32_bank else bank_dtype(loaded, args.compile)
+    dtype = bank_dtype(loaded, args.compile, args.bank)
     bank = LoraSlots(module_shapes(loaded.model), max(1, args.adapters), 16, dtype,
                      torch.device("cpu"))
-    for slot in range(1, args.adapters + 1):
-        bank.ranks[slot] = 16
-        for key in bank.a:
-            bank.a[key][slot].normal_(std=0.02)
-            bank.b[key][slot].normal_(std=0.02)
+    fill(bank, args.adapters, rank=16, std=0.02)
     slots = [row % args.adapters + 1 for row in range(args.batch)] if args.adapters else None
     steps = args.steps * (2 if args.compare_guards else 1)
     context = args.prompt + steps + 8 + (5 if args.profile else 0)
@@ -144,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="; ".join(f"{k}: {v}" for k, v in THREADS.items()))
     parser.add_argument("--compare-guards", action="store_true",
                         help="with --compile: the step with full guards against skipped ones")
-    parser.add_argument("--float32-bank", action="store_true",
-                        help="hold the adapters in float32 whatever the server would "
-                             "(server.engine.build.bank_dtype)")
+    parser.add_argument("--bank", choices=["auto", "float32", "bfloat16", "int8"],
+                        default="auto", help="how the adapters are stored (auto: what the "
+                        "server picks, server.engine.build.bank_dtype; before 2026-12-06 "
+                        "`--float32-bank` was `--bank float32`)")
     parser.add_argument("--sdpa-decode", action="store_true",
                         help="with --compile: decoding rows attend through SDPA, not "
                              "attention.one_query_attention")

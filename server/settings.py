@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Quantization = Literal["auto", "nf4", "int4", "int8", "none"]
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 CompileMode = Literal["auto", "on", "off"]
+LoraBank = Literal["auto", "float32", "bfloat16", "int8"]
 
 EMBEDDED_MODEL = "embedded"
 
@@ -135,6 +136,11 @@ class Settings(BaseSettings):
     CUDA): on, off, or auto (on where it was measured to pay: the CPU with an int4 or
     unquantized base; docs/BENCHMARKS.md). It takes a minute or more at start on a small CPU,
     less once inductor's cache holds it."""
+    lora_bank: LoraBank = "auto"
+    """How the resident adapters' LoRA matrices are stored: auto (the model's dtype on a GPU; on
+    a CPU int8 codes with a scale per rank under the compiled int4 step, else float32), float32,
+    bfloat16, or int8 (CPU only). int8 halves what a step on many distinct adapters reads, at
+    a rounding of at most 1/254 of each matrix row's largest value (docs/BENCHMARKS.md)."""
     merge_mode: Literal["never", "explicit", "auto"] = "explicit"
     """Merged mode: never; explicit (admins pin a persona with POST /v1/adapters/NAME/merge);
     auto (pins, plus merging whichever persona has held the whole batch for a while)."""

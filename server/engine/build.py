@@ -27,7 +27,7 @@ def build_engine(loaded: LoadedModel, config: EngineConfig,
     """`grammars`: returns the compiled-grammar cache to share with the API (by default one
     of the engine's own, built on first use)."""
     bank = LoraSlots(module_shapes(loaded.model), config.adapter_slots, config.max_lora_rank,
-                     bank_dtype(loaded, config.compile), loaded.device)
+                     bank_dtype(loaded, config.compile, config.lora_bank), loaded.device)
     runner = ModelRunner(loaded.model, bank, config.max_rows, config.max_context, loaded.dtype,
                          loaded.device, compile=config.compile)
     return Engine(runner, SlotManager(bank), config, tokenizer=loaded.tokenizer,
@@ -35,15 +35,18 @@ def build_engine(loaded: LoadedModel, config: EngineConfig,
                   grammars=grammars or grammars_for(loaded))
 
 
-def bank_dtype(loaded: LoadedModel, compiled: bool) -> torch.dtype:
-    """The slot bank's dtype: the model's on a GPU. On a CPU float32 (without AVX512-BF16,
-    eager bfloat16 matmuls of many rows are slower there), except under the compiled step over
-    the CPU's int4 layers: those compute in bfloat16 already (each layer's input and output
-    rounded to it), and there a bfloat16 bank made the step with eight adapters faster (30.6 ->
-    28.9 ms at eight rows, docs/BENCHMARKS.md)."""
+def bank_dtype(loaded: LoadedModel, compiled: bool, choice: str = "auto") -> torch.dtype:
+    """The slot bank's storage dtype: `choice` unless it is `auto` (an int8 bank on a GPU
+    raises, in `LoraSlots`). auto: the model's dtype on a GPU. On a CPU float32 (without
+    AVX512-BF16, eager bfloat16 matmuls of many rows are slower there), except under the
+    compiled step over the CPU's int4 layers: there reading the rows' adapters is most of the
+    LoRA term's cost, and int8 codes (`server.lora.int8`) halve it (a bfloat16 bank, before,
+    had made the step with eight adapters faster than float32: docs/BENCHMARKS.md)."""
+    if choice != "auto":
+        return getattr(torch, choice)
     if loaded.device.type != "cpu":
         return loaded.dtype
-    return torch.bfloat16 if compiled and loaded.quantization == "int4" else torch.float32
+    return torch.int8 if compiled and loaded.quantization == "int4" else torch.float32
 
 
 def grammars_for(loaded: LoadedModel) -> Callable[[], Grammars]:

@@ -79,6 +79,7 @@ class EngineConfig:
     merge_format: MergeFormat = "dense"
     merge_after_steps: int = 32
     compile: bool = False  # compile the engine step (server.engine.step)
+    lora_bank: str = "auto"  # the slot bank's storage (server.engine.build.bank_dtype)
 
 
 ScoredSequence = tuple[list[int], AdapterRef | None, AdapterWeights | None]

@@ -121,8 +121,9 @@ class ModelRunner:
         bases = attach_hooks(layers, is_lora_target)  # the bank was built from the same keys
         members = {key: (bank.fuse(keys), index) for keys in fused_groups(bases)
                    for index, key in enumerate(keys)}  # shared LoRA shrink per input
+        bank.seal()  # one storage: the compiled step's inputs (server.lora.flat)
         self.linears = {key: SlotLinear(base, bank.a[key], bank.b[key], bank.ranks,
-                                        members.get(key))
+                                        members.get(key), bank.scales.get(key))
                         for key, base in bases.items()}
         self.lora_strategy = "auto"  # how the LoRA term is computed: auto, gather or segments
         self.device = device

@@ -62,7 +62,7 @@ def merge_slot(linears: dict[str, SlotLinear], slot: int, fmt: MergeFormat) -> M
     merge = Merge()
     try:
         for linear in linears.values():
-            a, b = linear.a[slot], linear.b[slot]  # (r_max, in), (out, r_max)
+            a, b = linear.slot_matrices(slot)  # (r_max, in), (out, r_max)
             if not bool(a.any()):
                 continue  # the adapter does not target this module
             delta = b.float() @ a.float()  # (out, in)

@@ -7,7 +7,9 @@ with slot 0 all zeros: the base. A batch passes one slot index per row and the L
 whole batch is either two gathered batched matmuls or, when rows share adapters, two small
 matmuls per distinct adapter (`plan_slots` picks). A compiled step, whose plan cannot depend on
 the slots' values, gathers per row, and per chunk for its packed prefill tokens (`PackedRows`).
-Smaller ranks are zero-padded up to `r_max`, which leaves the product unchanged.
+Smaller ranks are zero-padded up to `r_max`, which leaves the product unchanged. A bank stored
+as int8 (the CPU's compiled int4 step) holds each matrix row as codes and keeps one float32 scale
+per rank and slot, `scales[key]` (S, r_max), applied between the two halves (`server.lora.int8`).
 
 Projections that share their input and are sliced from one fused base layer (q/k/v, gate/up:
 `weight_only.Int4Slice`) keep their A matrices side by side in one tensor (`LoraSlots.fuse`):
@@ -32,6 +34,8 @@ import torch
 from torch import nn
 
 from server.lora.adapter import AdapterWeights, ModuleShapes
+from server.lora.flat import flatten, resident
+from server.lora.int8 import compute_dtype, quantize_rows
 from server.model.weight_only import Int4Slice
 
 
@@ -46,6 +50,8 @@ class LoraSlots:
         dtype: torch.dtype,
         device: torch.device,
     ) -> None:
+        if dtype == torch.int8 and device.type != "cpu":
+            raise ValueError("an int8 slot bank is the CPU's (the Triton kernels read bfloat16)")
         self.num_slots = num_slots + 1  # slot 0 is the base
         self.max_rank = max_rank
         # (S,) the real rank of each slot's adapter (0: empty), what the Triton kernels read up to
@@ -53,15 +59,19 @@ class LoraSlots:
         self.a: dict[str, torch.Tensor] = {}
         self.b: dict[str, torch.Tensor] = {}
         self.groups: dict[tuple[str, ...], LoraGroup] = {}  # by `fuse`
+        # (S, r_max) per module, int8 banks only: each rank's scale of A times that of B
+        self.scales: dict[str, torch.Tensor] = {}
         for key, (in_features, out_features) in shapes.items():
             # (S, r_max, in) and (S, out, r_max)
             self.a[key] = torch.zeros(self.num_slots, max_rank, in_features, dtype=dtype,
                                       device=device)
             self.b[key] = _b_storage(self.num_slots, out_features, max_rank, dtype, device)
+            if dtype == torch.int8:
+                self.scales[key] = torch.zeros(self.num_slots, max_rank, device=device)
 
     @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for t in (*self.a.values(), *self.b.values()))
+        return sum(t.nbytes for t in (*self.a.values(), *self.b.values(), *self.scales.values()))
 
     def fuse(self, keys: list[str]) -> LoraGroup:
         """Put the A matrices of `keys` (projections sharing one input) side by side in one
@@ -79,25 +89,54 @@ class LoraSlots:
         group = self.groups[tuple(keys)] = LoraGroup(a)
         return group
 
+    def seal(self) -> None:
+        """Move every tensor of the bank into one flat storage per dtype (`server.lora.flat`),
+        contents kept, so that a compiled step reads the whole bank as two inputs. After the
+        last `fuse`, before any `SlotLinear` takes the bank's tensors."""
+        grouped = {key for keys in self.groups for key in keys}
+        matrices = [group.a for group in self.groups.values()]
+        matrices += [a for key, a in self.a.items() if key not in grouped]
+        matrices += list(self.b.values())
+        views = iter(flatten(matrices))
+        for group in self.groups.values():
+            group.a = next(views)
+        for key in self.a:
+            if key not in grouped:
+                self.a[key] = next(views)
+        for key in self.b:
+            self.b[key] = next(views)
+        self.scales = dict(zip(self.scales, flatten(list(self.scales.values())), strict=True))
+        r = self.max_rank
+        for keys, group in self.groups.items():
+            for index, key in enumerate(keys):
+                self.a[key] = group.a[:, index * r:(index + 1) * r]  # (S, r_max, in), a view
+
     def write(self, slot: int, adapter: AdapterWeights) -> None:
         """Copy `adapter` into `slot`; modules it does not target are zeroed."""
         if not 1 <= slot < self.num_slots:
             raise IndexError(f"slot {slot} out of range 1..{self.num_slots - 1}")
-        for key in self.a:
-            self.a[key][slot].zero_()
-            self.b[key][slot].zero_()
+        self._zero(slot)
         for key, (a, b, scale) in adapter.modules.items():
             rank = a.shape[0]
+            b = b * scale  # (out, r)
+            if key in self.scales:  # int8 codes, each rank's two scales kept as one
+                a, a_scale = quantize_rows(a)  # (r, in), (r,)
+                b_rows, b_scale = quantize_rows(b.T)  # (r, out), (r,)
+                b = b_rows.T
+                self.scales[key][slot, :rank].copy_(a_scale * b_scale)
             self.a[key][slot, :rank].copy_(a, non_blocking=True)
-            self.b[key][slot, :, :rank].copy_(b * scale, non_blocking=True)
+            self.b[key][slot, :, :rank].copy_(b, non_blocking=True)
         self.ranks[slot] = max((a.shape[0] for a, _, _ in adapter.modules.values()), default=0)
 
     def clear(self, slot: int) -> None:
         """Zero `slot` so that a stale adapter can never leak into a later row."""
         self.ranks[slot] = 0
-        for key in self.a:
-            self.a[key][slot].zero_()
-            self.b[key][slot].zero_()
+        self._zero(slot)
+
+    def _zero(self, slot: int) -> None:
+        for tensors in (self.a, self.b, self.scales):
+            for tensor in tensors.values():
+                tensor[slot].zero_()
 
 
 @dataclass(frozen=True)
@@ -186,30 +225,40 @@ def plan_slots(slots: torch.Tensor | None, strategy: str = "auto", *,
 class LoraGroup:
     """The A matrices of a fused group's projections side by side (`LoraSlots.fuse`)."""
 
+    a: torch.Tensor = resident("a")  # read through `Resident`: one input for a sealed bank
+
     def __init__(self, a: torch.Tensor) -> None:
         self.a = a  # (S, n * r_max, in), each projection's A a view of its rows
 
     def shrink(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """x: (B, T, in) -> (B, T, n * r_max): every projection's x @ A[slot]^T in one pass."""
-        a_rows = self.a.index_select(0, slots)  # (B, n * r_max, in)
-        return torch.bmm(x.to(self.a.dtype), a_rows.transpose(1, 2))
+        return shrink(x, self.a, slots)
 
     def shrink_one(self, x: torch.Tensor, slot: int) -> torch.Tensor:
         """The same for rows that all use `slot`: (n, T, in) -> (n, T, n * r_max)."""
-        return x.to(self.a.dtype) @ self.a[slot].T
+        dtype = compute_dtype(self.a.dtype)
+        return x.to(dtype) @ self.a[slot].to(dtype).T
 
 
 class SlotLinear(nn.Module):
     """A base linear layer (bitsandbytes or plain) plus the slot bank's LoRA term for it."""
 
+    # the bank's tensors, read through `Resident`: one input for a sealed bank's step
+    a: torch.Tensor = resident("a")
+    b: torch.Tensor = resident("b")
+    scales: torch.Tensor | None = resident("scales")
+
     def __init__(self, base: nn.Module, a: torch.Tensor, b: torch.Tensor,
                  ranks: torch.Tensor | None = None,
-                 group: tuple[LoraGroup, int] | None = None) -> None:
-        """`group`: the fused group this projection's A belongs to, and its index there."""
+                 group: tuple[LoraGroup, int] | None = None,
+                 scales: torch.Tensor | None = None) -> None:
+        """`group`: the fused group this projection's A belongs to, and its index there;
+        `scales`: an int8 bank's (S, r_max) scales for this module (`LoraSlots.scales`)."""
         super().__init__()
         self.base = base
         self.a = a  # (S, r_max, in), shared with the LoraSlots bank
         self.b = b  # (S, out, r_max), stored as `_b_storage` says
+        self.scales = scales  # (S, r_max), an int8 bank's
         self.ranks = ranks  # (S,) real rank per slot, shared with the bank (None: r_max)
         self.group = group
 
@@ -220,22 +269,33 @@ class SlotLinear(nn.Module):
         y = self.base_output(x, shared)  # (B, T, out)
         if plan is None:
             return y
-        if plan.kernel:
+        if plan.kernel and self.scales is None:  # the kernels read float banks only
             from server.lora.kernels import add_lora
 
             return add_lora(y, x, self.a, self.b, plan.slots, self.ranks)
         if self.group is not None and shared is not None:
             return y + self._group_delta(x, plan, shared)
         if plan.segments is None:
-            return y + plan.join([lora_delta(part, self.a, self.b, slots)
+            return y + plan.join([lora_delta(part, self.a, self.b, slots, self.scales)
                                   for part, slots in plan.batches(x)])
         for slot, rows in plan.segments:
             if rows is None:  # every row on this one adapter
-                y = y + segment_delta(x, self.a[slot], self.b[slot])
+                y = y + segment_delta(x, *self.slot_matrices(slot))
             else:
-                y = y.index_add(0, rows, segment_delta(x.index_select(0, rows), self.a[slot],
-                                                       self.b[slot]))
+                y = y.index_add(0, rows, segment_delta(x.index_select(0, rows),
+                                                       *self.slot_matrices(slot)))
         return y
+
+    def slot_matrices(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`slot`'s A (r_max, in) and B (out, r_max) in the dtype the term computes in, an
+        int8 bank's scales folded into B: B @ A is the slot's whole update of this layer."""
+        dtype = compute_dtype(self.a.dtype)
+        return self.a[slot].to(dtype), self.slot_b(slot)
+
+    def slot_b(self, slot: int) -> torch.Tensor:
+        """`slot`'s B (out, r_max), times the int8 bank's scales when it has them."""
+        b = self.b[slot].to(compute_dtype(self.b.dtype))
+        return b if self.scales is None else b * self.scales[slot]
 
     def _group_delta(self, x: torch.Tensor, plan: SlotPlan, shared: SharedOutputs) -> torch.Tensor:
         """The LoRA term from the group's shared shrink: this projection's columns of it
@@ -244,13 +304,13 @@ class SlotLinear(nn.Module):
         r = self.a.shape[1]
         cols = slice(index * r, (index + 1) * r)
         if plan.segments is None:
-            terms = [expand(xa[..., cols], self.b, slots)  # per batch: (B, T, n * r) -> out
+            terms = [expand(xa[..., cols], self.b, slots, self.scales)  # per batch: (B, T, n * r) -> out
                      for xa, slots in shared.shrunk(group, x, plan)]
             return plan.join(terms).to(x.dtype)
         delta: torch.Tensor | None = None  # (B, T, out) once a segment is in
         for (slot, rows), xa in zip(plan.segments, shared.shrunk_segments(group, x, plan),
                                     strict=True):
-            part = (xa[..., cols] @ self.b[slot].T).to(x.dtype)  # (n, T, out)
+            part = (xa[..., cols] @ self.slot_b(slot).T).to(x.dtype)  # (n, T, out)
             if rows is None:  # every row on this adapter: the whole term
                 delta = part if delta is None else delta + part
             else:
@@ -465,18 +525,30 @@ def segment_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Te
     return ((x.to(a.dtype) @ a.T) @ b.T).to(x.dtype)
 
 
-def lora_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """The LoRA term of every row at once: x @ A[slot]^T @ B[slot]^T (gathered bmm reference)."""
-    a_rows = a.index_select(0, slots)  # (B, r, in)
-    xa = torch.bmm(x.to(a.dtype), a_rows.transpose(1, 2))  # (B, T, r)
-    return expand(xa, b, slots).to(x.dtype)
+def lora_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slots: torch.Tensor,
+               scales: torch.Tensor | None = None) -> torch.Tensor:
+    """The LoRA term of every row at once: x @ A[slot]^T @ B[slot]^T (gathered bmm reference);
+    `scales`: an int8 bank's (S, r) scales."""
+    return expand(shrink(x, a, slots), b, slots, scales).to(x.dtype)
 
 
-def expand(xa: torch.Tensor, b: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+def shrink(x: torch.Tensor, a: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """The gathered first half of the term: x (B, T, in) @ A[slot]^T -> (B, T, r), in the
+    bank's compute dtype (an int8 bank's codes converted as they are read)."""
+    dtype = compute_dtype(a.dtype)
+    a_rows = a.index_select(0, slots).to(dtype)  # (B, r, in)
+    return torch.bmm(x.to(dtype), a_rows.transpose(1, 2))
+
+
+def expand(xa: torch.Tensor, b: torch.Tensor, slots: torch.Tensor,
+           scales: torch.Tensor | None = None) -> torch.Tensor:
     """The gathered second half of the term: xa (B, T, r) @ B[slot]^T -> (B, T, out), with
-    each row's B gathered as (r, out), the CPU bank's storage order (`_b_storage`)."""
+    each row's B gathered as (r, out), the CPU bank's storage order (`_b_storage`); an int8
+    bank's `scales` (S, r) multiply each row's xa first."""
     b_rows = b.transpose(1, 2).index_select(0, slots)  # (B, r, out)
-    return torch.bmm(xa, b_rows)
+    if scales is not None:
+        xa = xa * scales.index_select(0, slots).unsqueeze(1)  # (B, T, r)
+    return torch.bmm(xa, b_rows.to(xa.dtype))
 
 
 def _b_storage(slots: int, out_features: int, rank: int, dtype: torch.dtype,

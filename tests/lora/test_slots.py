@@ -17,6 +17,16 @@ def _reference(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     return torch.stack(rows)  # (B, T, out)
 
 
+def _float_bank(bank: object, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bank's A (S, r, in) and B (S, out, r) of `key` as the values they stand for: an int8
+    bank's codes, with each rank's scale on B."""
+    a, b = bank.a[key], bank.b[key]  # type: ignore[attr-defined]
+    scales = bank.scales.get(key)  # type: ignore[attr-defined]
+    if scales is None:
+        return a, b
+    return a.float(), b.float() * scales.unsqueeze(1)
+
+
 CASES = [  # (rows, T, in, out, rank, slot mix)
     (1, 1, 16, 24, 4, [1]),
     (4, 1, 32, 8, 8, [0, 1, 0, 1]),
@@ -113,15 +123,17 @@ def test_the_bank_keeps_each_slots_real_rank() -> None:
     assert bank.ranks.tolist() == [0, 0, 0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
 @pytest.mark.parametrize("strategy", ["gather", "segments"])
-def test_the_cpu_bank_stores_each_b_by_rank_and_serves_what_was_written(strategy: str) -> None:
+def test_the_cpu_bank_stores_each_b_by_rank_and_serves_what_was_written(
+        strategy: str, dtype: torch.dtype) -> None:
     """On the CPU each slot's B is stored as (r, out) (`_b_storage`); writes through the
-    (out, r) view land where both strategies read them."""
+    (out, r) view land where both strategies read them. An int8 bank serves the values its
+    codes and scales stand for (how near those are to the adapter's: tests/lora/test_int8.py)."""
     from server.lora.adapter import AdapterWeights, ModuleShapes
     from server.lora.slots import LoraSlots
 
-    bank = LoraSlots(ModuleShapes({"0.q_proj": (12, 20)}), 2, 4, torch.float32,
-                     torch.device("cpu"))
+    bank = LoraSlots(ModuleShapes({"0.q_proj": (12, 20)}), 2, 4, dtype, torch.device("cpu"))
     assert bank.b["0.q_proj"].shape == (3, 20, 4)
     assert bank.b["0.q_proj"].transpose(1, 2).is_contiguous()
     generator = torch.Generator().manual_seed(7)
@@ -130,11 +142,15 @@ def test_the_cpu_bank_stores_each_b_by_rank_and_serves_what_was_written(strategy
                                  target_modules=frozenset({"q_proj"}), base_model=None,
                                  modules={"0.q_proj": (a, b, 0.5)}))
     base = nn.Linear(12, 20, bias=False)
-    linear = SlotLinear(base, bank.a["0.q_proj"], bank.b["0.q_proj"])
+    linear = SlotLinear(base, bank.a["0.q_proj"], bank.b["0.q_proj"],
+                        scales=bank.scales.get("0.q_proj"))
     x = torch.randn(3, 2, 12, generator=generator)  # (B, T, in)
     plan = plan_slots(torch.tensor([2, 0, 2]), strategy)
     with torch.no_grad():
         got = linear(x, plan) - base(x)
+    if dtype == torch.int8:
+        a_bank, b_bank = _float_bank(bank, "0.q_proj")
+        a, b = a_bank[2, :3], b_bank[2, :, :3] / 0.5
     expected = x @ a.T @ (0.5 * b).T
     expected[1] = 0  # the base row
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
@@ -171,7 +187,8 @@ def test_a_fused_group_keeps_its_as_side_by_side_and_shrinks_them_at_once() -> N
     assert bool(group.a.eq(0).all())
 
 
-def test_a_traced_steps_packed_tokens_take_their_chunks_adapters() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
+def test_a_traced_steps_packed_tokens_take_their_chunks_adapters(dtype: torch.dtype) -> None:
     """`PackedRows`: the one-token entries are gathered per row and the packed prefill tokens per
     chunk on the segment grid; every token still gets its own slot's term, through a fused
     group's shared shrink and through a projection of its own."""
@@ -179,7 +196,7 @@ def test_a_traced_steps_packed_tokens_take_their_chunks_adapters() -> None:
     from server.lora.slots import LoraSlots, PackedRows, SharedOutputs, SlotPlan
 
     shapes = ModuleShapes({"0.q_proj": (8, 8), "0.k_proj": (8, 4), "0.o_proj": (8, 6)})
-    bank = LoraSlots(shapes, 3, 4, torch.float32, torch.device("cpu"))
+    bank = LoraSlots(shapes, 3, 4, dtype, torch.device("cpu"))
     group = bank.fuse(["0.q_proj", "0.k_proj"])
     generator = torch.Generator().manual_seed(1)
     for slot in (1, 2, 3):
@@ -199,9 +216,10 @@ def test_a_traced_steps_packed_tokens_take_their_chunks_adapters() -> None:
     shared = SharedOutputs()  # one step's: q and k share the group's shrink
     for key, member in (("0.q_proj", (group, 0)), ("0.k_proj", (group, 1)), ("0.o_proj", None)):
         base = nn.Linear(*shapes[key], bias=False)
-        linear = SlotLinear(base, bank.a[key], bank.b[key], group=member)
+        linear = SlotLinear(base, bank.a[key], bank.b[key], group=member,
+                            scales=bank.scales.get(key))
         with torch.no_grad():
             got = linear(x, plan, shared) - base(x)
-        expected = _reference(x, bank.a[key], bank.b[key], token_slots).float()
+        expected = _reference(x, *_float_bank(bank, key), token_slots).float()
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 

@@ -45,7 +45,8 @@ def persona_sequences(registry: Path, tokenizer: Any) -> dict[Path, list[int]]:
         if isinstance(examples, str):  # the card stores the list as its Python repr
             examples = ast.literal_eval(examples)
         messages = [{"role": "system", "content": card["system_prompt"]}, *examples]
-        sequences[folder] = list(tokenizer.apply_chat_template(messages, tokenize=True))
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+        sequences[folder] = list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
     return sequences
 
 

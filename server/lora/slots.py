@@ -51,7 +51,7 @@ class LoraSlots:
         device: torch.device,
     ) -> None:
         if dtype == torch.int8 and device.type != "cpu":
-            raise ValueError("an int8 slot bank is the CPU's (the Triton kernels read bfloat16)")
+            raise ValueError("an int8 slot bank is the CPU's (the Triton kernels read float banks)")
         self.num_slots = num_slots + 1  # slot 0 is the base
         self.max_rank = max_rank
         # (S,) the real rank of each slot's adapter (0: empty), what the Triton kernels read up to

@@ -216,3 +216,36 @@ def test_the_kv_cache_grows_under_the_compiled_step_without_a_recompile() -> Non
     assert counters["stats"]["unique_graphs"] == graphs
     compiled.trim()
     assert compiled.cache.capacity == 8
+
+
+def _int8_runner(model: torch.nn.Module, compile: bool) -> ModelRunner:
+    from server.lora.adapter import AdapterWeights
+
+    bank = LoraSlots(module_shapes(model), 3, 16, torch.int8, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(1)
+    for slot, rank in enumerate((16, 8, 4), start=1):
+        modules = {key: (torch.randn(rank, a.shape[2], generator=generator) * 0.2,
+                         torch.randn(bank.b[key].shape[1], rank, generator=generator) * 0.2, 1.0)
+                   for key, a in bank.a.items()}
+        bank.write(slot, AdapterWeights(rank=rank, alpha=float(rank), use_rslora=False,
+                                        target_modules=frozenset(k.split(".")[1] for k in modules),
+                                        base_model=None, modules=modules))
+    return ModelRunner(model, bank, MAX_ROWS, MAX_LEN, torch.float32, torch.device("cpu"),
+                       compile=compile)
+
+
+def test_a_compiled_step_over_an_int8_bank_gives_its_eager_steps_logits() -> None:
+    """The compiled int4 step's default bank: int8 codes, sealed into one storage and rebuilt
+    inside the trace; prefill and decode compiled give what the eager step computes from the
+    same codes (float32 on both sides)."""
+    model = _model()
+    eager, compiled = _int8_runner(model, False), _int8_runner(model, True)
+    assert compiled.step.compiled is not None
+    tensors = [t for linear in compiled.linears.values() for t in (linear.a, linear.b, linear.scales)]
+    assert len({t.untyped_storage().data_ptr() for t in tensors if t is not None}) == 2
+    torch.testing.assert_close(_prefill(compiled), _prefill(eager), atol=TOL, rtol=TOL)
+    positions = [len(p) for p in PROMPTS]
+    for step in range(3):
+        batch = ForwardBatch([[3 + step]] * 4, ROWS, [p + step for p in positions], SLOTS)
+        torch.testing.assert_close(compiled.forward(batch), eager.forward(batch),
+                                   atol=TOL, rtol=TOL)

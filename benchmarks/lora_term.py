@@ -118,10 +118,9 @@ def reference_term(matrices: Matrices, layers: int) -> Term:
         for layer in range(layers):
             for name in ORDER:
                 rows = xi if name == "down_proj" else x  # (B, 1, in)
-                outputs.append(torch.stack([
-                    row.float() @ a.T @ b.T for row, (a, b) in
-                    ((row, matrices(f"{layer}.{name}", slot))
-                     for row, slot in zip(rows, slots.tolist(), strict=True))]))
+                pairs = [matrices(f"{layer}.{name}", slot) for slot in slots.tolist()]
+                outputs.append(torch.stack([row.float() @ a.T @ b.T
+                                            for row, (a, b) in zip(rows, pairs, strict=True)]))
         return outputs
     return term
 

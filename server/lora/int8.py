@@ -2,8 +2,8 @@
 
 A bank stored as int8 (`LoraSlots(..., dtype=torch.int8)`, the CPU's compiled int4 step by
 default) holds half the bytes of a bfloat16 one, and a decode step with rows on many distinct
-adapters reads every row's A and B once per token: on a 2-core CPU that reading is most of what
-the LoRA term costs (docs/BENCHMARKS.md). Rows are quantized symmetrically to the nearest of 255
+adapters reads every row's A and B once per token: on a 2-core CPU those reads are a large share
+of what the LoRA term costs (docs/BENCHMARKS.md). Rows are quantized symmetrically to the nearest of 255
 levels, -127..127 times `max|row| / 127`, so each value is off by at most half a level,
 `max|row| / 254`.
 

@@ -82,12 +82,15 @@ class LoraSlots:
         parts = [self.a[key] for key in keys]
         if len({p.shape[2] for p in parts}) != 1:
             raise ValueError(f"{keys}: a fused group shares one input width")
-        a = torch.cat(parts, dim=1)  # (S, n * r_max, in)
+        group = self.groups[tuple(keys)] = LoraGroup(torch.cat(parts, dim=1))
+        self._view_members(tuple(keys), group)
+        return group
+
+    def _view_members(self, keys: tuple[str, ...], group: LoraGroup) -> None:
+        """Each key's A as its rows of the group's (S, n * r_max, in) tensor."""
         r = self.max_rank
         for index, key in enumerate(keys):
-            self.a[key] = a[:, index * r:(index + 1) * r]  # (S, r_max, in), a view
-        group = self.groups[tuple(keys)] = LoraGroup(a)
-        return group
+            self.a[key] = group.a[:, index * r:(index + 1) * r]  # (S, r_max, in), a view
 
     def seal(self) -> None:
         """Move every tensor of the bank into one flat storage per dtype (`server.lora.flat`),
@@ -106,10 +109,8 @@ class LoraSlots:
         for key in self.b:
             self.b[key] = next(views)
         self.scales = dict(zip(self.scales, flatten(list(self.scales.values())), strict=True))
-        r = self.max_rank
         for keys, group in self.groups.items():
-            for index, key in enumerate(keys):
-                self.a[key] = group.a[:, index * r:(index + 1) * r]  # (S, r_max, in), a view
+            self._view_members(keys, group)
 
     def write(self, slot: int, adapter: AdapterWeights) -> None:
         """Copy `adapter` into `slot`; modules it does not target are zeroed."""

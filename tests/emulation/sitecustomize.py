@@ -1,7 +1,7 @@
 """Started by Python in every process whose PYTHONPATH holds this folder (the test suite puts it
-there while it emulates the AVX512-BF16 path), so that servers the tests start emulate it too."""
+there while it emulates a CPU path), so that servers the tests start emulate it too."""
 
-from tests.emulation.avx512bf16 import install, requested
+from tests.emulation import requested
 
-if requested():
-    install()
+for emulation in requested():
+    emulation.install()

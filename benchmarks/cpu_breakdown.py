@@ -13,8 +13,9 @@ category by the shared object and symbol it was taken in:
   call: norms, attention, the LoRA term, sampling;
 - `OpenMP waits`: libgomp itself, a thread spinning at a barrier or waiting for work (the
   kernels' own work runs in their outlined functions, counted above);
-- `host`: the interpreter, torch's Python bindings and dispatcher, libc, the kernel: what runs
-  the step's Python and calls the kernels, on one thread while the others wait;
+- `host`: the interpreter, torch's Python bindings and dispatcher, libc, the kernel, and any
+  other torch operator (allocations, copies): what runs the step's Python and calls the kernels,
+  on one thread while the others wait;
 - `other`: anything else.
 
 It needs `perf` on PATH and leave to attach to the process (root, or

@@ -1,11 +1,12 @@
 """Inductor's on-disk cache, one folder per CPU kind.
 
 The compiled step's graphs in inductor's cache hold code vectorized for the CPU that compiled
-them and constants its kernels made (the int4 weights prepacked for that CPU's int4 matmul), and
-the cache's keys do not tell CPU kinds apart. A cache folder shared by hosts of different kinds
-(a volume moved to another machine, a VM resized onto another CPU) would serve one kind's graphs
-to the other: every logit came out NaN when graphs compiled with torch at AVX-512 ran with torch
-at AVX2 (`make test-avx2`, docs/BENCHMARKS.md). `scope_to_this_cpu()` points the cache at a
+them and can hold constants made by that CPU's kernels (int4 weights prepacked for its int4
+matmul), and the cache's keys do not tell CPU kinds apart. A cache folder shared by hosts of
+different kinds (a volume moved to another machine, a VM resized onto another CPU) would serve
+one kind's graphs to the other: every logit came out NaN when graphs compiled with torch at
+AVX-512 ran with torch at AVX2 (`make test-avx2`; which part of the graph broke was not pinned
+down), and the same tests passed with a fresh cache folder. `scope_to_this_cpu()` points the cache at a
 subfolder named after this CPU's kind, before anything compiles.
 
 This module does not clear, size or share the cache; where it lives stays

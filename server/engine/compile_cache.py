@@ -6,8 +6,8 @@ matmul), and the cache's keys do not tell CPU kinds apart. A cache folder shared
 different kinds (a volume moved to another machine, a VM resized onto another CPU) would serve
 one kind's graphs to the other: every logit came out NaN when graphs compiled with torch at
 AVX-512 ran with torch at AVX2 (`make test-avx2`; which part of the graph broke was not pinned
-down), and the same tests passed with a fresh cache folder. `scope_to_this_cpu()` points the cache at a
-subfolder named after this CPU's kind, before anything compiles.
+down), and the same tests passed with a fresh cache folder. `scope_to_this_cpu()` points the
+cache at a subfolder named after this CPU's kind, before anything compiles.
 
 This module does not clear, size or share the cache; where it lives stays
 `TORCHINDUCTOR_CACHE_DIR` (compose.yaml keeps it on a volume), or inductor's default.

@@ -77,14 +77,20 @@ def build(args: argparse.Namespace) -> tuple[Forward, ModelRunner]:
     return forward, runner
 
 
+def one_forward(forward: Forward, args: argparse.Namespace, index: int) -> None:
+    """The forward being measured: every row's prompt (`--prefill`, from position 0), or one
+    decode token per row at position `--prompt` + `index`."""
+    if args.prefill:
+        forward(torch.randint(100, 5000, (args.batch, args.prompt)), 0)
+    else:
+        forward(torch.randint(100, 5000, (args.batch, 1)), args.prompt + index)
+
+
 def measure(forward: Forward, args: argparse.Namespace) -> float:
     """The median decode (or `--prefill`) forward in ms (after five warm-ups); prints the
     profile if asked."""
     def one(index: int) -> None:
-        if args.prefill:
-            forward(torch.randint(100, 5000, (args.batch, args.prompt)), 0)
-        else:
-            forward(torch.randint(100, 5000, (args.batch, 1)), args.prompt + index)
+        one_forward(forward, args, index)
 
     times = []
     for index in range(args.steps + 5):
@@ -110,10 +116,7 @@ def perf_breakdown(forward: Forward, args: argparse.Namespace,
     sampled, as the percentage of its own samples in each category."""
     with cpu_breakdown.Recording(os.getpid()) as recording:
         for _ in range(max(args.steps, 100)):
-            if args.prefill:
-                forward(torch.randint(100, 5000, (args.batch, args.prompt)), 0)
-            else:  # one position rewritten: the context does not grow
-                forward(torch.randint(100, 5000, (args.batch, 1)), args.prompt)
+            one_forward(forward, args, 0)  # one position rewritten: the context does not grow
     shares = cpu_breakdown.thread_shares(recording.report())
     # the step's thread is the one that runs its Python: the most host time
     step, *others = sorted(shares, key=lambda thread: -shares[thread]["host"])

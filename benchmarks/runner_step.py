@@ -16,6 +16,10 @@ once `compile()` has traced every kind; server/engine/step.py), and reports both
 and prints where their time goes (`benchmarks/cpu_breakdown.py`): for the thread that runs the
 step, in ms per forward (its share of samples times the median, since it is busy for the whole
 forward); for the others (OpenMP's), as percentages of their own samples.
+`--against-base` (with `--adapters`) times the decode forward in alternating rounds with the rows
+on their adapters and on the base alone (one process, one compiled step: the mixed/base ratio
+without the drift between runs). `--lora-kernel off` computes an int8 bank's term with
+inductor's loops instead of the CPU kernel (server/lora/cpu_kernel.py).
 `--prefill` times the prompt forward instead: every row's `--prompt` tokens in one step, each
 row a chunk on its own slot, rewritten from position 0 each time. Prints one JSON line last.
 """
@@ -52,7 +56,7 @@ THREADS = {
 }
 
 
-Forward = Callable[[torch.Tensor, int], None]
+Forward = Callable[..., None]  # (tokens (B, T), start position, on_base=False)
 
 
 def build(args: argparse.Namespace) -> tuple[Forward, ModelRunner]:
@@ -64,14 +68,15 @@ def build(args: argparse.Namespace) -> tuple[Forward, ModelRunner]:
                      torch.device("cpu"))
     fill(bank, args.adapters, rank=16, std=0.02)
     slots = [row % args.adapters + 1 for row in range(args.batch)] if args.adapters else None
-    steps = args.steps * (2 if args.compare_guards else 1)
+    steps = args.steps * (2 if args.compare_guards or args.against_base else 1)
     context = args.prompt + steps + 8 + (5 if args.profile else 0)
     runner = ModelRunner(loaded.model, bank, args.batch, context, loaded.dtype, loaded.device,
-                         compile=args.compile)
+                         compile=args.compile, lora_kernel=args.lora_kernel == "auto")
     rows = list(range(args.batch))
 
-    def forward(tokens: torch.Tensor, start: int) -> None:
-        runner.forward(ForwardBatch(tokens.tolist(), rows, [start] * args.batch, slots))
+    def forward(tokens: torch.Tensor, start: int, on_base: bool = False) -> None:
+        runner.forward(ForwardBatch(tokens.tolist(), rows, [start] * args.batch,
+                                    None if on_base else slots))
 
     forward(torch.randint(100, 5000, (args.batch, args.prompt)), 0)
     return forward, runner
@@ -145,6 +150,22 @@ def compare_guards(forward: Forward, runner: ModelRunner, args: argparse.Namespa
     return {mode: 1000 * statistics.median(values) for mode, values in times.items()}
 
 
+def against_base(forward: Forward, args: argparse.Namespace, rounds: int = 8) -> dict[str, float]:
+    """Median decode forward in ms with every row on its adapter and with every row on the
+    base, in `rounds` alternating rounds of 2 * steps / rounds forwards (after five warm-ups),
+    so that both medians see the same machine."""
+    times: dict[str, list[float]] = {"adapters": [], "base": []}
+    position = args.prompt
+    for index in range(5 + 2 * args.steps):
+        mode = "adapters" if (max(0, index - 5) * rounds // (2 * args.steps)) % 2 == 0 else "base"
+        start = time.perf_counter()
+        forward(torch.randint(100, 5000, (args.batch, 1)), position, on_base=mode == "base")
+        if index >= 5:
+            times[mode].append(time.perf_counter() - start)
+        position += 1
+    return {mode: 1000 * statistics.median(values) for mode, values in times.items()}
+
+
 def _here(fn: Callable[[], T]) -> T:
     return fn()
 
@@ -176,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
                         default="auto", help="how the adapters are stored (auto: what the "
                         "server picks, server.engine.build.bank_dtype; before 2026-12-06 "
                         "`--float32-bank` was `--bank float32`)")
+    parser.add_argument("--against-base", action="store_true",
+                        help="with --adapters: alternate rounds on the adapters and on the base "
+                             "alone, and report both medians and their ratio")
+    parser.add_argument("--lora-kernel", choices=["auto", "off"], default="auto",
+                        help="with --compile and an int8 bank: the LoRA term on the CPU kernel "
+                             "(server.lora.cpu_kernel, the server's default) or inductor's loops")
     parser.add_argument("--sdpa-decode", action="store_true",
                         help="with --compile: decoding rows attend through SDPA, not "
                              "attention.one_query_attention")
@@ -188,13 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     attention.ONE_QUERY_ON_CPU = not args.sdpa_decode
     if args.compare_guards and not args.compile:
         parser.error("--compare-guards needs --compile")
-    if args.prefill and args.compare_guards:
-        parser.error("--compare-guards times decode forwards")
+    if args.prefill and (args.compare_guards or args.against_base):
+        parser.error("--compare-guards and --against-base time decode forwards")
+    if args.against_base and (not args.adapters or args.compare_guards):
+        parser.error("--against-base needs --adapters, and not --compare-guards")
     forward, runner = in_passing_thread(lambda: build(args)) if args.threads == "engine" \
         else build(args)
     timed = on_worker if args.threads != "main" else _here
     guards: dict[str, float] | None = None
-    if args.compare_guards:
+    base: dict[str, float] | None = None
+    if args.against_base:
+        base = timed(lambda: against_base(forward, args))
+        median_ms = base["adapters"]
+    elif args.compare_guards:
         guards = timed(lambda: compare_guards(forward, runner, args))
         median_ms = guards["skipped"]
     else:
@@ -205,15 +238,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.quantization} batch {args.batch}, {args.adapters} adapters, threads "
           f"{args.threads}, compile {args.compile}: median "
           f"{'prefill' if args.prefill else 'decode'} forward {median_ms:.1f} ms"
-          + (f" (full guards {guards['full']:.1f} ms)" if guards else ""))
+          + (f" (full guards {guards['full']:.1f} ms)" if guards else "")
+          + (f" (base alone {base['base']:.1f} ms: ratio {base['base'] / median_ms:.3f})"
+             if base else ""))
     print(json.dumps({"bench": "runner_step", "quantization": args.quantization,
                       "compile": args.compile,
                       "batch": args.batch, "adapters": args.adapters, "steps": args.steps,
                       "forward": "prefill" if args.prefill else "decode", "prompt": args.prompt,
                       "threads": args.threads, "median_ms": median_ms,
                       "bank_dtype": _dtype_name(next(iter(runner.linears.values())).a.dtype),
+                      "lora_kernel": runner.step.cpu_lora_kernel,
                       "decode_attention": "sdpa" if args.sdpa_decode else "one_query",
                       "full_guards_median_ms": guards["full"] if guards else None,
+                      "base_median_ms": base["base"] if base else None,
+                      "base_over_adapters": base["base"] / median_ms if base else None,
                       "perf_ms": breakdown,
                       "intra_op_threads": torch.get_num_threads()}))
     return 0

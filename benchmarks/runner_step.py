@@ -18,8 +18,7 @@ step, in ms per forward (its share of samples times the median, since it is busy
 forward); for the others (OpenMP's), as percentages of their own samples.
 `--against-base` (with `--adapters`) times the decode forward in alternating rounds with the rows
 on their adapters and on the base alone (one process, one compiled step: the mixed/base ratio
-without the drift between runs). `--lora-kernel off` computes an int8 bank's term with
-inductor's loops instead of the CPU kernel (server/lora/cpu_kernel.py).
+without the drift between runs).
 `--prefill` times the prompt forward instead: every row's `--prompt` tokens in one step, each
 row a chunk on its own slot, rewritten from position 0 each time. Prints one JSON line last.
 """
@@ -71,7 +70,7 @@ def build(args: argparse.Namespace) -> tuple[Forward, ModelRunner]:
     steps = args.steps * (2 if args.compare_guards or args.against_base else 1)
     context = args.prompt + steps + 8 + (5 if args.profile else 0)
     runner = ModelRunner(loaded.model, bank, args.batch, context, loaded.dtype, loaded.device,
-                         compile=args.compile, lora_kernel=args.lora_kernel == "auto")
+                         compile=args.compile)
     rows = list(range(args.batch))
 
     def forward(tokens: torch.Tensor, start: int, on_base: bool = False) -> None:
@@ -200,9 +199,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against-base", action="store_true",
                         help="with --adapters: alternate rounds on the adapters and on the base "
                              "alone, and report both medians and their ratio")
-    parser.add_argument("--lora-kernel", choices=["auto", "off"], default="auto",
-                        help="with --compile and an int8 bank: the LoRA term on the CPU kernel "
-                             "(server.lora.cpu_kernel, the server's default) or inductor's loops")
     parser.add_argument("--sdpa-decode", action="store_true",
                         help="with --compile: decoding rows attend through SDPA, not "
                              "attention.one_query_attention")
@@ -247,7 +243,6 @@ def main(argv: list[str] | None = None) -> int:
                       "forward": "prefill" if args.prefill else "decode", "prompt": args.prompt,
                       "threads": args.threads, "median_ms": median_ms,
                       "bank_dtype": _dtype_name(next(iter(runner.linears.values())).a.dtype),
-                      "lora_kernel": runner.step.cpu_lora_kernel,
                       "decode_attention": "sdpa" if args.sdpa_decode else "one_query",
                       "full_guards_median_ms": guards["full"] if guards else None,
                       "base_median_ms": base["base"] if base else None,

@@ -113,7 +113,7 @@ def local_service(settings: Settings, loaded: LoadedModel) -> tuple[BaseInfo, Lo
 def engine_config(settings: Settings, base: BaseInfo, loaded: LoadedModel) -> EngineConfig:
     return EngineConfig(
         compile=should_compile(settings.compile, loaded.device, loaded.quantization),
-        lora_bank=settings.lora_bank, lora_kernel=settings.lora_kernel == "auto",
+        lora_bank=settings.lora_bank,
         max_rows=settings.max_batch_size,
         max_context=min(settings.max_context, base.max_position_embeddings),
         adapter_slots=settings.adapter_slots, max_lora_rank=settings.max_lora_rank,

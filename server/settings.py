@@ -141,10 +141,6 @@ class Settings(BaseSettings):
     a CPU int8 codes with a scale per rank under the compiled int4 step, else float32), float32,
     bfloat16, or int8 (CPU only). int8 halves what a step on many distinct adapters reads, at
     a rounding of at most 1/254 of each matrix row's largest value (docs/BENCHMARKS.md)."""
-    lora_kernel: Literal["auto", "off"] = "auto"
-    """The compiled CPU step's LoRA term over an int8 bank: auto (a hand-written kernel,
-    server/lora/cpu_kernel.cpp, built with the machine's C++ compiler at start, once per CPU
-    kind; inductor's loops where it cannot be built) or off (inductor's loops)."""
     merge_mode: Literal["never", "explicit", "auto"] = "explicit"
     """Merged mode: never; explicit (admins pin a persona with POST /v1/adapters/NAME/merge);
     auto (pins, plus merging whichever persona has held the whole batch for a while)."""

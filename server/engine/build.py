@@ -29,7 +29,7 @@ def build_engine(loaded: LoadedModel, config: EngineConfig,
     bank = LoraSlots(module_shapes(loaded.model), config.adapter_slots, config.max_lora_rank,
                      bank_dtype(loaded, config.compile, config.lora_bank), loaded.device)
     runner = ModelRunner(loaded.model, bank, config.max_rows, config.max_context, loaded.dtype,
-                         loaded.device, compile=config.compile, lora_kernel=config.lora_kernel)
+                         loaded.device, compile=config.compile)
     return Engine(runner, SlotManager(bank), config, tokenizer=loaded.tokenizer,
                   eos_token_ids=loaded.eos_token_ids, device=loaded.device,
                   grammars=grammars or grammars_for(loaded))

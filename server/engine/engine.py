@@ -80,7 +80,6 @@ class EngineConfig:
     merge_after_steps: int = 32
     compile: bool = False  # compile the engine step (server.engine.step)
     lora_bank: str = "auto"  # the slot bank's storage (server.engine.build.bank_dtype)
-    lora_kernel: bool = True  # the compiled CPU step's int8 term on server.lora.cpu_kernel
 
 
 ScoredSequence = tuple[list[int], AdapterRef | None, AdapterWeights | None]

@@ -107,9 +107,8 @@ class ModelRunner:
 
     def __init__(self, hf_model: Any, bank: LoraSlots, max_rows: int, max_len: int,
                  dtype: torch.dtype, device: torch.device, compile: bool = False,
-                 kv_capacity: int = INITIAL_CAPACITY, lora_kernel: bool = True) -> None:
-        """`kv_capacity`: positions per row the KV cache holds before it first grows;
-        `lora_kernel`: with `compile` on the CPU, an int8 bank's term on the CPU LoRA kernel."""
+                 kv_capacity: int = INITIAL_CAPACITY) -> None:
+        """`kv_capacity`: positions per row the KV cache holds before it first grows."""
         config = hf_model.config
         self.hf = hf_model
         self.dtype = dtype
@@ -124,8 +123,7 @@ class ModelRunner:
                    for index, key in enumerate(keys)}  # shared LoRA shrink per input
         bank.seal()  # one storage: the compiled step's inputs (server.lora.flat)
         self.linears = {key: SlotLinear(base, bank.a[key], bank.b[key], bank.ranks,
-                                        members.get(key), bank.scales.get(key),
-                                        bank.kernel_call(key))
+                                        members.get(key), bank.scales.get(key))
                         for key, base in bases.items()}
         self.lora_strategy = "auto"  # how the LoRA term is computed: auto, gather or segments
         self.device = device
@@ -139,7 +137,7 @@ class ModelRunner:
             raise UnsupportedModel(config.model_type, str(exc)) from exc
         self._probe(device)
         if compile:
-            self.step.compile(lora_kernel)
+            self.step.compile()
 
     def slot_linears(self) -> dict[str, SlotLinear]:
         """Every slot-aware projection, keyed "<layer>.<name>" like the slot bank."""

@@ -57,7 +57,6 @@ from torch import nn
 from server.engine import attention, compile_cache
 from server.engine.attention import PackedPrefill, StepGrid
 from server.engine.kv_cache import KVCache
-from server.lora import cpu_kernel
 from server.lora.slots import PackedRows, SlotLinear, plan_slots, slot_step, traced_step
 from server.model import weight_only
 
@@ -310,7 +309,6 @@ class EngineStep:
         self.buffers = _Buffers(cache, device)
         self.compiled: CompiledForward | None = None
         self.warm = False  # every kind traced (CPU): the step may skip its full guards
-        self.cpu_lora_kernel = False  # the compiled step's LoRA term on server.lora.cpu_kernel
         self._traced_bases = {key: linear.base for key, linear in linears.items()}
         install_output_selection(model)
 
@@ -343,17 +341,12 @@ class EngineStep:
         return any(linear.base is not self._traced_bases[key]
                    for key, linear in self.linears.items())
 
-    def compile(self, lora_kernel: bool = True) -> None:
+    def compile(self) -> None:
         """Compile the step now (before any request: the rows it writes are rewritten by
         prefills): one row decoding, rows decoding, rows decoding beside a prefill chunk, each
-        on the base and with LoRA slots. `lora_kernel`: on the CPU, an int8 bank's LoRA term
-        runs on `server.lora.cpu_kernel` (built now, once per CPU kind) where it can be built."""
+        on the base and with LoRA slots."""
         if self.device.type == "cpu":
-            cache = compile_cache.scope_to_this_cpu()
-            log.info("inductor's cache for this CPU kind: %s", cache)
-            self.cpu_lora_kernel = lora_kernel and any(
-                linear.kernel is not None for linear in self.linears.values()
-            ) and cpu_kernel.load(cache)
+            log.info("inductor's cache for this CPU kind: %s", compile_cache.scope_to_this_cpu())
         self.compiled = _compile(self._forward, self.device)
         self.warm = False
         self._traced_bases = {key: linear.base for key, linear in self.linears.items()}
@@ -378,8 +371,7 @@ class EngineStep:
         traced_step(self.linears, inputs.slots if use_slots else None, None if packed is None
                     else PackedRows(entries=inputs.grid_index.shape[0], cell=packed.cell,
                                     segment_slots=packed.segment_slots,
-                                    width=packed.segment_positions.shape[1]),
-                    cpu=self.cpu_lora_kernel)
+                                    width=packed.segment_positions.shape[1]))
         weight_only.trace_dense_copies(packed is not None)  # prefill tokens: many rows
         _OUTPUTS.traced = inputs.outputs
         prefill = None if packed is None else PackedPrefill.build(

@@ -33,9 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from server.lora import cpu_kernel
 from server.lora.adapter import AdapterWeights, ModuleShapes
-from server.lora.flat import Resident, flatten, resident
+from server.lora.flat import flatten, resident
 from server.lora.int8 import compute_dtype, quantize_rows
 from server.model.weight_only import Int4Slice
 
@@ -113,21 +112,6 @@ class LoraSlots:
         for keys, group in self.groups.items():
             self._view_members(keys, group)
 
-    def kernel_call(self, key: str) -> KernelCall | None:
-        """How `key`'s term runs on the CPU kernel (`server.lora.cpu_kernel`): where the kernel
-        finds the A, B and scales of its fused group (or of `key` alone) in a sealed int8 bank,
-        and its columns of the kernel's output. None for any other bank."""
-        if not self.scales:
-            return None
-        keys = next((keys for keys in self.groups if key in keys), (key,))
-        a = self.groups[keys].a if len(keys) > 1 else self.a[key]
-        parts = [(Resident(self.b[k]), Resident(self.scales[k])) for k in keys]
-        layout = cpu_kernel.group_layout(Resident(a), parts, self.max_rank)
-        if layout is None:
-            return None
-        start = sum(self.b[k].shape[1] for k in keys[:keys.index(key)])
-        return KernelCall(layout, slice(start, start + self.b[key].shape[1]))
-
     def write(self, slot: int, adapter: AdapterWeights) -> None:
         """Copy `adapter` into `slot`; modules it does not target are zeroed."""
         if not 1 <= slot < self.num_slots:
@@ -160,8 +144,7 @@ class LoraSlots:
 class SlotPlan:
     """How one forward pass's rows map onto slots, worked out once and shared by every layer.
 
-    On CUDA with Triton the kernels of `server.lora.kernels` compute the term (`kernel`); in a
-    traced CPU step over an int8 bank, `server.lora.cpu_kernel` (`cpu_kernel`, once loaded).
+    On CUDA with Triton the kernels of `server.lora.kernels` compute the term (`kernel`).
     Otherwise, two ways, picked by `plan_slots`:
       - gather (`segments` is None): copy each row's A and B and run two batched matmuls. One
         pass whatever the mix, but it copies an adapter once per row that uses it;
@@ -173,7 +156,6 @@ class SlotPlan:
     slots: torch.Tensor  # (B,) slot per row
     segments: tuple[tuple[int, torch.Tensor | None], ...] | None = None  # (slot, rows or None: all)
     kernel: bool = False  # the Triton BGMV/SGMV kernels (server.lora.kernels), on CUDA
-    cpu_kernel: bool = False  # the CPU kernel (server.lora.cpu_kernel), for an int8 bank's rows
     packed: PackedRows | None = None  # a traced step's prefill tokens, gathered per chunk
 
     def batches(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -197,14 +179,6 @@ class SlotPlan:
         singles, grid = terms  # (D, 1, out), (S, T, out)
         packed = grid.reshape(-1, grid.shape[-1]).index_select(0, self.packed.cell)  # (M, out)
         return torch.cat([singles, packed[:, None]])
-
-
-@dataclass(frozen=True)
-class KernelCall:
-    """What one projection hands the CPU kernel (`LoraSlots.kernel_call`)."""
-
-    layout: list[int]  # its group's (or its own) A, B and scales: `cpu_kernel.group_layout`
-    columns: slice  # its columns of the kernel's (B, T, sum of the group's outs) output
 
 
 @dataclass(frozen=True)
@@ -278,11 +252,9 @@ class SlotLinear(nn.Module):
     def __init__(self, base: nn.Module, a: torch.Tensor, b: torch.Tensor,
                  ranks: torch.Tensor | None = None,
                  group: tuple[LoraGroup, int] | None = None,
-                 scales: torch.Tensor | None = None,
-                 kernel: KernelCall | None = None) -> None:
+                 scales: torch.Tensor | None = None) -> None:
         """`group`: the fused group this projection's A belongs to, and its index there;
-        `scales`: an int8 bank's (S, r_max) scales for this module (`LoraSlots.scales`);
-        `kernel`: how its term runs on the CPU kernel (`LoraSlots.kernel_call`; needs `ranks`)."""
+        `scales`: an int8 bank's (S, r_max) scales for this module (`LoraSlots.scales`)."""
         super().__init__()
         self.base = base
         self.a = a  # (S, r_max, in), shared with the LoraSlots bank
@@ -290,7 +262,6 @@ class SlotLinear(nn.Module):
         self.scales = scales  # (S, r_max), an int8 bank's
         self.ranks = ranks  # (S,) real rank per slot, shared with the bank (None: r_max)
         self.group = group
-        self.kernel = kernel if ranks is not None else None
 
     def forward(self, x: torch.Tensor, plan: SlotPlan | None,
                 shared: SharedOutputs | None = None) -> torch.Tensor:
@@ -303,8 +274,6 @@ class SlotLinear(nn.Module):
             from server.lora.kernels import add_lora
 
             return add_lora(y, x, self.a, self.b, plan.slots, self.ranks)
-        if plan.cpu_kernel and self.kernel is not None and x.dtype in cpu_kernel.DTYPES:
-            return y + self._kernel_delta(x, plan, shared)
         if self.group is not None and shared is not None:
             return y + self._group_delta(x, plan, shared)
         if plan.segments is None:
@@ -328,23 +297,6 @@ class SlotLinear(nn.Module):
         """`slot`'s B (out, r_max), times the int8 bank's scales when it has them."""
         b = self.b[slot].to(compute_dtype(self.b.dtype))
         return b if self.scales is None else b * self.scales[slot]
-
-    def _kernel_delta(self, x: torch.Tensor, plan: SlotPlan,
-                      shared: SharedOutputs | None) -> torch.Tensor:
-        """This projection's columns of its group's term from the CPU kernel, computed once per
-        group and input (B, T, out), in x's dtype."""
-        call, ranks = self.kernel, self.ranks
-        held_a: Resident = self._a  # type: ignore[assignment]
-        held_scales: Resident = self._scales  # type: ignore[assignment]
-        codes, scales = held_a.flat, held_scales.flat  # the sealed bank's two storages
-        assert call is not None and ranks is not None and codes is not None and scales is not None
-
-        def compute() -> torch.Tensor:
-            return plan.join([cpu_kernel.term(part, codes, scales, slots, ranks, call.layout)
-                              for part, slots in plan.batches(x)])
-        if self.group is None or shared is None:
-            return compute()[..., call.columns]
-        return shared.group_term(self.group[0], x, compute)[..., call.columns]
 
     def _group_delta(self, x: torch.Tensor, plan: SlotPlan, shared: SharedOutputs) -> torch.Tensor:
         """The LoRA term from the group's shared shrink: this projection's columns of it
@@ -407,12 +359,6 @@ class SharedOutputs:
             return [group.shrink_one(x if rows is None else x.index_select(0, rows), slot)
                     for slot, rows in plan.segments or ()]
         return self._once(group, x, compute)
-
-    def group_term(self, group: LoraGroup, x: torch.Tensor, compute: Any) -> torch.Tensor:
-        """`compute()`, the whole group's term from the CPU kernel, computed once per group
-        and input."""
-        result: torch.Tensor = self._once(group, x, compute)
-        return result
 
     def _once(self, group: LoraGroup, x: torch.Tensor, compute: Any) -> Any:
         last = self.last_shrink
@@ -479,17 +425,15 @@ _TRACED = _Traced()
 
 
 def traced_step(linears: dict[str, SlotLinear], slots: torch.Tensor | None,
-                packed: PackedRows | None = None, cpu: bool = False) -> None:
+                packed: PackedRows | None = None) -> None:
     """Inside a function a compiler traces: route every `SlotHook` to `linears` with a gathered
     LoRA term over `slots` ((N,) slot per row, None when every row is the base), the rows of
-    `packed` gathered per chunk, or the Triton kernels on CUDA; `cpu`: the CPU kernel for the
-    linears that have a `KernelCall` (an int8 bank; after `cpu_kernel.load()`). Data-independent, so the trace
+    `packed` gathered per chunk, or the Triton kernels on CUDA. Data-independent, so the trace
     has no graph break; eager calls of the same function use `slot_step` as usual (this is
     ignored outside a trace)."""
     kernel = slots is not None and slots.is_cuda and _have_triton()
     plan = None if slots is None else SlotPlan(slots, kernel=kernel,
-                                               packed=None if kernel else packed,
-                                               cpu_kernel=cpu and not slots.is_cuda)
+                                               packed=None if kernel else packed)
     _TRACED.step = _Step(linears, plan, SharedOutputs())
 
 

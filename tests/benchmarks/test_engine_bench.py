@@ -68,6 +68,21 @@ def test_runner_step_compares_guards_of_a_compiled_step_only(
     assert "--compare-guards needs --compile" in capsys.readouterr().err
 
 
+def test_runner_step_times_adapters_and_base_alone_in_one_process(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert runner_step.main(["--batch", "2", "--steps", "4", "--prompt", "4", "--adapters", "2",
+                             "--against-base"]) == 0
+    output = capsys.readouterr().out
+    result = json.loads(output.strip().splitlines()[-1])
+    assert result["median_ms"] > 0 and result["base_median_ms"] > 0
+    assert result["base_over_adapters"] == pytest.approx(result["base_median_ms"] / result["median_ms"])
+    assert "base alone" in output
+    with pytest.raises(SystemExit) as exit_info:
+        runner_step.main(["--batch", "1", "--against-base"])  # no adapters to compare
+    assert exit_info.value.code == 2
+    assert "--against-base needs --adapters" in capsys.readouterr().err
+
+
 def test_decode_attention_times_each_form_and_they_agree(
         capsys: pytest.CaptureFixture[str]) -> None:
     assert decode_attention.main(["--rows", "1", "3", "--context", "8", "24", "--layers", "2",

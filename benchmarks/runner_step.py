@@ -131,38 +131,39 @@ def perf_breakdown(forward: Forward, args: argparse.Namespace,
     return result
 
 
-def compare_guards(forward: Forward, runner: ModelRunner, args: argparse.Namespace,
-                   rounds: int = 4) -> dict[str, float]:
-    """Median decode forward in ms with the full guards and with the skipped ones, `rounds`
-    alternating rounds of steps/rounds forwards each (after five warm-ups)."""
-    times: dict[str, list[float]] = {"skipped": [], "full": []}
-    position = args.prompt
-    for index in range(5 + 2 * args.steps):
-        mode = "skipped" if (max(0, index - 5) * rounds // args.steps) % 2 == 0 else "full"
-        runner.step.warm = mode == "skipped"
+def alternate(run: Callable[[str, int], None], modes: tuple[str, str], steps: int,
+              rounds: int) -> dict[str, float]:
+    """Median ms of `run(mode, position)` per mode: five warm-ups, then 2 * `steps` forwards in
+    `rounds` alternating rounds (so both modes see the same machine), one position further each
+    time from `--prompt`."""
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    for index in range(5 + 2 * steps):
+        mode = modes[(max(0, index - 5) * rounds // (2 * steps)) % 2]
         start = time.perf_counter()
-        forward(torch.randint(100, 5000, (args.batch, 1)), position)
+        run(mode, index)
         if index >= 5:
             times[mode].append(time.perf_counter() - start)
-        position += 1
-    runner.step.warm = True
     return {mode: 1000 * statistics.median(values) for mode, values in times.items()}
+
+
+def compare_guards(forward: Forward, runner: ModelRunner, args: argparse.Namespace,
+                   rounds: int = 8) -> dict[str, float]:
+    """Median decode forward in ms with the full guards and with the skipped ones."""
+    def run(mode: str, index: int) -> None:
+        runner.step.warm = mode == "skipped"
+        forward(torch.randint(100, 5000, (args.batch, 1)), args.prompt + index)
+    medians = alternate(run, ("skipped", "full"), args.steps, rounds)
+    runner.step.warm = True
+    return medians
 
 
 def against_base(forward: Forward, args: argparse.Namespace, rounds: int = 8) -> dict[str, float]:
     """Median decode forward in ms with every row on its adapter and with every row on the
-    base, in `rounds` alternating rounds of 2 * steps / rounds forwards (after five warm-ups),
-    so that both medians see the same machine."""
-    times: dict[str, list[float]] = {"adapters": [], "base": []}
-    position = args.prompt
-    for index in range(5 + 2 * args.steps):
-        mode = "adapters" if (max(0, index - 5) * rounds // (2 * args.steps)) % 2 == 0 else "base"
-        start = time.perf_counter()
-        forward(torch.randint(100, 5000, (args.batch, 1)), position, on_base=mode == "base")
-        if index >= 5:
-            times[mode].append(time.perf_counter() - start)
-        position += 1
-    return {mode: 1000 * statistics.median(values) for mode, values in times.items()}
+    base."""
+    def run(mode: str, index: int) -> None:
+        forward(torch.randint(100, 5000, (args.batch, 1)), args.prompt + index,
+                on_base=mode == "base")
+    return alternate(run, ("adapters", "base"), args.steps, rounds)
 
 
 def _here(fn: Callable[[], T]) -> T:

@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="; ".join(f"{k}: {v}" for k, v in THREADS.items()))
     parser.add_argument("--compare-guards", action="store_true",
                         help="with --compile: the step with full guards against skipped ones")
-    parser.add_argument("--bank", choices=["auto", "float32", "bfloat16", "int8", "int4"],
+    parser.add_argument("--bank", choices=["auto", "float32", "bfloat16", "int8"],
                         default="auto", help="how the adapters are stored (auto: what the "
                         "server picks, server.engine.build.bank_dtype; before 2026-12-06 "
                         "`--float32-bank` was `--bank float32`)")

@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Quantization = Literal["auto", "nf4", "int4", "int8", "none"]
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 CompileMode = Literal["auto", "on", "off"]
-LoraBank = Literal["auto", "float32", "bfloat16", "int8", "int4"]
+LoraBank = Literal["auto", "float32", "bfloat16", "int8"]
 
 EMBEDDED_MODEL = "embedded"
 

@@ -17,7 +17,6 @@ import torch
 from server.engine.constraints import Grammars
 from server.engine.engine import Engine, EngineConfig
 from server.engine.runner import ModelRunner, module_shapes
-from server.lora.int8 import PACKED
 from server.lora.manager import SlotManager
 from server.lora.slots import LoraSlots
 from server.model.loader import LoadedModel
@@ -44,8 +43,6 @@ def bank_dtype(loaded: LoadedModel, compiled: bool, choice: str = "auto") -> tor
     of the LoRA term's cost, and int8 codes (`server.lora.int8`) halve them (8 rows on 8
     adapters: 0.81 -> 0.84 of the base step against a bfloat16 bank, which had itself beaten
     float32: docs/BENCHMARKS.md)."""
-    if choice == "int4":
-        return PACKED
     if choice != "auto":
         return getattr(torch, choice)
     if loaded.device.type != "cpu":

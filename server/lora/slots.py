@@ -35,8 +35,7 @@ from torch import nn
 
 from server.lora.adapter import AdapterWeights, ModuleShapes
 from server.lora.flat import flatten, resident
-from server.lora.int8 import (INT4_LEVELS, LEVELS, PACKED, compute_dtype, decoded, nibbles,
-                              pack_ranks, quantize_rows, stored_ranks)
+from server.lora.int8 import compute_dtype, quantize_rows
 from server.model.weight_only import Int4Slice
 
 
@@ -51,8 +50,8 @@ class LoraSlots:
         dtype: torch.dtype,
         device: torch.device,
     ) -> None:
-        if dtype in (torch.int8, PACKED) and device.type != "cpu":
-            raise ValueError("a slot bank of codes is the CPU's (the Triton kernels read float banks)")
+        if dtype == torch.int8 and device.type != "cpu":
+            raise ValueError("an int8 slot bank is the CPU's (the Triton kernels read float banks)")
         self.num_slots = num_slots + 1  # slot 0 is the base
         self.max_rank = max_rank
         # (S,) the real rank of each slot's adapter (0: empty), what the Triton kernels read up to
@@ -62,15 +61,13 @@ class LoraSlots:
         self.groups: dict[tuple[str, ...], LoraGroup] = {}  # by `fuse`
         # (S, r_max) per module, int8 banks only: each rank's scale of A times that of B
         self.scales: dict[str, torch.Tensor] = {}
-        rows = stored_ranks(max_rank, dtype)  # r_max, or ceil(r_max / 2) packed
         for key, (in_features, out_features) in shapes.items():
             # (S, r_max, in) and (S, out, r_max)
-            self.a[key] = torch.zeros(self.num_slots, rows, in_features, dtype=dtype,
+            self.a[key] = torch.zeros(self.num_slots, max_rank, in_features, dtype=dtype,
                                       device=device)
-            self.b[key] = _b_storage(self.num_slots, out_features, rows, dtype, device)
-            if dtype in (torch.int8, PACKED):  # one per rank the codes decode to
-                self.scales[key] = torch.zeros(self.num_slots, rows * (2 if dtype == PACKED else 1),
-                                               device=device)
+            self.b[key] = _b_storage(self.num_slots, out_features, max_rank, dtype, device)
+            if dtype == torch.int8:
+                self.scales[key] = torch.zeros(self.num_slots, max_rank, device=device)
 
     @property
     def nbytes(self) -> int:
@@ -91,7 +88,7 @@ class LoraSlots:
 
     def _view_members(self, keys: tuple[str, ...], group: LoraGroup) -> None:
         """Each key's A as its rows of the group's (S, n * r_max, in) tensor."""
-        r = stored_ranks(self.max_rank, group.a.dtype)
+        r = self.max_rank
         for index, key in enumerate(keys):
             self.a[key] = group.a[:, index * r:(index + 1) * r]  # (S, r_max, in), a view
 
@@ -123,25 +120,14 @@ class LoraSlots:
         for key, (a, b, scale) in adapter.modules.items():
             rank = a.shape[0]
             b = b * scale  # (out, r)
-            if key in self.scales:  # codes, each rank's two scales kept as one
-                a, b = self._codes(key, slot, a, b)
-            self.a[key][slot, :a.shape[0]].copy_(a, non_blocking=True)
-            self.b[key][slot, :, :b.shape[1]].copy_(b, non_blocking=True)
+            if key in self.scales:  # int8 codes, each rank's two scales kept as one
+                a, a_scale = quantize_rows(a)  # (r, in), (r,)
+                b_rows, b_scale = quantize_rows(b.T)  # (r, out), (r,)
+                b = b_rows.T
+                self.scales[key][slot, :rank].copy_(a_scale * b_scale)
+            self.a[key][slot, :rank].copy_(a, non_blocking=True)
+            self.b[key][slot, :, :rank].copy_(b, non_blocking=True)
         self.ranks[slot] = max((a.shape[0] for a, _, _ in adapter.modules.values()), default=0)
-
-    def _codes(self, key: str, slot: int, a: torch.Tensor,
-               b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A (r, in) and B (out, r) as the bank's codes (rows of two ranks when packed), their
-        scales written into `scales[key][slot]`."""
-        packed = self.a[key].dtype == PACKED
-        levels = INT4_LEVELS if packed else LEVELS
-        a, a_scale = quantize_rows(a, levels)  # (r, in), (r,)
-        b_rows, b_scale = quantize_rows(b.T, levels)  # (r, out), (r,)
-        self.scales[key][slot, :a.shape[0]].copy_(a_scale * b_scale)
-        if packed:  # zero ranks up to the bank's, so rank j stays at j
-            width = self.scales[key].shape[1]
-            a, b_rows = pack_ranks(_pad_rows(a, width)), pack_ranks(_pad_rows(b_rows, width))
-        return a, b_rows.T
 
     def clear(self, slot: int) -> None:
         """Zero `slot` so that a stale adapter can never leak into a later row."""
@@ -251,7 +237,8 @@ class LoraGroup:
 
     def shrink_one(self, x: torch.Tensor, slot: int) -> torch.Tensor:
         """The same for rows that all use `slot`: (n, T, in) -> (n, T, n * r_max)."""
-        return x.to(compute_dtype(self.a.dtype)) @ decoded(self.a[slot], 0).T
+        dtype = compute_dtype(self.a.dtype)
+        return x.to(dtype) @ self.a[slot].to(dtype).T
 
 
 class SlotLinear(nn.Module):
@@ -303,25 +290,28 @@ class SlotLinear(nn.Module):
     def slot_matrices(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`slot`'s A (r_max, in) and B (out, r_max) in the dtype the term computes in, an
         int8 bank's scales folded into B: B @ A is the slot's whole update of this layer."""
-        return decoded(self.a[slot], 0), self.slot_b(slot)
+        dtype = compute_dtype(self.a.dtype)
+        return self.a[slot].to(dtype), self.slot_b(slot)
 
     def slot_b(self, slot: int) -> torch.Tensor:
         """`slot`'s B (out, r_max), times the int8 bank's scales when it has them."""
-        b = decoded(self.b[slot], 1)  # (out, r_max)
+        b = self.b[slot].to(compute_dtype(self.b.dtype))
         return b if self.scales is None else b * self.scales[slot]
 
     def _group_delta(self, x: torch.Tensor, plan: SlotPlan, shared: SharedOutputs) -> torch.Tensor:
         """The LoRA term from the group's shared shrink: this projection's columns of it
         (B, T, r_max), expanded by its own B."""
         group, index = self.group  # type: ignore[misc]
+        r = self.a.shape[1]
+        cols = slice(index * r, (index + 1) * r)
         if plan.segments is None:
-            terms = [expand(self._columns(xa, index), self.b, slots, self.scales)  # per batch
+            terms = [expand(xa[..., cols], self.b, slots, self.scales)  # per batch: (B, T, n * r) -> out
                      for xa, slots in shared.shrunk(group, x, plan)]
             return plan.join(terms).to(x.dtype)
         delta: torch.Tensor | None = None  # (B, T, out) once a segment is in
         for (slot, rows), xa in zip(plan.segments, shared.shrunk_segments(group, x, plan),
                                     strict=True):
-            part = (self._columns(xa, index) @ self.slot_b(slot).T).to(x.dtype)  # (n, T, out)
+            part = (xa[..., cols] @ self.slot_b(slot).T).to(x.dtype)  # (n, T, out)
             if rows is None:  # every row on this adapter: the whole term
                 delta = part if delta is None else delta + part
             else:
@@ -329,17 +319,6 @@ class SlotLinear(nn.Module):
                 delta = start.index_add(0, rows, part)
         assert delta is not None  # a plan with segments has at least one
         return delta
-
-    def _columns(self, xa: torch.Tensor, index: int) -> torch.Tensor:
-        """This projection's ranks (..., r_max) of its group's shrink (..., n * r_max): its
-        block of columns, or with a 4-bit bank, its block of each half (the group's low
-        nibbles' ranks first, then the high ones', `shrink`)."""
-        k = self.a.shape[1]  # stored rows: r_max, or r_max / 2 packed
-        if self.a.dtype != PACKED:
-            return xa[..., index * k:(index + 1) * k]
-        half = xa.shape[-1] // 2
-        return torch.cat([xa[..., index * k:(index + 1) * k],
-                          xa[..., half + index * k:half + (index + 1) * k]], -1)
 
     def base_output(self, x: torch.Tensor, shared: SharedOutputs | None) -> torch.Tensor:
         """The base layer's output; a slice of a fused layer (`weight_only.Int4Slice`) takes
@@ -557,12 +536,9 @@ def lora_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slots: torch.T
 def shrink(x: torch.Tensor, a: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """The gathered first half of the term: x (B, T, in) @ A[slot]^T -> (B, T, r), in the
     bank's compute dtype (an int8 bank's codes converted as they are read)."""
-    a_rows = a.index_select(0, slots)  # (B, r, in)
-    if a.dtype == PACKED:  # each half of the ranks from its nibbles, decoded as they are read
-        xf = x.float()
-        return torch.cat([torch.bmm(xf, half.transpose(1, 2)) for half in nibbles(a_rows)], -1)
-    a_rows = decoded(a_rows, 1)
-    return torch.bmm(x.to(a_rows.dtype), a_rows.transpose(1, 2))
+    dtype = compute_dtype(a.dtype)
+    a_rows = a.index_select(0, slots).to(dtype)  # (B, r, in)
+    return torch.bmm(x.to(dtype), a_rows.transpose(1, 2))
 
 
 def expand(xa: torch.Tensor, b: torch.Tensor, slots: torch.Tensor,
@@ -573,16 +549,7 @@ def expand(xa: torch.Tensor, b: torch.Tensor, slots: torch.Tensor,
     b_rows = b.transpose(1, 2).index_select(0, slots)  # (B, r, out)
     if scales is not None:
         xa = xa * scales.index_select(0, slots).unsqueeze(1)  # (B, T, r)
-    if b.dtype == PACKED:  # (B, r / 2, out) bytes: ranks r / 2.. in their high nibbles
-        low, high = nibbles(b_rows)
-        k = low.shape[1]
-        return torch.bmm(xa[..., :k], low) + torch.bmm(xa[..., k:], high)
-    return torch.bmm(xa, decoded(b_rows, 1).to(xa.dtype))
-
-
-def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """t (r, n) with zero rows appended up to (rows, n)."""
-    return torch.cat([t, t.new_zeros(rows - t.shape[0], t.shape[1])])
+    return torch.bmm(xa, b_rows.to(xa.dtype))
 
 
 def _b_storage(slots: int, out_features: int, rank: int, dtype: torch.dtype,

@@ -70,7 +70,7 @@ def test_a_written_adapters_update_is_within_the_bound_of_its_rows_rounding() ->
 
 
 def test_an_int8_bank_is_the_cpus_only() -> None:
-    with pytest.raises(ValueError, match="slot bank of codes is the CPU.s"):
+    with pytest.raises(ValueError, match="int8 slot bank is the CPU's"):
         LoraSlots(ModuleShapes({"0.q_proj": (8, 8)}), 1, 4, torch.int8, torch.device("cuda"))
 
 

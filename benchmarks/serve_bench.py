@@ -9,7 +9,9 @@ every request generates exactly `--tokens` tokens), and print a table, then a JS
 
 `peer` (the fast-engine issue's side-by-side): the embedded SmolLM2-135M-Instruct with eight
 PEFT adapters of rank 16 on all seven projections. Scenarios: every request on the base, on one
-adapter, and round-robin over the eight; 16 requests at concurrency 8. Servers: vLLM (bf16, via
+adapter, and round-robin over the eight; 16 requests at concurrency 8, in turn `--rounds` times
+(1 by default; more report each scenario's median round and the mixed-over-base ratio round by
+round, which a machine whose speed drifts between scenarios needs). Servers: vLLM (bf16, via
 ../shared/tools/vllm-cpu-peer.sh, skipped with --skip-vllm or when the script is missing),
 llama.cpp's llama-server (a Q4_0 GGUF of the same model, the adapters converted to GGUF LoRAs and
 chosen per request; via ../shared/tools/llamacpp-cpu-peer.sh, 8 slots; skipped with
@@ -182,6 +184,23 @@ def summarize(results: list[Result], seconds: float) -> dict[str, Any]:
             "ttft_p50_s": _pct(ttft, 50), "ttft_p90_s": _pct(ttft, 90),
             "ttft_p99_s": _pct(ttft, 99), "itl_p50_s": _pct(gaps, 50), "itl_p90_s": _pct(gaps, 90),
             "itl_p99_s": _pct(gaps, 99)}
+
+
+def median_rounds(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per scenario, the summary of its median round by tokens/s (the upper middle of an even
+    count), with every round's tokens/s under `rounds_tokens_per_s`; and with more than one
+    round, `mixed_over_base_rounds`: eight adapters over the base within each round, in order
+    (each pair ran back to back, so a machine that drifts between rounds moves both)."""
+    out: dict[str, Any] = {}
+    for scenario, summaries in rounds.items():
+        speeds = [summary["tokens_per_s"] for summary in summaries]
+        median = sorted(summaries, key=lambda summary: summary["tokens_per_s"])[len(summaries) // 2]
+        out[scenario] = {**median, "rounds_tokens_per_s": speeds}
+    if len(rounds["base"]) > 1:
+        out["mixed_over_base_rounds"] = [
+            mixed["tokens_per_s"] / base["tokens_per_s"]
+            for base, mixed in zip(rounds["base"], rounds["eight_adapters"], strict=True)]
+    return out
 
 
 def _pct(values: list[float], q: int) -> float | None:
@@ -388,9 +407,13 @@ def peer_suite(args: argparse.Namespace, work: Path, model_dir: Path) -> dict[st
         run = lambda js, c: asyncio.run(run_closed(  # noqa: E731
             url, [(m.format(base=base_name), p) for m, p in js], c, args.tokens, body_fn))
         run(eight, 8)  # warm-up: every adapter loaded once
-        for scenario, scenario_jobs in jobs.items():
-            out[scenario] = summarize(*run(scenario_jobs, args.concurrency))
-            print(f"  {scenario}: {_line(out[scenario])}", flush=True)
+        rounds: dict[str, list[dict[str, Any]]] = {scenario: [] for scenario in jobs}
+        for index in range(args.rounds):  # the scenarios in turn, `--rounds` times
+            for scenario, scenario_jobs in jobs.items():
+                rounds[scenario].append(summarize(*run(scenario_jobs, args.concurrency)))
+                label = f"{scenario} (round {index + 1})" if args.rounds > 1 else scenario
+                print(f"  {label}: {_line(rounds[scenario][-1])}", flush=True)
+        out.update(median_rounds(rounds))
         if sequential:
             out["eight_sequential"] = summarize(*run(eight, 1))
             out["eight_concurrent"] = summarize(*run(eight, 8))
@@ -475,6 +498,9 @@ def _peer_ratios(servers: dict[str, dict[str, Any]]) -> dict[str, float | None]:
             continue
         mixed = out["eight_adapters"]["tokens_per_s"]
         ratios[f"{label}_mixed_over_own_base"] = _ratio(mixed, out["base"]["tokens_per_s"])
+        if "mixed_over_base_rounds" in out:
+            ratios[f"{label}_mixed_over_own_base_paired_median"] = statistics.median(
+                out["mixed_over_base_rounds"])
         ratios[f"{label}_concurrent_over_sequential"] = _ratio(
             out["eight_concurrent"]["tokens_per_s"], out["eight_sequential"]["tokens_per_s"])
         ratios[f"{label}_eight_concurrent_ttft_p50_s"] = out["eight_concurrent"]["ttft_p50_s"]
@@ -543,6 +569,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="peer: run base, one adapter and eight adapters in turn this many "
+                        "times and report each one's median round, and eight adapters over the "
+                        "base round by round (this VM's speed drifts by more than the ratio's "
+                        "margin between runs: docs/BENCHMARKS.md)")
     parser.add_argument("--skip-vllm", action="store_true")
     parser.add_argument("--skip-llamacpp", action="store_true")
     parser.add_argument("--only", nargs="*",

@@ -20,10 +20,17 @@ def _result(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
 
 def test_peer_suite_reports_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
     assert serve_bench.main(["peer", "--skip-vllm", "--only", "cameo_float32", "--requests", "4",
-                             "--tokens", "4"]) == 0
+                             "--tokens", "4", "--rounds", "2"]) == 0
     result = _result(capsys)
     runs = result["servers"]["cameo_float32"]
     peak = runs.pop("peak_rss_mb")
+    paired = runs.pop("mixed_over_base_rounds")
+    assert len(paired) == 2 and all(ratio > 0 for ratio in paired)
+    assert result["ratios"]["cameo_float32_mixed_over_own_base_paired_median"] == \
+        pytest.approx(sum(paired) / 2)
+    for name in ("base", "one_adapter", "eight_adapters"):
+        speeds = runs[name]["rounds_tokens_per_s"]
+        assert len(speeds) == 2 and runs[name]["tokens_per_s"] == max(speeds)
     assert 300 < peak < 20_000  # the server process's own peak (the model alone is ~0.5 GB)
     assert set(runs) == {"base", "one_adapter", "eight_adapters", "eight_sequential",
                          "eight_concurrent", "base_single"}
@@ -34,6 +41,21 @@ def test_peer_suite_reports_every_scenario(capsys: pytest.CaptureFixture[str]) -
     assert result["ratios"]["cameo_float32_concurrent_over_sequential"] > 0
     assert result["ratios"]["cameo_float32_eight_concurrent_ttft_p50_s"] > 0
     assert set(result["servers"]) == {"cameo_float32"}  # --only leaves out the peers
+
+
+def test_median_rounds_picks_each_scenarios_middle_round_and_pairs_mixed_with_base() -> None:
+    def summary(speed: float) -> dict[str, Any]:
+        return {"tokens_per_s": speed, "ttft_p50_s": 1 / speed}
+
+    rounds = {"base": [summary(s) for s in (100, 120, 90)],
+              "one_adapter": [summary(s) for s in (80, 85, 70)],
+              "eight_adapters": [summary(s) for s in (90, 96, 81)]}
+    out = serve_bench.median_rounds(rounds)
+    assert out["base"] == {**summary(100), "rounds_tokens_per_s": [100, 120, 90]}
+    assert out["eight_adapters"]["tokens_per_s"] == 90
+    assert out["mixed_over_base_rounds"] == pytest.approx([0.9, 0.8, 0.9])
+    assert "mixed_over_base_rounds" not in serve_bench.median_rounds(
+        {name: runs[:1] for name, runs in rounds.items()})
 
 
 def test_zipf_suite_serves_every_registered_count(capsys: pytest.CaptureFixture[str]) -> None:

@@ -582,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=2.0, help="zipf: arrivals per second")
     parser.add_argument("--zipf", type=float, default=1.0, help="zipf: exponent")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     from server.model.embedded import ensure_converted
     from server.settings import Settings

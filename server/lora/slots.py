@@ -93,29 +93,22 @@ class LoraSlots:
             self.a[key] = group.a[:, index * r:(index + 1) * r]  # (S, r_max, in), a view
 
     def seal(self) -> None:
-        """Move the bank's tensors into one flat storage per layer and dtype (`server.lora.flat`),
-        contents kept, each layer's laid out alike, so that a compiled step reads the bank as
-        two inputs per layer and every layer's kernels are the same code (offsets into a
-        storage are constants of a kernel). After the last `fuse`, before any `SlotLinear`
-        takes the bank's tensors."""
-        layers: dict[str, list[tuple[Any, torch.Tensor]]] = {}
-
-        def add(key: str, tensor: torch.Tensor, put: Any) -> None:
-            layers.setdefault(key.partition(".")[0], []).append((put, tensor))
-
+        """Move every tensor of the bank into one flat storage per dtype (`server.lora.flat`),
+        contents kept, so that a compiled step reads the whole bank as two inputs. After the
+        last `fuse`, before any `SlotLinear` takes the bank's tensors."""
         grouped = {key for keys in self.groups for key in keys}
-        for keys, group in self.groups.items():
-            add(keys[0], group.a, lambda t, g=group: setattr(g, "a", t))
-        for key, a in self.a.items():
+        matrices = [group.a for group in self.groups.values()]
+        matrices += [a for key, a in self.a.items() if key not in grouped]
+        matrices += list(self.b.values())
+        views = iter(flatten(matrices))
+        for group in self.groups.values():
+            group.a = next(views)
+        for key in self.a:
             if key not in grouped:
-                add(key, a, lambda t, k=key: self.a.__setitem__(k, t))
-        for key, b in self.b.items():
-            add(key, b, lambda t, k=key: self.b.__setitem__(k, t))
-        for key, scales in self.scales.items():
-            add("scales " + key, scales, lambda t, k=key: self.scales.__setitem__(k, t))
-        for entries in layers.values():
-            for (put, _), view in zip(entries, flatten([t for _, t in entries]), strict=True):
-                put(view)
+                self.a[key] = next(views)
+        for key in self.b:
+            self.b[key] = next(views)
+        self.scales = dict(zip(self.scales, flatten(list(self.scales.values())), strict=True))
         for keys, group in self.groups.items():
             self._view_members(keys, group)
 

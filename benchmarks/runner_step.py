@@ -133,9 +133,9 @@ def perf_breakdown(forward: Forward, args: argparse.Namespace,
 
 def alternate(run: Callable[[str, int], None], modes: tuple[str, str], steps: int,
               rounds: int) -> dict[str, float]:
-    """Median ms of `run(mode, position)` per mode: five warm-ups, then 2 * `steps` forwards in
-    `rounds` alternating rounds (so both modes see the same machine), one position further each
-    time from `--prompt`."""
+    """Median ms of `run(mode, index)` per mode: five warm-ups, then 2 * `steps` forwards in
+    `rounds` alternating rounds (so both modes see the same machine); `index` counts every
+    forward from 0, warm-ups included."""
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     for index in range(5 + 2 * steps):
         mode = modes[(max(0, index - 5) * rounds // (2 * steps)) % 2]

@@ -94,12 +94,13 @@ class PackedPrefill:
     """The prefill chunks of an engine step, packed one token after another (no padding
     between chunks), and how their queries meet each chunk's cached keys.
 
-    Each chunk has a segment: packed token m's query is placed at cell[m] of a grid of S
-    segments x T query positions (flattened S * T), the segments attend over their cache rows
-    `rows` (a gathered copy up to C keys: prefill is compute-bound, the copy is small beside
-    it), and each packed token reads its cell of the result back. The last segment holds no
-    chunk: padding tokens go there. positions: (S, T) query position of each cell (0 where
-    none, so that every query sees at least key 0); key_positions: (C,) 0..C-1.
+    Each chunk has one segment or more (consecutive pieces of it, `step.StepShape`): packed
+    token m's query is placed at cell[m] of a grid of S segments x T query positions
+    (flattened S * T), the segments attend over their cache rows `rows` (a gathered copy up to
+    C keys: prefill is compute-bound, the copy is small beside it), and each packed token reads
+    its cell of the result back. Segments past the chunks' hold none; padding tokens go to the
+    last. positions: (S, T) query position of each cell (0 where none, so that every query sees
+    at least key 0); key_positions: (C,) 0..C-1.
     """
 
     cell: torch.Tensor  # (M,)

@@ -12,10 +12,11 @@ projection per token. In the compiled step the LoRA term of the one-token entrie
 per row and that of the packed tokens per chunk (`server.lora.slots.PackedRows`), so a chunk
 reads its adapter once, not once per token.
 
-Its metadata is worked out on the host from the chunks' integers and padded to buckets
-(`StepShape`: each size a power of two), then copied into tensors allocated once (grown when a
-bigger step comes) and updated in place; the forward itself reads only tensors, so it holds no
-`.item()`, `.tolist()` or other host sync, and every size in it is a tensor's shape.
+Its metadata is worked out on the host from the chunks' integers (`StepShape`: on CUDA each
+size padded to a power of two, on the CPU each size exact), then copied into tensors allocated
+once (grown when a bigger step comes) and updated in place; the forward itself reads only
+tensors, so it holds no `.item()`, `.tolist()` or other host sync, and every size in it is a
+tensor's shape.
 
 After `compile()` the forward is `torch.compile(fullgraph=True)`: inductor on the CPU, with
 dynamic shapes, so that one graph serves every bucket of a kind (one row decoding; rows
@@ -71,6 +72,33 @@ def bucket(n: int, cap: int | None = None) -> int:
     return size if cap is None else min(size, cap)
 
 
+def _exact(n: int, cap: int | None = None) -> int:
+    return n if cap is None else min(n, cap)
+
+
+# What one more segment costs in an exact layout, in grid cells: each segment gathers its
+# adapter's A and B rows for the packed tokens' LoRA term (about 163 thousand values per layer
+# for rank 16 on SmolLM2-135M's seven projections, as much to move as one cell's products
+# cost to compute) and its cache row's keys for attention. A rough weight, not a measurement:
+# it only has to prefer one segment of 35 cells to five of 7.
+SEGMENT_CELLS = 16
+
+
+def segment_count(lengths: Sequence[int], width: int) -> int:
+    """Segments of `width` query positions that hold chunks of `lengths` (a chunk in as many
+    as it fills), at least two: a compiler treats a size of 1 as a case of its own."""
+    return max(2, sum(-(-n // width) for n in lengths))
+
+
+def packed_width(lengths: Sequence[int]) -> int:
+    """The segment width T of an exact layout: the fewest grid cells, each segment weighed as
+    `SEGMENT_CELLS` more; among equals, the widest (fewest segments)."""
+    def cost(width: int) -> int:
+        segments = segment_count(lengths, width)
+        return segments * (width + SEGMENT_CELLS)
+    return min(range(max(lengths), 1, -1), key=cost)
+
+
 @dataclass(frozen=True)
 class StepLayout:
     """Where each chunk goes, from the host integers: `singles` are the chunks of one token (a
@@ -88,8 +116,15 @@ class StepLayout:
 @dataclass(frozen=True)
 class StepShape:
     """The padded sizes of one step: one-token entries D, packed prefill tokens M, prefill
-    segments S (one more than there are chunks: the padding's) of T query positions, grid rows
-    R, keys read C, outputs K. M, S and T are 0 when the step has no prefill chunk."""
+    segments S of T query positions, grid rows R, keys read C, outputs K. M, S and T are 0 when
+    the step has no prefill chunk.
+
+    Bucketed (`exact=False`, CUDA, whose graphs are static): each size a power of two, one
+    segment per chunk and one more for the padding tokens. Exact (the CPU, where one graph
+    with dynamic shapes serves every size): each size what the step holds, no padding token,
+    and the chunks cut into segments of one width (`packed_width`), so that a chunk of 35
+    tokens is two segments of 18, not one of 64 beside a padding segment of 64: the packed
+    tokens' attention and gathered LoRA term run over the grid's cells, padding included."""
 
     entries: int
     packed: int
@@ -101,7 +136,8 @@ class StepShape:
 
     @classmethod
     def of(cls, tokens: Sequence[Sequence[int]], rows: Sequence[int], start: Sequence[int],
-           layout: StepLayout, cache: KVCache) -> StepShape:
+           layout: StepLayout, cache: KVCache, exact: bool = False) -> StepShape:
+        size = _exact if exact else bucket
         lengths = [len(tokens[b]) for b in layout.packed]
         last = max(s + len(t) for s, t in zip(start, tokens, strict=True))
         # R > every single's row + 1, so grid row R-1 holds no entry: the padding's.
@@ -109,13 +145,19 @@ class StepShape:
         # the entries and outputs of a step that decodes one row alone (one stream, where a
         # padding entry would cost a tenth of the step with int4 weights on the CPU).
         least = 2 if lengths or len(tokens) > 1 else 1
-        grid = bucket(max((rows[b] for b in layout.singles), default=0) + 2, cache.rows)
-        return cls(entries=bucket(max(least, len(layout.singles))),
-                   packed=bucket(sum(lengths)) if lengths else 0,
-                   segments=bucket(len(lengths) + 1) if lengths else 0,
-                   width=bucket(max(lengths)) if lengths else 0,
-                   grid=grid, context=bucket(max(2, last), cache.max_len),
-                   outputs=bucket(max(least, len(tokens))))
+        grid = size(max((rows[b] for b in layout.singles), default=0) + 2, cache.rows)
+        if not lengths:
+            segments = width = 0
+        elif exact:
+            width = packed_width(lengths)
+            segments = segment_count(lengths, width)
+        else:
+            segments, width = bucket(len(lengths) + 1), bucket(max(lengths))
+        return cls(entries=size(max(least, len(layout.singles))),
+                   packed=size(sum(lengths)) if lengths else 0,
+                   segments=segments, width=width,
+                   grid=grid, context=size(max(2, last), cache.max_len),
+                   outputs=size(max(least, len(tokens))))
 
     @property
     def tokens(self) -> int:
@@ -168,7 +210,8 @@ class HostStep:
            scratch_row: int) -> HostStep:
         """A padding entry is token 0 at position 0 on the base, written into the cache's
         scratch row; a padding one-token entry's query sits on the grid's last row, a padding
-        packed token's in the last segment."""
+        packed token's in the last segment. Each chunk fills as many segments as it needs, in
+        order; segments past the chunks' are padding (the scratch row, the base)."""
         step = cls([], [], [], [], [], [0] * shape.grid, [], [], [], [], [])
         last: dict[int, int] = {}  # batch index -> entry of its last token
         for b in layout.singles:
@@ -180,19 +223,23 @@ class HostStep:
         step.add([0] * padding, scratch_row, 0, 0, repeat_position=True)
         step.grid_index += [shape.grid - 1] * padding
         width = shape.width
-        for segment, b in enumerate(layout.packed):
+        for b in layout.packed:
             chunk = tokens[b]
             last[b] = len(step.tokens) + len(chunk) - 1
-            step.cells += [segment * width + t for t in range(len(chunk))]
-            step.segment_rows.append(rows[b])
-            step.segment_slots.append(slots[b])
-            step.segment_positions += _pad(list(range(start[b], start[b] + len(chunk))), width)
+            for offset in range(0, len(chunk), width):  # one segment per `width` tokens
+                piece = len(chunk[offset:offset + width])
+                segment = len(step.segment_rows)
+                step.cells += [segment * width + t for t in range(piece)]
+                step.segment_rows.append(rows[b])
+                step.segment_slots.append(slots[b])
+                first = start[b] + offset
+                step.segment_positions += _pad(list(range(first, first + piece)), width)
             step.add(chunk, rows[b], start[b], slots[b])
         if shape.packed:
             padding = shape.packed - len(step.cells)
             step.cells += [(shape.segments - 1) * width] * padding
             step.add([0] * padding, scratch_row, 0, 0, repeat_position=True)
-            step.segment_rows += [scratch_row] * (shape.segments - len(layout.packed))
+            step.segment_rows += [scratch_row] * (shape.segments - len(step.segment_rows))
             step.segment_slots = _pad(step.segment_slots, shape.segments)
             step.segment_positions = _pad(step.segment_positions, shape.segments * width)
         step.outputs = _pad([last[b] for b in range(len(tokens))], shape.outputs)
@@ -317,7 +364,8 @@ class EngineStep:
         """Each chunk's new tokens at its positions; returns the logits of each chunk's last
         token, (B, vocab) float32."""
         layout = StepLayout.of(tokens)
-        shape = StepShape.of(tokens, rows, start, layout, self.cache)
+        shape = StepShape.of(tokens, rows, start, layout, self.cache,
+                             exact=self.device.type != "cuda")
         self.cache.reserve(shape.context)  # outside the compiled forward
         use_slots = slots is not None and any(slots)
         host = HostStep.of(shape, layout, tokens, rows, start,

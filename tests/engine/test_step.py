@@ -1,5 +1,5 @@
-"""The engine step: decode tokens and prefill chunks in one forward, bucketed, reading nothing
-back from the device, the same compiled or eager.
+"""The engine step: decode tokens and prefill chunks in one forward, bucketed (CUDA) or exact
+(the CPU), reading nothing back from the device, the same compiled or eager.
 
 A tiny random Llama with three adapters of different ranks in its slot bank; rows prefilled at
 different lengths, in cache rows that are not 0..B-1. The step (one-token entries on a
@@ -16,7 +16,15 @@ from torch._dynamo.utils import counters
 from torch.profiler import ProfilerActivity, profile
 
 from server.engine.runner import ForwardBatch, ModelRunner, module_shapes
-from server.engine.step import StepLayout, StepShape, bucket, should_compile
+from server.engine.step import (
+    SEGMENT_CELLS,
+    StepLayout,
+    StepShape,
+    bucket,
+    packed_width,
+    segment_count,
+    should_compile,
+)
 from server.lora.slots import LoraSlots
 
 MAX_ROWS = 8
@@ -126,6 +134,28 @@ def test_prefill_chunks_beside_decoding_rows_match_the_ragged_forward(
     assert counters["stats"]["unique_graphs"] == graphs  # compile() traced every kind
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_a_chunk_cut_over_two_segments_matches_the_ragged_forward(
+        runners: tuple[ModelRunner, ...], compiled: bool) -> None:
+    """On the CPU a prompt of 11 tokens alone is two segments of 6 query positions (the exact
+    layout), each attending over the same cache row: a decoding row beside it and the prompt's
+    last token get the ragged forward's logits, with no new graph when compiled."""
+    runner, reference = runners[1 if compiled else 0], runners[2]
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]
+    steps = [ForwardBatch([PROMPTS[0]], [ROWS[0]], [0], [SLOTS[0]]),
+             ForwardBatch([[17], prompt], [ROWS[0], ROWS[2]], [len(PROMPTS[0]), 0],
+                          [SLOTS[0], SLOTS[2]])]
+    layout = StepLayout.of(steps[1].tokens)
+    shape = StepShape.of(steps[1].tokens, steps[1].rows, steps[1].start, layout, runner.cache,
+                         exact=True)
+    assert (shape.segments, shape.width, shape.packed) == (2, 6, 11)
+    graphs = counters["stats"]["unique_graphs"]
+    for batch in steps:
+        got = runner.forward(batch)
+        torch.testing.assert_close(got, _reference_last(reference, batch), atol=TOL, rtol=TOL)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 def test_base_rows_are_unchanged_by_the_slot_bank(runners: tuple[ModelRunner, ...]) -> None:
     """Rows on slot 0 beside adapter rows get the base's logits: the compiled step's LoRA term
     (gathered for every row) adds nothing for them."""
@@ -185,6 +215,26 @@ def test_shapes_are_bucketed() -> None:
     assert mixed == StepShape(entries=2, packed=8, segments=4, width=8, grid=8, context=32,
                               outputs=4)
     assert mixed.tokens == 10
+
+
+def test_exact_shapes_cut_chunks_into_segments_of_one_width() -> None:
+    """The CPU's layout: each size what the step holds (2 or more), no padding token, and the
+    chunks cut into segments of one width, the fewest cells with each segment weighed as
+    `SEGMENT_CELLS` more."""
+    cache = type("Cache", (), {"rows": MAX_ROWS + 1, "max_len": MAX_LEN})()
+    tokens = [[1, 2, 3, 4, 5], [9], [6, 7, 8]]
+    layout = StepLayout.of(tokens)
+    mixed = StepShape.of(tokens, [2, 5, 0], [0, 20, 4], layout, cache, exact=True)  # type: ignore[arg-type]
+    assert mixed == StepShape(entries=2, packed=8, segments=2, width=5, grid=7, context=21,
+                              outputs=3)
+    assert packed_width([35]) == 18 and segment_count([35], 18) == 2  # not one of 64
+    assert packed_width([35] * 8) == 35 and segment_count([35] * 8, 35) == 8
+    assert packed_width([2]) == 2 and segment_count([2], 2) == 2  # a padding segment
+    for lengths in ([35, 20], [100, 3, 3], [7, 7, 7, 40], [2, 2]):
+        width = packed_width(lengths)
+        cost = segment_count(lengths, width) * (width + SEGMENT_CELLS)
+        assert all(cost <= segment_count(lengths, w) * (w + SEGMENT_CELLS)
+                   for w in range(2, max(lengths) + 1))
 
 
 def test_compiling_is_on_by_default_only_where_it_was_measured() -> None:

@@ -32,7 +32,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -55,7 +55,11 @@ THREADS = {
 }
 
 
-Forward = Callable[..., None]  # (tokens (B, T), start position, on_base=False)
+class Forward(Protocol):
+    """One forward of the benchmark's rows: `tokens` (B, T) from position `start`, on their
+    adapters or (`on_base`) all on the base."""
+
+    def __call__(self, tokens: torch.Tensor, start: int, on_base: bool = False) -> None: ...
 
 
 def build(args: argparse.Namespace) -> tuple[Forward, ModelRunner]:

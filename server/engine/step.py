@@ -19,7 +19,7 @@ tensors, so it holds no `.item()`, `.tolist()` or other host sync, and every siz
 tensor's shape.
 
 After `compile()` the forward is `torch.compile(fullgraph=True)`: inductor on the CPU, with
-dynamic shapes, so that one graph serves every bucket of a kind (one row decoding; rows
+dynamic shapes, so that one graph serves every size of a kind (one row decoding; rows
 decoding; rows decoding beside prefill chunks); CUDA graphs on CUDA (`reduce-overhead`, static
 shapes, one graph per bucket). `compile()` traces every kind at start, with progress logged
 (inductor's on-disk cache makes a restart quicker; on the CPU, a folder of it per CPU kind:
@@ -190,7 +190,7 @@ class PackedInputs(NamedTuple):
 
 @dataclass
 class HostStep:
-    """One step's metadata as host integers, every list padded to its bucket (`StepShape`)."""
+    """One step's metadata as host integers, every list padded to its size (`StepShape`)."""
 
     tokens: list[int]  # (N,) one-token entries first, then the packed chunks
     positions: list[int]  # (N,)
@@ -373,7 +373,7 @@ class EngineStep:
                            self.buffers.scratch_row)
         inputs = self.buffers.fill(shape, host)
         if self.compiled is not None and not self.merged():
-            if self.device.type != "cuda":  # one graph for every bucket (CUDA: one per bucket)
+            if self.device.type != "cuda":  # one graph for every size (CUDA: one per bucket)
                 _mark_dynamic(inputs)
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=self.warm):
                 logits = self.compiled(inputs, use_slots)

@@ -1,6 +1,7 @@
-"""The HTTP benchmark drives a real Cameo server process end to end (tiny settings; slow suite).
-vLLM and llama.cpp are left out: the peers need their own multi-GB installs and builds (vLLM's the
-benchmark does on demand; llama.cpp's pure parts are in test_llamacpp_peer.py)."""
+"""The HTTP benchmark drives a real Cameo server process end to end (tiny settings; slow suite),
+and pairs its rounds (a pure function: default suite). vLLM and llama.cpp are left out: the peers
+need their own multi-GB installs and builds (vLLM's the benchmark does on demand; llama.cpp's pure
+parts are in test_llamacpp_peer.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ import pytest
 
 from benchmarks import serve_bench
 
-pytestmark = pytest.mark.slow
-
 
 def _result(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     return dict(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
 
 
+@pytest.mark.slow
 def test_peer_suite_reports_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
     assert serve_bench.main(["peer", "--skip-vllm", "--only", "cameo_float32", "--requests", "4",
                              "--tokens", "4", "--rounds", "2"]) == 0
@@ -58,6 +58,7 @@ def test_median_rounds_picks_each_scenarios_middle_round_and_pairs_mixed_with_ba
         {name: runs[:1] for name, runs in rounds.items()})
 
 
+@pytest.mark.slow
 def test_zipf_suite_serves_every_registered_count(capsys: pytest.CaptureFixture[str]) -> None:
     assert serve_bench.main(["zipf", "--registered", "1", "3", "--requests", "6", "--tokens", "4",
                              "--concurrency", "4", "--rate", "4"]) == 0

@@ -76,11 +76,12 @@ def _exact(n: int, cap: int | None = None) -> int:
     return n if cap is None else min(n, cap)
 
 
-# What one more segment costs in an exact layout, in grid cells: each segment gathers its
-# adapter's A and B rows for the packed tokens' LoRA term (about 163 thousand values per layer
-# for rank 16 on SmolLM2-135M's seven projections, as much to move as one cell's products
-# cost to compute) and its cache row's keys for attention. A rough weight, not a measurement:
-# it only has to prefer one segment of 35 cells to five of 7.
+# What one more segment weighs in an exact layout, in grid cells. Each segment gathers its
+# adapter's A and B rows for the packed tokens' LoRA term, about 163 thousand values per layer
+# (rank 16 on SmolLM2-135M's seven projections) read as int8 and written as float32, and its
+# cache row's keys for attention; a cell costs the same 163 thousand multiply-adds in the
+# batched matmuls, which run far faster per value than the copy. An estimate from the shapes,
+# not a measurement: it only has to prefer one segment of 35 cells to five of 7.
 SEGMENT_CELLS = 16
 
 
@@ -92,11 +93,13 @@ def segment_count(lengths: Sequence[int], width: int) -> int:
 
 def packed_width(lengths: Sequence[int]) -> int:
     """The segment width T of an exact layout: the fewest grid cells, each segment weighed as
-    `SEGMENT_CELLS` more; among equals, the widest (fewest segments)."""
+    `SEGMENT_CELLS` more; among equals, the widest (fewest segments). Only widths
+    ceil(n / pieces) are tried: any other has a narrower one with the same segment counts."""
+    widths = {-(-n // pieces) for n in lengths for pieces in range(1, n + 1)} - {1}
+
     def cost(width: int) -> int:
-        segments = segment_count(lengths, width)
-        return segments * (width + SEGMENT_CELLS)
-    return min(range(max(lengths), 1, -1), key=cost)
+        return segment_count(lengths, width) * (width + SEGMENT_CELLS)
+    return min(sorted(widths, reverse=True), key=cost)
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,7 @@ class HostStep:
             chunk = tokens[b]
             last[b] = len(step.tokens) + len(chunk) - 1
             for offset in range(0, len(chunk), width):  # one segment per `width` tokens
-                piece = len(chunk[offset:offset + width])
+                piece = min(width, len(chunk) - offset)
                 segment = len(step.segment_rows)
                 step.cells += [segment * width + t for t in range(piece)]
                 step.segment_rows.append(rows[b])

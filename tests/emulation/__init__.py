@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
+
+
+def env_flag(name: str) -> bool:
+    """Whether environment variable `name` is set to anything but empty or 0."""
+    return os.environ.get(name, "") not in ("", "0")
 
 
 def requested() -> list[ModuleType]:

@@ -19,16 +19,16 @@ both.
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from tests.emulation import env_flag
 
 ENV = "CAMEO_EMULATE_AVX2"
 _installed = False
 
 
 def requested() -> bool:
-    return os.environ.get(ENV, "") not in ("", "0")
+    return env_flag(ENV)
 
 
 def install() -> None:

@@ -16,11 +16,12 @@ with `CAMEO_EMULATE_AVX512BF16=1`; `make test-avx512bf16` does.
 
 from __future__ import annotations
 
-import os
 import weakref
 from typing import Any
 
 import torch
+
+from tests.emulation import env_flag
 
 ENV = "CAMEO_EMULATE_AVX512BF16"
 BLOCK_N = 32  # bitsandbytes' output-row block in the packed layout
@@ -33,7 +34,7 @@ _decoded: dict[int, tuple[weakref.ref[torch.Tensor], tuple[int, int], torch.Tens
 
 
 def requested() -> bool:
-    return os.environ.get(ENV, "") not in ("", "0")
+    return env_flag(ENV)
 
 
 def install() -> None:

@@ -237,6 +237,25 @@ def test_exact_shapes_cut_chunks_into_segments_of_one_width() -> None:
                    for w in range(2, max(lengths) + 1))
 
 
+def _embedded_shapes(runner: ModelRunner, batch: ForwardBatch) -> list[list[int]]:
+    """The shapes of the token ids the step's forward embeds."""
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        runner.forward(batch)
+    return [event.input_shapes[1] for event in prof.events() if event.name == "aten::embedding"]
+
+
+def test_the_cpu_runner_steps_over_exact_shapes() -> None:
+    """A CPU runner's step embeds the tokens it holds, with no padding: three decoding rows and
+    a chunk of 35 are 38 tokens, not 4 + 64 as the buckets would make them."""
+    runner = _runner(_model(), compile=False)
+    chunk = list(range(1, 36))
+    batch = ForwardBatch([chunk, [2], [3], [4]], [0, 1, 2, 3], [0, 5, 5, 5], [1, 0, 2, 3])
+    assert _embedded_shapes(runner, batch) == [[38, 1]]
+    tokens = batch.tokens
+    bucketed = StepShape.of(tokens, batch.rows, batch.start, StepLayout.of(tokens), runner.cache)
+    assert bucketed.tokens == 4 + 64  # what the same step would embed on CUDA
+
+
 def test_compiling_is_on_by_default_only_where_it_was_measured() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert should_compile("auto", cpu, "int4") and should_compile("auto", cpu, "none")

@@ -42,12 +42,16 @@ def bank_dtype(loaded: LoadedModel, compiled: bool, choice: str = "auto") -> tor
     compiled step over the CPU's int4 layers: there the rows' adapter reads are a large share
     of the LoRA term's cost, and int8 codes (`server.lora.int8`) halve them (8 rows on 8
     adapters: 0.81 -> 0.84 of the base step against a bfloat16 bank, which had itself beaten
-    float32: docs/BENCHMARKS.md)."""
+    float32: docs/BENCHMARKS.md), on CPUs with AVX-512 only: with AVX2 the compiled code reads
+    the codes through partial loads that go by a stack buffer (0.605 of the base step against
+    0.835 with float32)."""
     if choice != "auto":
         return getattr(torch, choice)
     if loaded.device.type != "cpu":
         return loaded.dtype
-    return torch.int8 if compiled and loaded.quantization == "int4" else torch.float32
+    int8_pays = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return torch.int8 if compiled and loaded.quantization == "int4" and int8_pays \
+        else torch.float32
 
 
 def grammars_for(loaded: LoadedModel) -> Callable[[], Grammars]:

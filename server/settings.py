@@ -138,7 +138,8 @@ class Settings(BaseSettings):
     less once inductor's cache holds it."""
     lora_bank: LoraBank = "auto"
     """How the resident adapters' LoRA matrices are stored: auto (the model's dtype on a GPU; on
-    a CPU int8 codes with a scale per rank under the compiled int4 step, else float32), float32,
+    a CPU int8 codes with a scale per rank under the compiled int4 step where torch runs at
+    AVX-512, else float32), float32,
     bfloat16, or int8 (CPU only). int8 halves what a step on many distinct adapters reads, at
     a rounding of at most 1/254 of each matrix row's largest value (docs/BENCHMARKS.md)."""
     merge_mode: Literal["never", "explicit", "auto"] = "explicit"

@@ -8,7 +8,9 @@
 category by the shared object and symbol it was taken in:
 
 - `int4 matmuls`: torch's weight-only int4 kernel (`_weight_int4pack_mm`), the base's layers;
-- `int8 matmuls`: its int8 kernel (`_weight_int8pack_mm`), the output head;
+- `int8 matmuls`: its int8 kernel (`_weight_int8pack_mm`), the output head (each kernel's
+  tile function, `tinygemm_kernel<rows, columns>`, where a build leaves it out of line, goes
+  by its width);
 - `compiled kernels`: the libraries inductor generated (`*.main.so`) and the Sleef math they
   call: norms, attention, the LoRA term, sampling;
 - `OpenMP waits`: libgomp itself, a thread spinning at a barrier or waiting for work (the
@@ -40,6 +42,12 @@ HOST_LIBRARIES = ("libpython", "libtorch_python", "libc.so", "libc10", "libstdc+
                   "libtorch_cpu", "[kernel.kallsyms]", "ld-linux")
 ATTACH_S = 0.5  # what `perf record -p` is given to attach before the block runs
 # `perf report --sort pid,dso,sym --stdio`: "  18.40%  15305:python  libtorch_cpu.so  [.] f(...)"
+# Both weight-only kernels name their tile function `tinygemm_kernel<rows, columns>`: the int4
+# kernel's tiles are 16 to 64 output columns wide, the int8 kernel's 1 to 4 (torch's
+# int4mm_kernel.cpp and int8mm_kernel.cpp); which of them a build leaves out of line varies
+# (AVX2: the int4 tile of 4 rows, the int8 tile of 1).
+_TILE = re.compile(r"\btinygemm_kernel<\d+, (\d+)>")
+INT4_TILE_COLUMNS = 16
 _LINE = re.compile(r"\s*([\d.]+)%\s+(\d+):\S+\s+(\S+)\s+\[.\]\s+(.*)")
 
 
@@ -49,6 +57,9 @@ def category(library: str, symbol: str) -> str:
         return "int4 matmuls"
     if "int8pack_mm" in symbol:
         return "int8 matmuls"
+    tile = _TILE.search(symbol)
+    if tile is not None:  # a tile the compiler did not inline into its kernel's loop
+        return "int4 matmuls" if int(tile.group(1)) >= INT4_TILE_COLUMNS else "int8 matmuls"
     if library.endswith(".main.so") or symbol.startswith("Sleef_"):
         return "compiled kernels"
     if library.startswith("libgomp"):

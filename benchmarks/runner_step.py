@@ -32,6 +32,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import torch
@@ -125,7 +126,10 @@ def perf_breakdown(forward: Forward, args: argparse.Namespace,
     with cpu_breakdown.Recording(os.getpid()) as recording:
         for _ in range(max(args.steps, 100)):
             one_forward(forward, args, 0)  # one position rewritten: the context does not grow
-    shares = cpu_breakdown.thread_shares(recording.report())
+    report = recording.report()
+    if args.perf_report is not None:
+        args.perf_report.write_text(report)
+    shares = cpu_breakdown.thread_shares(report)
     # the step's thread is the one that runs its Python: the most host time
     step, *others = sorted(shares, key=lambda thread: -shares[thread]["host"])
     result = {"step": {name: share * median_ms for name, share in shares[step].items()}}
@@ -210,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--perf", action="store_true",
                         help="also sample every thread with Linux perf and print where the "
                              "forward's time goes (benchmarks/cpu_breakdown.py)")
+    parser.add_argument("--perf-report", type=Path, metavar="PATH",
+                        help="with --perf: also write perf's report (every thread's samples "
+                             "by library and symbol) to PATH")
     parser.add_argument("--prefill", action="store_true",
                         help="time the prompt forward (--batch chunks of --prompt tokens)")
     args = parser.parse_args(argv)

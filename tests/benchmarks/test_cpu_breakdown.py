@@ -42,6 +42,15 @@ def test_each_sample_is_put_by_its_library_and_symbol() -> None:
     assert category("libfoo.so", "bar") == "other"
 
 
+def test_the_weight_only_tiles_go_by_their_width() -> None:
+    # the names perf printed for the out-of-line tiles on an AVX2 build (torch 2.13)
+    tile = "at::native::(anonymous namespace)::tinygemm_kernel<{}, {}>"
+    assert category("libtorch_cpu.so", tile.format(4, 32)) == "int4 matmuls"
+    assert category("libtorch_cpu.so", tile.format(1, 16)) == "int4 matmuls"
+    assert category("libtorch_cpu.so", tile.format(1, 4)) == "int8 matmuls"
+    assert category("libtorch_cpu.so", tile.format(4, 1)) == "int8 matmuls"
+
+
 def test_shares_are_per_thread_and_sum_to_one() -> None:
     shares = thread_shares(REPORT)
     assert set(shares) == {"15296", "15305"}

@@ -8,9 +8,9 @@
 category by the shared object and symbol it was taken in:
 
 - `int4 matmuls`: torch's weight-only int4 kernel (`_weight_int4pack_mm`), the base's layers;
-- `int8 matmuls`: its int8 kernel (`_weight_int8pack_mm`), the output head (each kernel's
-  tile function, `tinygemm_kernel<rows, columns>`, where a build leaves it out of line, goes
-  by its width);
+- `int8 matmuls`: its int8 kernel (`_weight_int8pack_mm`), the output head; a sample in
+  either kernel's tile function (`tinygemm_kernel<rows, columns>`, where a build leaves it out
+  of line) goes to one of the two by the tile's width;
 - `compiled kernels`: the libraries inductor generated (`*.main.so`) and the Sleef math they
   call: norms, attention, the LoRA term, sampling;
 - `OpenMP waits`: libgomp itself, a thread spinning at a barrier or waiting for work (the

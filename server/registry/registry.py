@@ -320,6 +320,7 @@ class Registry:
                 log.warning("registry: removing %s/%d, an upload that never committed",
                             name, version)
                 self.store.remove(name, version)
+            self.store.drop_if_empty(name)  # a crash between a new name's mkdir and its rename
 
     def import_seed(self, seed_dir: Path) -> None:
         """Import the shipped persona folders once, on the registry's first start with a seed

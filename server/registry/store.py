@@ -94,10 +94,15 @@ class LocalStore:
         return self.root / name / str(version)
 
     def remove(self, name: str, version: int) -> None:
-        target = self.path(name, version)
-        shutil.rmtree(target, ignore_errors=True)
-        if target.parent.is_dir() and not any(target.parent.iterdir()):
-            target.parent.rmdir()
+        shutil.rmtree(self.path(name, version), ignore_errors=True)
+        self.drop_if_empty(name)
+
+    def drop_if_empty(self, name: str) -> None:
+        """Remove `name`'s folder when it holds nothing (after its last version goes, or left
+        by a crash between `commit`'s mkdir and its rename)."""
+        folder = self.root / name
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
     def detach(self, name: str) -> Path | None:
         """Move all of `name`'s folders out of sight in one rename; None if it has none."""

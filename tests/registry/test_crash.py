@@ -76,6 +76,24 @@ def test_crash_before_catalog_commit_leaves_previous_state(
         reopened.close()
 
 
+def test_an_empty_persona_folder_left_by_a_crash_is_removed_at_start(
+        tmp_path: Path, embedded: LoadedModel, extra_adapters: dict[str, Path]) -> None:
+    # kill -9 between `LocalStore.commit`'s mkdir of a new name and its rename leaves this
+    shapes = module_shapes(embedded.model)
+    registry = Registry.open(tmp_path, embedded.model_id, shapes, 64)
+    staged = registry.stage()
+    _copy_adapter(extra_adapters["alpha"], staged)
+    registry.add("keeper", staged)
+    registry.close()
+    (tmp_path / "victim").mkdir()
+    reopened = Registry.open(tmp_path, embedded.model_id, shapes, 64)
+    try:
+        assert LocalStore(tmp_path).versions_on_disk() == {"keeper": {1}}
+        assert [p.name for p in reopened.all()] == ["keeper"]
+    finally:
+        reopened.close()
+
+
 def test_damaged_version_is_dropped_at_start(tmp_path: Path, embedded: LoadedModel,
                                              extra_adapters: dict[str, Path]) -> None:
     shapes = module_shapes(embedded.model)

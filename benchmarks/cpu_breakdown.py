@@ -10,7 +10,10 @@ category by the shared object and symbol it was taken in:
 - `int4 matmuls`: torch's weight-only int4 kernel (`_weight_int4pack_mm`), the base's layers;
 - `int8 matmuls`: its int8 kernel (`_weight_int8pack_mm`), the output head; a sample in
   either kernel's tile function (`tinygemm_kernel<rows, columns>`, where a build leaves it out
-  of line) goes to one of the two by the tile's width;
+  of line) goes to one of the two by the tile's width; Cameo's own kernels
+  (`server.model.int_dot`, library `cameo_int_dot.so`) by their weight format in the symbol
+  (`Int8Codes`/`int8_linear`: int8; the rest, the input's quantization included, int4: the
+  base's 120-odd layers quantize their input far more often than the head);
 - `compiled kernels`: the libraries inductor generated (`*.main.so`) and the Sleef math they
   call: norms, attention, the LoRA term, sampling;
 - `OpenMP waits`: libgomp itself, a thread spinning at a barrier or waiting for work (the
@@ -48,11 +51,15 @@ ATTACH_S = 0.5  # what `perf record -p` is given to attach before the block runs
 # (AVX2: the int4 tile of 4 rows, the int8 tile of 1).
 _TILE = re.compile(r"\btinygemm_kernel<\d+, (\d+)>")
 INT4_TILE_COLUMNS = 16
+CAMEO_KERNELS = "cameo_int_dot"
 _LINE = re.compile(r"\s*([\d.]+)%\s+(\d+):\S+\s+(\S+)\s+\[.\]\s+(.*)")
 
 
 def category(library: str, symbol: str) -> str:
     """The category (one of `CATEGORIES`) of a sample taken in `symbol` of `library`."""
+    if library.startswith(CAMEO_KERNELS):
+        return "int8 matmuls" if "Int8Codes" in symbol or "int8_linear" in symbol \
+            else "int4 matmuls"
     if "int4pack_mm" in symbol:
         return "int4 matmuls"
     if "int8pack_mm" in symbol:

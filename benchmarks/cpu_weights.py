@@ -16,12 +16,17 @@ Formats:
     (repacked layout, bfloat16), which it registers only on CPUs with AVX512-BF16 (reported as
     unavailable elsewhere, where `Linear4bit` is the `nf4` row);
   - `int4`: `server.model.weight_only.Int4Linear` (torch's `_weight_int4pack_mm_for_cpu`,
-    groups of 32), the head as `Int8Linear`: what `int4` (and `auto` on a CPU) serves;
+    groups of 32), the head as `Int8Linear` (torch's int8 kernel): what `int4` (and `auto` on a
+    CPU) serves with `CAMEO_INT_KERNELS=torch`, and by default on AVX-512 CPUs;
+  - `int4_cameo`: the same codes on Cameo's own kernels (`server.model.int_dot`: the input
+    quantized to int8 per group of 32, integer dot products), head included: what `int4` serves
+    with `CAMEO_INT_KERNELS=cameo`, and by default where torch runs at AVX2;
   - `int8`: every layer as `Int8Linear` (torch's `_weight_int8pack_mm`, one scale per row);
   - `bfloat16`: plain layers holding bfloat16 weights, the float32 input cast to bfloat16 and the
     output back (a dense copy: twice int8's bytes; fast where the CPU multiplies bfloat16
     natively, AVX512-BF16 or AMX).
-`--fidelity` also loads the embedded model unquantized, in `nf4` and in `int4`, and compares
+`--fidelity` also loads the embedded model unquantized, in `nf4` and in `int4` (both kernels),
+and compares
 their next-token logits on the first 512 tokens of README.md with the unquantized model's: the
 share of positions with the same argmax, the mean KL divergence, and the text's loss.
 Prints one JSON line last: milliseconds per step by format and M, each format's speed-up over
@@ -40,12 +45,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from server.model.weight_only import Int4Linear, Int8Linear
+from server.model import int_dot
+from server.model.weight_only import Int4Linear, Int8Linear, Kernel
 
 HIDDEN, INTERMEDIATE, KV, LAYERS, VOCAB = 576, 1536, 192, 30, 49152  # SmolLM2-135M
 SHAPES = [(HIDDEN, HIDDEN), (KV, HIDDEN), (KV, HIDDEN), (HIDDEN, HIDDEN),
           (INTERMEDIATE, HIDDEN), (INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE)]  # (out, in)
-FORMATS = ["float32", "nf4", "nf4_fused", "int4", "int8", "bfloat16"]
+FORMATS = ["float32", "nf4", "nf4_fused", "int4", "int4_cameo", "int8", "bfloat16"]
 
 
 def random_linear(out_features: int, in_features: int, generator: torch.Generator) -> nn.Linear:
@@ -114,8 +120,10 @@ def build(fmt: str, generator: torch.Generator) -> list[nn.Module]:
             layers.append(linear if head else DequantizingNF4(nf4_layer(linear)))
         elif fmt == "nf4_fused":  # as bitsandbytes runs it here (fused where it has the kernel)
             layers.append(linear if head else nf4_layer(linear))
-        elif fmt == "int4":
-            layers.append(Int8Linear.from_linear(linear) if head else Int4Linear.from_linear(linear))
+        elif fmt in ("int4", "int4_cameo"):
+            kernel: Kernel = "cameo" if fmt == "int4_cameo" else "torch"
+            layers.append(Int8Linear.from_linear(linear, kernel=kernel) if head
+                          else Int4Linear.from_linear(linear, kernel=kernel))
         elif fmt == "int8":
             layers.append(Int8Linear.from_linear(linear))
         elif fmt == "bfloat16":
@@ -146,20 +154,25 @@ def step_ms(layers: list[nn.Module], rows: int, repeats: int) -> float:
 
 @torch.inference_mode()
 def fidelity() -> dict[str, dict[str, float]]:
-    """Next-token agreement, KL and loss of `nf4` and `int4` against the unquantized model."""
+    """Next-token agreement, KL and loss of `nf4` and `int4` (torch's kernels and Cameo's)
+    against the unquantized model."""
     from server.model.loader import load_base
-    from server.settings import Quantization, Settings
+    from server.settings import IntKernels, Quantization, Settings
 
-    def load(quantization: Quantization) -> Any:
-        return load_base(Settings(device="cpu", quantization=quantization))
+    variants: dict[str, tuple[Quantization, IntKernels]] = {
+        "none": ("none", "torch"), "nf4": ("nf4", "torch"), "int4": ("int4", "torch"),
+        "int4_cameo": ("int4", "cameo")}
+
+    def load(name: str) -> Any:
+        quantization, kernels = variants[name]
+        return load_base(Settings(device="cpu", quantization=quantization, int_kernels=kernels))
 
     plain = load("none")
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     ids = plain.tokenizer(text, return_tensors="pt").input_ids[:, :512]
     reference = plain.model(ids).logits[0].log_softmax(-1)  # (T, vocab)
     results: dict[str, dict[str, float]] = {}
-    quantizations: tuple[Quantization, ...] = ("none", "nf4", "int4")
-    for quantization in quantizations:
+    for quantization in variants:
         logits = (plain.model if quantization == "none" else load(quantization).model)(ids)
         ours = logits.logits[0].log_softmax(-1)
         kl = torch.nn.functional.kl_div(ours, reference, log_target=True, reduction="batchmean")
@@ -183,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     for fmt in args.formats:
         if fmt == "nf4_fused" and not fused_nf4_available():
             results[fmt] = "unavailable: bitsandbytes registers it on AVX512-BF16 CPUs only"
+            print(f"{fmt}: {results[fmt]}", flush=True)
+            continue
+        if fmt == "int4_cameo" and not int_dot.load():
+            results[fmt] = "unavailable: Cameo's int kernels need AVX2, FMA and a C++ compiler"
             print(f"{fmt}: {results[fmt]}", flush=True)
             continue
         print(f"{fmt}: building {LAYERS * len(SHAPES) + 1} layers ...", flush=True)

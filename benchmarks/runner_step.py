@@ -44,6 +44,7 @@ from server.engine import attention
 from server.engine.build import bank_dtype
 from server.engine.runner import ForwardBatch, ModelRunner, module_shapes
 from server.lora.slots import LoraSlots
+from server.model import weight_only
 from server.model.loader import load_base
 from server.settings import Settings
 
@@ -66,7 +67,8 @@ class Forward(Protocol):
 def build(args: argparse.Namespace) -> tuple[Forward, ModelRunner]:
     """Load the base and a runner; returns forward(tokens (B, T), start position) and the
     runner."""
-    loaded = load_base(Settings(device="cpu", quantization=args.quantization))
+    loaded = load_base(Settings(device="cpu", quantization=args.quantization,
+                                int_kernels=args.int_kernels))
     dtype = bank_dtype(loaded, args.compile, args.bank)
     bank = LoraSlots(module_shapes(loaded.model), max(1, args.adapters), 16, dtype,
                      torch.device("cpu"))
@@ -205,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                         default="auto", help="how the adapters are stored (auto: what the "
                         "server picks, server.engine.build.bank_dtype; before 2026-12-06 "
                         "`--float32-bank` was `--bank float32`)")
+    parser.add_argument("--int-kernels", choices=["auto", "cameo", "torch"], default="auto",
+                        help="the int4 base's kernels (Settings.int_kernels)")
     parser.add_argument("--against-base", action="store_true",
                         help="with --adapters: alternate rounds on the adapters and on the base "
                              "alone, and report both medians and their ratio")
@@ -255,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                       "forward": "prefill" if args.prefill else "decode", "prompt": args.prompt,
                       "threads": args.threads, "median_ms": median_ms,
                       "bank_dtype": _dtype_name(next(iter(runner.linears.values())).a.dtype),
+                      "int_kernels": (weight_only.choose_kernel(args.int_kernels)
+                                      if args.quantization == "int4" else None),
                       "decode_attention": "sdpa" if args.sdpa_decode else "one_query",
                       "full_guards_median_ms": guards["full"] if guards else None,
                       "base_median_ms": base["base"] if base else None,

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Quantization = Literal["auto", "nf4", "int4", "int8", "none"]
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 CompileMode = Literal["auto", "on", "off"]
+IntKernels = Literal["auto", "cameo", "torch"]
 LoraBank = Literal["auto", "float32", "bfloat16", "int8"]
 
 EMBEDDED_MODEL = "embedded"
@@ -62,6 +63,12 @@ class Settings(BaseSettings):
     """Weight format of the resident base: auto (nf4 on CUDA, int4 on the CPU), nf4
     (bitsandbytes 4-bit), int4 (torch's CPU weight-only int4 kernel), int8 (bitsandbytes), or
     none."""
+    int_kernels: IntKernels = "auto"
+    """The kernels of an int4 base's int4 and int8 layers: cameo (Cameo's own, AVX2: the input
+    quantized to int8 per group of 32, summed in integers; built from C++ at the first start,
+    which needs a C++ compiler), torch (torch's weight-only kernels, bfloat16 input), or auto
+    (cameo where torch runs at AVX2, where it was measured faster; torch on AVX-512 CPUs, and
+    wherever cameo's cannot be built)."""
     int4_dense_copy: CompileMode = "auto"
     """With an int4 base, also keep each layer's weight dense (bfloat16 on CPUs with AVX512-BF16,
     float32 elsewhere) for forwards of 32 tokens or more, i.e. prefill chunks, which the int4

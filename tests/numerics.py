@@ -34,6 +34,10 @@ import torch
 from server.model import nf4, weight_only
 
 SAFETY = 4.0
+# Cameo's int kernels (server.model.int_dot) round each input to one of 127 steps of its group's
+# largest value: one step is about bfloat16's eps (1/128) relative to that value, and the
+# bfloat16 path's reasoning above holds for them with this step as the layer's error.
+INT8_STEP = 1 / 127
 
 
 def compute_dtype(model: Any) -> torch.dtype:
@@ -49,6 +53,9 @@ def compute_dtype(model: Any) -> torch.dtype:
 
 def layer_error(model: Any) -> float:
     """Relative rounding error of one linear layer on this model's kernel path."""
+    if any(getattr(m, "kernel", None) == "cameo" for m in model.modules()
+           if weight_only.is_quantized(m)):
+        return INT8_STEP
     dtype = compute_dtype(model)
     if dtype == torch.float32:
         widest = max(m.in_features for m in model.modules() if hasattr(m, "in_features"))

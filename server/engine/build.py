@@ -19,6 +19,7 @@ from server.engine.engine import Engine, EngineConfig
 from server.engine.runner import ModelRunner, module_shapes
 from server.lora.manager import SlotManager
 from server.lora.slots import LoraSlots
+from server.model import cpu
 from server.model.loader import LoadedModel
 
 
@@ -49,7 +50,7 @@ def bank_dtype(loaded: LoadedModel, compiled: bool, choice: str = "auto") -> tor
         return getattr(torch, choice)
     if loaded.device.type != "cpu":
         return loaded.dtype
-    int8_pays = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    int8_pays = cpu.torch_runs_avx512()
     return torch.int8 if compiled and loaded.quantization == "int4" and int8_pays \
         else torch.float32
 

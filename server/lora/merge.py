@@ -104,7 +104,7 @@ def merged_module(base: Any, delta: torch.Tensor, fmt: MergeFormat) -> nn.Module
         layer.weight = nn.Parameter(merged.to(dtype), requires_grad=False)
     elif weight_only.is_int4(base):
         bias = None if base.bias is None else base.bias.data
-        return weight_only.Int4Linear.from_weight(merged, bias, base.group).eval()
+        return weight_only.Int4Linear.from_weight(merged, bias, base.group, base.kernel).eval()
     else:
         layer = _nf4_linear(base, merged.to(dense.dtype))
     if base.bias is not None:

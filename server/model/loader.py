@@ -114,7 +114,9 @@ def load_base(settings: Settings) -> LoadedModel:
     model.requires_grad_(False)
     if quantization == "int4":
         try:
-            log.info("int4: %d linear layers quantized", weight_only.quantize_linears(model))
+            kernel = weight_only.choose_kernel(settings.int_kernels)
+            count = weight_only.quantize_linears(model, kernel=kernel)
+            log.info("int4: %d linear layers quantized, computed by %s's kernels", count, kernel)
         except ValueError as exc:  # no decoder layers where every served family has them
             raise UnsupportedModel(config.model_type, str(exc)) from exc
         _dense_copies(model, settings.int4_dense_copy)

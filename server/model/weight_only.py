@@ -1,4 +1,4 @@
-"""Weight-only int4 and int8 linear layers for the CPU, on torch's own matmul kernels.
+"""Weight-only int4 and int8 linear layers for the CPU, on torch's matmul kernels or Cameo's own.
 
 Contract: `quantize_linears(model)` replaces every plain `nn.Linear` of the decoder layers with an
 `Int4Linear`, and the output head (`lm_head`) with an `Int8Linear`.
@@ -10,7 +10,11 @@ Contract: `quantize_linears(model)` replaces every plain `nn.Linear` of the deco
   - `Int8Linear`: codes q in -127..127 and one scale s per output row, w = q * s, computed by
     `torch.ops.aten._weight_int8pack_mm`. The head gets 8 bits: its logits decide every token,
     and it runs on one position per row, where int8 still reads a quarter of float32's bytes.
-Both take their input in bfloat16 and give the output back in the input's dtype; each layer's
+Each layer computes with one of two kernels, fixed when it is made (`kernel`): `torch` (the
+operators above; the input rounded to bfloat16) or `cameo` (`server.model.int_dot`: the same
+codes, in its own layout, times the input quantized to int8 per group of 32; the default where
+torch runs at AVX2, where it was measured faster: `int_dot.preferred`). Either way a layer gives
+its output in the input's dtype, `kernel_input(x)` is the input as its kernel rounds it, and
 `dense_weight()` is the weight it computes with, in float32, for references, merges and tests.
 
 Projections that read the same input (q, k and v of an attention block; gate and up of a gated
@@ -39,10 +43,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from server.model import int_dot
+from server.settings import IntKernels
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,14 @@ def supports(linear: nn.Linear, group: int = GROUP) -> bool:
     return linear.in_features % group == 0 and linear.out_features % 16 == 0
 
 
+Kernel = Literal["torch", "cameo"]
+
+
+def choose_kernel(choice: IntKernels = "auto") -> Kernel:
+    """The kernel new int layers compute with (`Settings.int_kernels`): see `int_dot.preferred`."""
+    return "cameo" if int_dot.preferred(choice) else "torch"
+
+
 class Int4Linear(nn.Module):
     """A linear layer whose weight is held as packed 4-bit codes with per-group scales and offsets."""
 
@@ -72,32 +87,43 @@ class Int4Linear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, group: int,
                  packed: torch.Tensor, scales_offsets: torch.Tensor,
-                 bias: torch.Tensor | None) -> None:
+                 bias: torch.Tensor | None, kernel: Kernel = "torch") -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
         self.group = group
-        # the (out, in) codes in the kernel's layout; PEFT finds the layer's device by this name
+        self.kernel = kernel
+        # the (out, in) codes in the kernel's layout; PEFT finds the layer's device by this name.
+        # torch: its packed layout; cameo: (out, in/2) uint8 (`int_dot.pack_int4`)
         self.register_buffer("qweight", packed)
-        self.register_buffer("scales_offsets", scales_offsets)  # (in/group, out, 2) bf16
+        # torch: (in/group, out, 2) bfloat16 (scale, offset); cameo: (2, out, in/group) float32
+        # (scale, min), min = offset - 8 * scale: w = q * scale + min
+        self.register_buffer("scales_offsets", scales_offsets)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.dense: torch.Tensor | None = None  # (out, in), set by keep_dense_copy
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group: int = GROUP) -> Int4Linear:
+    def from_linear(cls, linear: nn.Linear, group: int = GROUP,
+                    kernel: Kernel = "torch") -> Int4Linear:
         bias = None if linear.bias is None else linear.bias.detach()
-        return cls.from_weight(linear.weight.detach(), bias, group)
+        return cls.from_weight(linear.weight.detach(), bias, group, kernel)
 
     @classmethod
     @torch.no_grad()
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None,
-                    group: int = GROUP) -> Int4Linear:
-        """Quantize a float (out, in) weight; the bias stays in float32."""
+                    group: int = GROUP, kernel: Kernel = "torch") -> Int4Linear:
+        """Quantize a float (out, in) weight; the bias stays in float32. Cameo's kernel takes
+        groups of `int_dot.GROUP` only; other groups get torch's."""
         out_features, in_features = weight.shape
         codes, scales, offsets = quantize(weight.float(), group)
+        kept = None if bias is None else bias.float().clone()
+        if kernel == "cameo" and group == int_dot.GROUP and _cameo_kernels():
+            mins = offsets.float() - MIDPOINT * scales.float()  # exact: both on bfloat16's grid
+            table = torch.stack([scales.float(), mins])  # (2, out, in/group)
+            return cls(in_features, out_features, group, int_dot.pack_int4(codes), table, kept,
+                       "cameo")
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
         table = torch.stack([scales, offsets], dim=-1)  # (out, in/group, 2)
-        kept = None if bias is None else bias.float().clone()
         return cls(in_features, out_features, group, packed, table.transpose(0, 1).contiguous(),
                    kept)
 
@@ -107,20 +133,33 @@ class Int4Linear(nn.Module):
         dense = self.dense
         if dense is not None and _dense_rows(flat.shape[0]):
             y = nn.functional.linear(flat.to(dense.dtype), dense)  # (N, out)
+        elif self.kernel == "cameo":
+            y = torch.ops.cameo.int4_linear(flat.float(), self.qweight, self.scales_offsets[0],
+                                            self.scales_offsets[1])
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 flat.to(torch.bfloat16), self.qweight, self.group, self.scales_offsets)
         y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
+    def kernel_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x as the codes' kernel rounds it, in float32 (dense copies take x as it is)."""
+        return _kernel_input(self.kernel, x)
+
     def keep_dense_copy(self, dtype: torch.dtype) -> None:
-        """Keep the weight also as a dense (out, in) tensor of `dtype`, exactly the values the
-        codes stand for, for forwards of `DENSE_ROWS` rows or more (see `add_dense_copies`)."""
+        """Keep the weight also as a dense (out, in) tensor of `dtype`, the values the codes
+        stand for (exactly, except a bfloat16 copy of cameo's layout, whose `q * scale + min`
+        can need more bits), for forwards of `DENSE_ROWS` rows or more (`add_dense_copies`)."""
         self.dense = self.dense_weight().to(dtype)
 
     @torch.no_grad()
     def dense_weight(self) -> torch.Tensor:
         """The (out, in) weight this layer computes with, in float32."""
+        if self.kernel == "cameo":
+            codes = int_dot.unpack_int4(self.qweight).float()  # (out, in)
+            scales, mins = self.scales_offsets  # (out, in/group) each
+            grouped = codes.reshape(self.out_features, -1, self.group)  # (out, G, group)
+            return (grouped * scales[..., None] + mins[..., None]).reshape(codes.shape)
         eye = torch.eye(self.in_features, dtype=torch.bfloat16, device=self.qweight.device)
         rows = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.qweight, self.group,
                                                           self.scales_offsets)  # (in, out)
@@ -128,7 +167,19 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"group={self.group}, bias={self.bias is not None}")
+                f"group={self.group}, bias={self.bias is not None}, kernel={self.kernel}")
+
+
+def _cameo_kernels() -> bool:
+    if not int_dot.load():
+        raise ValueError("Cameo's int kernels cannot run here (see the log); use kernel='torch'")
+    return True
+
+
+def _kernel_input(kernel: Kernel, x: torch.Tensor) -> torch.Tensor:
+    if kernel == "cameo":
+        return int_dot.kernel_input(x.float())
+    return x.bfloat16().float()
 
 
 def quantize(weight: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor,
@@ -156,29 +207,42 @@ class Int8Linear(nn.Module):
     scales: torch.Tensor
 
     def __init__(self, qweight: torch.Tensor, scales: torch.Tensor,
-                 bias: torch.Tensor | None) -> None:
+                 bias: torch.Tensor | None, kernel: Kernel = "torch") -> None:
         super().__init__()
         self.out_features, self.in_features = qweight.shape
+        self.kernel = kernel
         self.register_buffer("qweight", qweight)  # (out, in) int8
-        self.register_buffer("scales", scales)  # (out,) bf16
+        # (out,) on bfloat16's grid; stored as bfloat16 for torch's kernel, float32 for cameo's
+        self.register_buffer("scales", scales)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+    def from_linear(cls, linear: nn.Linear, kernel: Kernel = "torch") -> Int8Linear:
+        """Cameo's kernel takes inputs in whole groups of `int_dot.GROUP`; others get torch's."""
         weight = linear.weight.detach().float()  # (out, in)
         scales = (weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.bfloat16).tiny)
         scales = scales.to(torch.bfloat16)
         codes = (weight / scales.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        if kernel == "cameo" and linear.in_features % int_dot.GROUP == 0 and _cameo_kernels():
+            return cls(codes, scales.float(), bias, "cameo")
         return cls(codes, scales, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in) -> (..., out), in x's dtype."""
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (N, in)
-        y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)  # (N, out)
+        flat = x.reshape(-1, self.in_features)  # (N, in)
+        if self.kernel == "cameo":
+            y = torch.ops.cameo.int8_linear(flat.float(), self.qweight, self.scales)
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(flat.to(torch.bfloat16), self.qweight,
+                                                   self.scales)  # (N, out)
         y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def kernel_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x as this layer's kernel rounds it, in float32."""
+        return _kernel_input(self.kernel, x)
 
     @torch.no_grad()
     def dense_weight(self) -> torch.Tensor:
@@ -187,7 +251,7 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}")
+                f"bias={self.bias is not None}, kernel={self.kernel}")
 
 
 class Int4Slice(nn.Module):
@@ -208,6 +272,13 @@ class Int4Slice(nn.Module):
     def qweight(self) -> torch.Tensor:
         """The fused codes (PEFT finds a layer's device by this name)."""
         return self.fused_rows[0].qweight
+
+    @property
+    def kernel(self) -> Kernel:
+        return self.fused_rows[0].kernel
+
+    def kernel_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused_rows[0].kernel_input(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in) -> (..., out): the whole fused matmul, this slice's rows kept."""
@@ -231,11 +302,12 @@ class Int4Slice(nn.Module):
                 f"bias={self.bias is not None}")
 
 
-def quantize_linears(model: Any, group: int = GROUP) -> int:
+def quantize_linears(model: Any, group: int = GROUP, kernel: Kernel = "torch") -> int:
     """Replace every plain `nn.Linear` under `model.model.layers` with an `Int4Linear` (or, in
     groups that read the same input, an `Int4Slice` of one fused layer), and the output head
-    with an `Int8Linear`; returns how many layers were replaced. Layers the int4 kernel cannot
-    take (see `supports`) stay as they are, and are logged."""
+    with an `Int8Linear`, computing with `kernel` (see `choose_kernel`); returns how many layers
+    were replaced. Layers the int4 kernel cannot take (see `supports`) stay as they are, and
+    are logged."""
     layers: Any = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
         raise ValueError("no model.layers list of decoder layers to quantize")
@@ -245,13 +317,13 @@ def quantize_linears(model: Any, group: int = GROUP) -> int:
         for paths in _groups(layer, shared.get(index, []), group):
             count += len(paths)
             if len(paths) > 1:
-                _fuse(layer, paths, group)
+                _fuse(layer, paths, group, kernel)
             else:
-                _replace(layer, paths[0], Int4Linear.from_linear(layer.get_submodule(paths[0]),
-                                                                  group))
+                linear = layer.get_submodule(paths[0])
+                _replace(layer, paths[0], Int4Linear.from_linear(linear, group, kernel))
     head = model.get_output_embeddings()  # a transformers PreTrainedModel
     if type(head) is nn.Linear:
-        model.set_output_embeddings(Int8Linear.from_linear(head))
+        model.set_output_embeddings(Int8Linear.from_linear(head, kernel))
         count += 1
     return count
 
@@ -368,12 +440,12 @@ def _fits(path: str, module: nn.Linear, group: int) -> bool:
     return False
 
 
-def _fuse(layer: nn.Module, paths: list[str], group: int) -> None:
+def _fuse(layer: nn.Module, paths: list[str], group: int, kernel: Kernel) -> None:
     """Quantize the linears at `paths` (one input, one parent) as one layer of stacked rows."""
     modules: list[Any] = [layer.get_submodule(p) for p in paths]
     weight = torch.cat([m.weight.detach() for m in modules])  # (sum out, in)
     biases = [m.bias.detach() for m in modules if m.bias is not None]
-    fused = Int4Linear.from_weight(weight, torch.cat(biases) if biases else None, group)
+    fused = Int4Linear.from_weight(weight, torch.cat(biases) if biases else None, group, kernel)
     start = 0
     for path, module in zip(paths, modules, strict=True):
         stop = start + module.out_features
@@ -410,7 +482,8 @@ def is_int4(module: Any) -> bool:
     return isinstance(module, Int4Linear | Int4Slice)
 
 
-__all__ = ["DENSE_ROWS", "GROUP", "Int4Linear", "Int4Slice", "Int8Linear", "add_dense_copies",
-           "available", "dense_copy_bytes", "dense_copy_dtype", "int4_layers", "is_int4",
-           "is_quantized", "quantize", "quantize_linears", "shared_inputs", "supports",
-           "trace_dense_copies", "with_peft_layers"]
+__all__ = ["DENSE_ROWS", "GROUP", "Int4Linear", "Int4Slice", "Int8Linear", "Kernel",
+           "add_dense_copies", "available", "choose_kernel", "dense_copy_bytes",
+           "dense_copy_dtype", "int4_layers", "is_int4", "is_quantized", "quantize",
+           "quantize_linears", "shared_inputs", "supports", "trace_dense_copies",
+           "with_peft_layers"]

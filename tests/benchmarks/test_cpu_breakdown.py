@@ -51,6 +51,18 @@ def test_the_weight_only_tiles_go_by_their_width() -> None:
     assert category("libtorch_cpu.so", tile.format(4, 1)) == "int8 matmuls"
 
 
+def test_cameos_own_kernels_go_by_their_weight_format() -> None:
+    # symbols of server/model/kernels/int_dot.cpp as `nm -C` prints them
+    library = "cameo_int_dot.so"
+    int4 = "at::Tensor (anonymous namespace)::matmul<(anonymous namespace)::Int4Codes>(...)"
+    int8 = "at::Tensor (anonymous namespace)::matmul<(anonymous namespace)::Int8Codes>(...)"
+    assert category(library, int4) == "int4 matmuls"
+    assert category(library, int8) == "int8 matmuls"
+    assert category(library, "(anonymous namespace)::quantize_input(at::Tensor const&)") \
+        == "int4 matmuls"
+    assert category("libtorch_cpu.so", int8) == "host"  # the library decides first
+
+
 def test_shares_are_per_thread_and_sum_to_one() -> None:
     shares = thread_shares(REPORT)
     assert set(shares) == {"15296", "15305"}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import cpu_weights, decode_attention, engine_bench, plot_bench, runner_step
+from server.model.weight_only import choose_kernel
 
 
 def test_engine_bench_reports_every_variant_and_plots(capsys: pytest.CaptureFixture[str],
@@ -47,7 +48,10 @@ def test_runner_step_reports_a_median_and_a_profile(capsys: pytest.CaptureFixtur
     assert result["adapters"] == 2 and result["threads"] == "engine"
     assert result["full_guards_median_ms"] is None  # guards compared only when asked
     assert result["bank_dtype"] == "float32"  # the server's, eager: float32 on a CPU
-    assert "_weight_int4pack_mm_for_cpu" in output  # the profile's table names the int4 kernel
+    # the profile's table names the int4 kernel the server would pick here
+    kernel = {"torch": "_weight_int4pack_mm_for_cpu", "cameo": "cameo::int4_linear"}
+    assert result["int_kernels"] == choose_kernel("auto")
+    assert kernel[result["int_kernels"]] in output
 
 
 def test_runner_step_times_the_prompt_forward_when_asked(
@@ -98,11 +102,12 @@ def test_decode_attention_times_each_form_and_they_agree(
 
 def test_cpu_weights_reports_each_format(capsys: pytest.CaptureFixture[str]) -> None:
     assert cpu_weights.main(["--rows", "1", "--repeats", "1", "--formats", "int4", "nf4",
-                             "nf4_fused"]) == 0
+                             "nf4_fused", "int4_cameo"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     steps = result["ms_per_step"]
     assert steps["int4"]["1"] > 0 and steps["nf4"]["1"] > 0
     assert result["speedup_over_nf4"]["int4"]["1"] == pytest.approx(
         steps["nf4"]["1"] / steps["int4"]["1"], rel=0.02)  # both rounded
+    assert steps["int4_cameo"]["1"] > 0
     fused = steps["nf4_fused"]  # measured where bitsandbytes has it, said so where it has not
     assert isinstance(fused, dict) or fused.startswith("unavailable")

@@ -10,12 +10,13 @@ from types import SimpleNamespace
 import torch
 
 from server.engine.build import bank_dtype
+from server.model import cpu
 
 CPU_INT4 = SimpleNamespace(device=torch.device("cpu"), quantization="int4", dtype=torch.float32)
 
 
 def test_the_compiled_int4_step_gets_an_int8_bank_only_at_avx512() -> None:
-    at_avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    at_avx512 = cpu.torch_runs_avx512()
     expected = torch.int8 if at_avx512 else torch.float32
     assert bank_dtype(CPU_INT4, compiled=True) == expected  # type: ignore[arg-type]
 

@@ -1,10 +1,12 @@
 """The CPU's int4/int8 layers (`server.model.weight_only`): what they compute, how close their
 weights are to the float ones, how a model is converted, and that PEFT and merges work on them.
 
-Tolerances come from the kernel path (tests/numerics.py): both kernels take a bfloat16 input
-and give a bfloat16 output, so one layer computing with its own dense weight differs from the
-float32 product of the same bfloat16-rounded input by the output's rounding and the summation
-order: `linear_tolerance` on the bfloat16 path.
+Tolerances come from the kernel path (tests/numerics.py): torch's kernels take a bfloat16
+input and give a bfloat16 output, so one layer computing with its own dense weight differs from
+the float32 product of the same bfloat16-rounded input by the output's rounding and the
+summation order: `linear_tolerance` on the bfloat16 path. Cameo's kernels round the input to
+int8 per group instead (`kernel_input`) and are checked exactly in tests/model/test_int_dot.py;
+here they are held to the same bound. Layer tests run with both kernels where Cameo's can run.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import nn
 
 from server.lora.merge import dense_weight, merge_slot
 from server.lora.slots import LoraSlots, SlotLinear, plan_slots
-from server.model import weight_only
+from server.model import int_dot, weight_only
 from server.model.loader import LoadedModel, load_base, resolve_quantization
 from server.model.weight_only import (
     GROUP,
@@ -33,6 +35,8 @@ from tests.model.families import build_family
 from tests.numerics import SAFETY
 
 BF16_EPS = torch.finfo(torch.bfloat16).eps
+KERNELS = ["torch", pytest.param("cameo", marks=pytest.mark.skipif(
+    not int_dot.load(), reason="Cameo's int kernels need AVX2, FMA and a C++ compiler"))]
 SHAPES = [(16, 64), (48, 96), (192, 576), (64, 128)]  # (out, in) the kernel takes
 
 
@@ -52,13 +56,16 @@ def _layer_tolerance(expected: torch.Tensor) -> float:
     return SAFETY * BF16_EPS * float(expected.abs().max())
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("kind", [Int4Linear, Int8Linear])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_a_layer_computes_with_its_dense_weight(kind: type, shape: tuple[int, int]) -> None:
+def test_a_layer_computes_with_its_dense_weight(kind: type, shape: tuple[int, int],
+                                                kernel: str) -> None:
     float_layer = _linear(*shape, seed=sum(shape))
-    layer = kind.from_linear(float_layer)
+    layer = kind.from_linear(float_layer, kernel=kernel)
+    assert layer.kernel == kernel
     x = torch.randn(3, 5, shape[1])  # (B, T, in)
-    expected = x.bfloat16().float() @ layer.dense_weight().T + float_layer.bias.detach()
+    expected = layer.kernel_input(x) @ layer.dense_weight().T + float_layer.bias.detach()
     y = layer(x)
     assert y.shape == (3, 5, shape[0]) and y.dtype == torch.float32
     assert float((y - expected).abs().max()) <= _layer_tolerance(expected)
@@ -158,9 +165,10 @@ def test_peft_wraps_the_quantized_layers(tiny_llama: Path) -> None:
     assert float((adapted - base).abs().max()) > 1e-2
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("fmt", ["dense", "nf4"])
-def test_merging_into_an_int4_layer_and_restoring_it(fmt: str) -> None:
-    layer = Int4Linear.from_linear(_linear(64, 128, seed=6))
+def test_merging_into_an_int4_layer_and_restoring_it(fmt: str, kernel: str) -> None:
+    layer = Int4Linear.from_linear(_linear(64, 128, seed=6), kernel=kernel)
     packed = layer.qweight.clone()
     bank = LoraSlots({"m": (128, 64)}, 1, 8, torch.float32, torch.device("cpu"))
     generator = torch.Generator().manual_seed(6)
@@ -177,8 +185,9 @@ def test_merging_into_an_int4_layer_and_restoring_it(fmt: str) -> None:
         assert float((linear(x, None) - expected).abs().max()) <= _layer_tolerance(expected)
     else:  # the sum quantized again in int4, with the same group size
         assert isinstance(merged, Int4Linear) and merged.group == layer.group
+        assert merged.kernel == kernel
         again = Int4Linear.from_weight(wanted, layer.bias.detach() if layer.bias is not None
-                                       else None)
+                                       else None, kernel=kernel)
         assert torch.equal(dense_weight(merged), again.dense_weight())
     merge.restore()
     assert linear.base is layer and torch.equal(layer.qweight, packed)
@@ -245,16 +254,18 @@ def test_a_linear_that_reads_its_own_input_is_not_fused() -> None:
     assert type(block.q_proj) is Int4Linear and type(block.k_proj) is Int4Linear
 
 
-def test_a_dense_copy_serves_many_rows_and_the_codes_serve_few() -> None:
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_dense_copy_serves_many_rows_and_the_codes_serve_few(kernel: str) -> None:
     """With a dense copy, a forward of DENSE_ROWS rows or more multiplies by the copy (the
     values the codes stand for) and fewer rows still read the codes: both within the bfloat16
     path's rounding of the layer's own dense weight, and the copy is what the codes hold."""
-    layer = Int4Linear.from_linear(_linear(64, 128, seed=7))
+    layer = Int4Linear.from_linear(_linear(64, 128, seed=7), kernel=kernel)
     few = torch.randn(weight_only.DENSE_ROWS - 1, 128)
     many = torch.randn(weight_only.DENSE_ROWS, 128)
     codes_few, codes_many = layer(few), layer(many)
     layer.keep_dense_copy(torch.bfloat16)
-    assert layer.dense is not None and torch.equal(layer.dense.float(), layer.dense_weight())
+    # the codes' values (on bfloat16's grid with torch's layout; rounded to it with cameo's)
+    assert layer.dense is not None and torch.equal(layer.dense, layer.dense_weight().bfloat16())
     assert torch.equal(layer(few), codes_few)  # still the int4 kernel
     dense_many = layer(many)
     expected = many @ layer.dense_weight().T + layer.bias
@@ -267,7 +278,8 @@ def _reads_codes(layer: nn.Module, x: torch.Tensor) -> bool:
     """Whether a forward of `layer` on `x` ran the int4 kernel."""
     with torch.autograd.profiler.profile() as prof:
         layer(x)
-    return any("int4pack" in event.name for event in prof.function_events)
+    names = ("int4pack", "cameo::int4_linear")
+    return any(name in event.name for event in prof.function_events for name in names)
 
 
 def test_dense_copies_cover_each_fused_layer_once(tiny_llama: Path) -> None:

@@ -1,0 +1,124 @@
+"""Cameo's own weight-only int4 and int8 CPU matmuls (AVX2), built from C++ on first use.
+
+Contract: `load()` compiles `kernels/int_dot.cpp` with torch's extension builder (once per
+source version; cached under `TORCH_EXTENSIONS_DIR`, by default `~/.cache/torch_extensions`) and
+registers `torch.ops.cameo.int4_linear` and `torch.ops.cameo.int8_linear`, with shape-only
+("fake") versions so that `torch.compile` traces through them with no graph break. It returns
+False, and logs why, where the kernels cannot run: not an x86-64 CPU with AVX2 and FMA, or no
+C++ compiler. `pack_int4`/`unpack_int4` convert (out, in) codes to and from the int4 layout.
+`preferred()` says whether the int layers should use these kernels rather than torch's own.
+
+Why: torch's CPU int4 kernel multiplies float activations by weights unpacked to float, which on
+a 2-core AVX2 CPU ran at about 9 GB/s of weights, a third of the memory's bandwidth, and its
+int8 kernel slows past four rows (docs/BENCHMARKS.md, "Where the step's time goes on this CPU").
+These kernels quantize the input per group of 32 to int8 and sum each group's products in
+integers, as llama.cpp does (the C++ file's header gives the layouts and the error).
+
+It does not decide which layers get quantized or how (see `weight_only`), and does not build
+for other instruction sets (AVX-512 CPUs run torch's kernels by default: `preferred`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from server.model import cpu
+from server.settings import IntKernels
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels") / "int_dot.cpp"
+GROUP = 32  # input columns per quantization group of the activations (and int4 weights)
+
+
+@functools.cache
+def load() -> bool:
+    """Build (first time only) and register the operators; False, logged, where they cannot run."""
+    if not cpu.has_avx2_fma():
+        log.info("cameo int kernels: this CPU has no AVX2 and FMA; torch's kernels serve")
+        return False
+    from torch.utils import cpp_extension
+
+    _put_venv_tools_on_path()
+    try:
+        cpp_extension.load(name="cameo_int_dot", sources=[str(SOURCE)],
+                           extra_cflags=["-O3", "-mavx2", "-mfma"], is_python_module=False,
+                           verbose=False)
+    except (OSError, RuntimeError, ImportError, ValueError) as error:  # no compiler, no ninja
+        log.warning("cameo int kernels could not be built (%s); torch's kernels serve", error)
+        return False
+    _register_fakes()
+    return True
+
+
+def preferred(choice: IntKernels = "auto") -> bool:
+    """Whether int layers should compute with these kernels: `cameo` or `torch` as told, and
+    `auto` where torch itself runs at AVX2 (measured faster there: docs/BENCHMARKS.md); on
+    AVX-512, torch's kernels (16 lanes wide; these are not measured there). Raises ValueError
+    when told `cameo` where they cannot run."""
+    if choice == "torch":
+        return False
+    if choice == "auto" and cpu.torch_runs_avx512():
+        return False
+    if not load() and choice == "cameo":
+        raise ValueError("CAMEO_INT_KERNELS=cameo: Cameo's int kernels cannot run here (they "
+                         "need an x86-64 CPU with AVX2 and FMA, and a C++ compiler; the log "
+                         "says which is missing); use auto or torch")
+    return load()
+
+
+def kernel_input(x: torch.Tensor) -> torch.Tensor:
+    """x (..., K) float32 as the kernels round it: per group of 32, codes round(x / step) with
+    step = max|x| / 127, times step. For references and tests."""
+    groups = x.reshape(*x.shape[:-1], -1, GROUP)  # (..., G, 32)
+    step = groups.abs().amax(dim=-1, keepdim=True) / 127
+    inverse = torch.where(step > 0, 1 / step, torch.zeros_like(step))
+    return (torch.round(groups * inverse) * step).reshape(x.shape)
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """(out, in) codes in 0..15 -> (out, in/2) uint8: per group of 32 inputs, byte j holds
+    input j in its low nibble and input 16 + j in its high nibble."""
+    out_features, in_features = codes.shape
+    halves = codes.to(torch.uint8).reshape(out_features, in_features // GROUP, 2, GROUP // 2)
+    return (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(out_features, in_features // 2)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of `pack_int4`: (out, in/2) uint8 -> (out, in) int32 codes."""
+    out_features = packed.shape[0]
+    groups = packed.reshape(out_features, -1, GROUP // 2)  # (out, G, 16)
+    halves = torch.stack([groups & 0x0F, groups >> 4], dim=2)  # (out, G, 2, 16)
+    return halves.reshape(out_features, -1).to(torch.int32)
+
+
+def _register_fakes() -> None:
+    """Shapes for the compiler: (M, K) float32 in, (M, N) float32 out."""
+
+    @torch.library.register_fake("cameo::int4_linear")
+    def _int4(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
+              mins: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((x.shape[0], codes.shape[0]))
+
+    @torch.library.register_fake("cameo::int8_linear")
+    def _int8(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((x.shape[0], codes.shape[0]))
+
+
+def _put_venv_tools_on_path() -> None:
+    """torch's builder runs `ninja` from PATH; a virtual environment used without activating it
+    (`.venv/bin/python ...`) has the `ninja` package's binary beside its Python, not on PATH."""
+    tools = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if tools not in path.split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([tools, path]) if path else tools
+
+
+__all__ = ["GROUP", "SOURCE", "kernel_input", "load", "pack_int4",
+           "preferred", "unpack_int4"]

@@ -61,8 +61,8 @@ class Settings(BaseSettings):
     """Name the base is served under in /v1/models (default: derived from the model)."""
     quantization: Quantization = "auto"
     """Weight format of the resident base: auto (nf4 on CUDA, int4 on the CPU), nf4
-    (bitsandbytes 4-bit), int4 (torch's CPU weight-only int4 kernel), int8 (bitsandbytes), or
-    none."""
+    (bitsandbytes 4-bit), int4 (4-bit weights computed by CPU kernels:
+    `int_kernels`), int8 (bitsandbytes), or none."""
     int_kernels: IntKernels = "auto"
     """The kernels of an int4 base's int4 and int8 layers: cameo (Cameo's own, AVX2: the input
     quantized to int8 per group of 32, summed in integers; built from C++ at the first start,

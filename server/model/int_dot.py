@@ -47,9 +47,11 @@ def load() -> bool:
 
     _put_venv_tools_on_path()
     try:
+        # -fopenmp: at::parallel_for is a header template that splits work only when compiled
+        # with OpenMP; the library then uses the libgomp torch has loaded (same soname)
         cpp_extension.load(name="cameo_int_dot", sources=[str(SOURCE)],
-                           extra_cflags=["-O3", "-mavx2", "-mfma"], is_python_module=False,
-                           verbose=False)
+                           extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
+                           extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
     except (OSError, RuntimeError, ImportError, ValueError) as error:  # no compiler, no ninja
         log.warning("cameo int kernels could not be built (%s); torch's kernels serve", error)
         return False
@@ -82,20 +84,60 @@ def kernel_input(x: torch.Tensor) -> torch.Tensor:
     return (torch.round(groups * inverse) * step).reshape(x.shape)
 
 
+BLOCK = 8  # groups interleaved in one block of the kernels' layout
+
+
+def layout_order(in_features: int) -> torch.Tensor:
+    """(in,) the input each position of the kernels' layout holds: in blocks of 8 groups of 32,
+    vector t of a block holds inputs 4t..4t+3 of each group in turn; the groups after the last
+    whole block keep their order (kernels/int_dot.cpp, "Layout")."""
+    groups = in_features // GROUP
+    blocked = groups // BLOCK * BLOCK
+    # (block, t, j, u) -> input 256 * block + 32 * j + 4 * t + u
+    block, t, j, u = torch.meshgrid(torch.arange(blocked // BLOCK), torch.arange(GROUP // 4),
+                                    torch.arange(BLOCK), torch.arange(4), indexing="ij")
+    interleaved = (BLOCK * GROUP * block + GROUP * j + 4 * t + u).reshape(-1)
+    return torch.cat([interleaved, torch.arange(blocked * GROUP, in_features)])
+
+
+def to_layout(codes: torch.Tensor) -> torch.Tensor:
+    """(out, in) codes in input order -> the same codes in the kernels' layout."""
+    return codes[:, layout_order(codes.shape[1])].contiguous()
+
+
+def from_layout(codes: torch.Tensor) -> torch.Tensor:
+    """The inverse of `to_layout`."""
+    restored = torch.empty_like(codes)
+    restored[:, layout_order(codes.shape[1])] = codes
+    return restored
+
+
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
-    """(out, in) codes in 0..15 -> (out, in/2) uint8: per group of 32 inputs, byte j holds
-    input j in its low nibble and input 16 + j in its high nibble."""
-    out_features, in_features = codes.shape
-    halves = codes.to(torch.uint8).reshape(out_features, in_features // GROUP, 2, GROUP // 2)
-    return (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(out_features, in_features // 2)
+    """(out, in) codes in 0..15 -> (out, in/2) uint8 in the kernels' layout: vectors of 32 codes
+    in pairs, byte i of a pair holding code i of the first in its low nibble and code i of the
+    second in its high one; a last vector without a partner holds its code i low, 16 + i high."""
+    out_features = codes.shape[0]
+    vectors = to_layout(codes.to(torch.uint8)).reshape(out_features, -1, GROUP)  # (out, G, 32)
+    paired = vectors.shape[1] // 2 * 2
+    pairs = vectors[:, :paired].reshape(out_features, -1, 2, GROUP)  # (out, G/2, 2, 32)
+    parts = [(pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(out_features, -1)]
+    if paired < vectors.shape[1]:
+        last = vectors[:, -1].reshape(out_features, 2, GROUP // 2)
+        parts.append(last[:, 0] | (last[:, 1] << 4))
+    return torch.cat(parts, dim=1)
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """The inverse of `pack_int4`: (out, in/2) uint8 -> (out, in) int32 codes."""
-    out_features = packed.shape[0]
-    groups = packed.reshape(out_features, -1, GROUP // 2)  # (out, G, 16)
-    halves = torch.stack([groups & 0x0F, groups >> 4], dim=2)  # (out, G, 2, 16)
-    return halves.reshape(out_features, -1).to(torch.int32)
+    """The inverse of `pack_int4`: (out, in/2) uint8 -> (out, in) int32 codes in input order."""
+    out_features, half = packed.shape
+    groups = 2 * half // GROUP
+    paired = groups // 2 * 2
+    pairs = packed[:, :paired * GROUP // 2].reshape(out_features, -1, GROUP)  # (out, G/2, 32)
+    parts = [torch.stack([pairs & 0x0F, pairs >> 4], dim=2).reshape(out_features, -1)]
+    if paired < groups:
+        last = packed[:, paired * GROUP // 2:]  # (out, 16)
+        parts.append(torch.cat([last & 0x0F, last >> 4], dim=1))
+    return from_layout(torch.cat(parts, dim=1)).to(torch.int32)
 
 
 def _register_fakes() -> None:
@@ -120,5 +162,5 @@ def _put_venv_tools_on_path() -> None:
         os.environ["PATH"] = os.pathsep.join([tools, path]) if path else tools
 
 
-__all__ = ["GROUP", "SOURCE", "kernel_input", "load", "pack_int4",
-           "preferred", "unpack_int4"]
+__all__ = ["BLOCK", "GROUP", "SOURCE", "from_layout", "kernel_input", "layout_order", "load",
+           "pack_int4", "preferred", "to_layout", "unpack_int4"]

@@ -211,7 +211,7 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = qweight.shape
         self.kernel = kernel
-        self.register_buffer("qweight", qweight)  # (out, in) int8
+        self.register_buffer("qweight", qweight)  # (out, in) int8; cameo's in its layout
         # (out,) on bfloat16's grid; stored as bfloat16 for torch's kernel, float32 for cameo's
         self.register_buffer("scales", scales)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
@@ -226,7 +226,7 @@ class Int8Linear(nn.Module):
         codes = (weight / scales.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         if kernel == "cameo" and linear.in_features % int_dot.GROUP == 0 and _cameo_kernels():
-            return cls(codes, scales.float(), bias, "cameo")
+            return cls(int_dot.to_layout(codes), scales.float(), bias, "cameo")
         return cls(codes, scales, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,7 +247,8 @@ class Int8Linear(nn.Module):
     @torch.no_grad()
     def dense_weight(self) -> torch.Tensor:
         """The (out, in) weight this layer computes with, in float32."""
-        return self.qweight.float() * self.scales.float()[:, None]
+        codes = int_dot.from_layout(self.qweight) if self.kernel == "cameo" else self.qweight
+        return codes.float() * self.scales.float()[:, None]
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -36,13 +36,28 @@ def _exact(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return int_dot.kernel_input(x).double() @ weight.double().T
 
 
-def test_int4_packing_round_trips() -> None:
-    codes = torch.randint(0, 16, (48, 96), generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("in_features", [96, 288, 576, 1536])
+def test_int4_packing_round_trips(in_features: int) -> None:
+    codes = torch.randint(0, 16, (48, in_features), generator=torch.Generator().manual_seed(1))
     packed = int_dot.pack_int4(codes)
-    assert packed.shape == (48, 48) and packed.dtype == torch.uint8
+    assert packed.shape == (48, in_features // 2) and packed.dtype == torch.uint8
     assert torch.equal(int_dot.unpack_int4(packed), codes.int())
-    # byte j of a group: input j in the low nibble, input 16 + j in the high one
-    assert int(packed[0, 0]) == int(codes[0, 0]) | int(codes[0, 16]) << 4
+    # byte i of the first pair: code i of vector 0 low, code i of vector 1 high
+    vectors = int_dot.to_layout(codes)[0].reshape(-1, 32)
+    assert int(packed[0, 5]) == int(vectors[0, 5]) | int(vectors[1, 5]) << 4
+    if vectors.shape[0] % 2:  # a last vector alone: its code i low, code 16 + i high
+        assert int(packed[0, -16]) == int(vectors[-1, 0]) | int(vectors[-1, 16]) << 4
+
+
+def test_the_layout_interleaves_blocks_of_8_groups_and_keeps_the_rest_in_order() -> None:
+    order = int_dot.layout_order(576)  # 18 groups: 2 blocks of 8, then 2 groups
+    assert torch.equal(order.sort().values, torch.arange(576))  # a permutation
+    # vector t of block 0 holds inputs 4t..4t+3 of group j at positions 4j..4j+3
+    for t, j, u in ((0, 0, 0), (0, 1, 0), (3, 5, 2), (7, 7, 3)):
+        assert int(order[32 * t + 4 * j + u]) == 32 * j + 4 * t + u
+    assert int(order[256]) == 256  # block 1 starts where it should
+    assert torch.equal(order[512:], torch.arange(512, 576))  # the last two groups in order
+    assert torch.equal(int_dot.layout_order(96), torch.arange(96))  # no whole block
 
 
 def test_the_input_rounds_per_group_of_32_to_127_steps() -> None:
@@ -57,7 +72,8 @@ def test_the_input_rounds_per_group_of_32_to_127_steps() -> None:
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 17])
-@pytest.mark.parametrize("shape", [(16, 32), (48, 96), (960, 576), (20, 64)])
+@pytest.mark.parametrize("shape", [(16, 32), (48, 96), (960, 576), (20, 64), (32, 1536),
+                                   (16, 288)])
 def test_int4_kernel_is_the_codes_times_the_rounded_input(rows: int,
                                                           shape: tuple[int, int]) -> None:
     generator = torch.Generator().manual_seed(rows * 1000 + shape[0])
@@ -72,7 +88,7 @@ def test_int4_kernel_is_the_codes_times_the_rounded_input(rows: int,
 
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 8, 17])
-@pytest.mark.parametrize("shape", [(7, 32), (64, 128), (4096, 576)])
+@pytest.mark.parametrize("shape", [(7, 32), (64, 128), (4096, 576), (12, 288)])
 def test_int8_kernel_is_the_codes_times_the_rounded_input(rows: int,
                                                           shape: tuple[int, int]) -> None:
     """Output counts that are not a multiple of the kernel's block of 4 included."""

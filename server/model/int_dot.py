@@ -24,6 +24,7 @@ import functools
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -46,6 +47,8 @@ def load() -> bool:
     from torch.utils import cpp_extension
 
     _put_venv_tools_on_path()
+    started = time.monotonic()
+    log.info("cameo int kernels: loading (compiled from C++ the first time, about 15-30 s)")
     try:
         # -fopenmp: at::parallel_for is a header template that splits work only when compiled
         # with OpenMP; the library then uses the libgomp torch has loaded (same soname)
@@ -56,6 +59,7 @@ def load() -> bool:
         log.warning("cameo int kernels could not be built (%s); torch's kernels serve", error)
         return False
     _register_fakes()
+    log.info("cameo int kernels: ready in %.1f s", time.monotonic() - started)
     return True
 
 

@@ -117,8 +117,10 @@ class Int4Linear(nn.Module):
         out_features, in_features = weight.shape
         codes, scales, offsets = quantize(weight.float(), group)
         kept = None if bias is None else bias.float().clone()
-        if kernel == "cameo" and group == int_dot.GROUP and _cameo_kernels():
-            mins = offsets.float() - MIDPOINT * scales.float()  # exact: both on bfloat16's grid
+        if kernel == "cameo" and group == int_dot.GROUP:
+            _require_cameo_kernels()
+            # exact in float32 unless the two differ in magnitude by more than 2**16
+            mins = offsets.float() - MIDPOINT * scales.float()
             table = torch.stack([scales.float(), mins])  # (2, out, in/group)
             return cls(in_features, out_features, group, int_dot.pack_int4(codes), table, kept,
                        "cameo")
@@ -170,10 +172,9 @@ class Int4Linear(nn.Module):
                 f"group={self.group}, bias={self.bias is not None}, kernel={self.kernel}")
 
 
-def _cameo_kernels() -> bool:
+def _require_cameo_kernels() -> None:
     if not int_dot.load():
         raise ValueError("Cameo's int kernels cannot run here (see the log); use kernel='torch'")
-    return True
 
 
 def _kernel_input(kernel: Kernel, x: torch.Tensor) -> torch.Tensor:
@@ -225,7 +226,8 @@ class Int8Linear(nn.Module):
         scales = scales.to(torch.bfloat16)
         codes = (weight / scales.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
-        if kernel == "cameo" and linear.in_features % int_dot.GROUP == 0 and _cameo_kernels():
+        if kernel == "cameo" and linear.in_features % int_dot.GROUP == 0:
+            _require_cameo_kernels()
             return cls(int_dot.to_layout(codes), scales.float(), bias, "cameo")
         return cls(codes, scales, bias)
 

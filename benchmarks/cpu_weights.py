@@ -25,8 +25,8 @@ Formats:
   - `bfloat16`: plain layers holding bfloat16 weights, the float32 input cast to bfloat16 and the
     output back (a dense copy: twice int8's bytes; fast where the CPU multiplies bfloat16
     natively, AVX512-BF16 or AMX).
-`--fidelity` also loads the embedded model unquantized, in `nf4` and in `int4` (both kernels),
-and compares
+`--fidelity` also loads the embedded model unquantized, in `nf4` and in `int4` (both kernels, no
+dense copies, so that the 512-token forward computes with the kernels compared), and compares
 their next-token logits on the first 512 tokens of README.md with the unquantized model's: the
 share of positions with the same argmax, the mean KL divergence, and the text's loss.
 Prints one JSON line last: milliseconds per step by format and M, each format's speed-up over
@@ -165,7 +165,9 @@ def fidelity() -> dict[str, dict[str, float]]:
 
     def load(name: str) -> Any:
         quantization, kernels = variants[name]
-        return load_base(Settings(device="cpu", quantization=quantization, int_kernels=kernels))
+        # no dense copies: the 512-token forward then computes with the kernels being compared
+        return load_base(Settings(device="cpu", quantization=quantization, int_kernels=kernels,
+                                  int4_dense_copy="off"))
 
     plain = load("none")
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()

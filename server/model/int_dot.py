@@ -5,14 +5,17 @@ source version; cached under `TORCH_EXTENSIONS_DIR`, by default `~/.cache/torch_
 registers `torch.ops.cameo.int4_linear` and `torch.ops.cameo.int8_linear`, with shape-only
 ("fake") versions so that `torch.compile` traces through them with no graph break. It returns
 False, and logs why, where the kernels cannot run: not an x86-64 CPU with AVX2 and FMA, or no
-C++ compiler. `pack_int4`/`unpack_int4` convert (out, in) codes to and from the int4 layout.
-`preferred()` says whether the int layers should use these kernels rather than torch's own.
+C++ compiler. `to_layout`/`from_layout` (int8) and `pack_int4`/`unpack_int4` (int4) convert
+(out, in) codes to and from the kernels' layout; `kernel_input(x)` is the input as the kernels
+round it. `preferred()` says whether the int layers should use these kernels, not torch's.
 
 Why: torch's CPU int4 kernel multiplies float activations by weights unpacked to float, which on
 a 2-core AVX2 CPU ran at about 9 GB/s of weights, a third of the memory's bandwidth, and its
 int8 kernel slows past four rows (docs/BENCHMARKS.md, "Where the step's time goes on this CPU").
 These kernels quantize the input per group of 32 to int8 and sum each group's products in
-integers, as llama.cpp does (the C++ file's header gives the layouts and the error).
+integers, as llama.cpp does (the C++ file's header gives the layouts and the error): the
+compiled one-row step went from 16.0 to 10.0 ms on that CPU (docs/BENCHMARKS.md, "Cameo's own
+int kernels").
 
 It does not decide which layers get quantized or how (see `weight_only`), and does not build
 for other instruction sets (AVX-512 CPUs run torch's kernels by default: `preferred`).

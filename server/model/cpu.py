@@ -1,4 +1,4 @@
-"""Facts about this CPU that decide which kernels serve: one place for each test.
+"""Facts about this CPU that decide which kernels serve: one place for each check.
 
 It does not choose anything itself: `int_dot.preferred` and `engine.build.bank_dtype` do.
 """

@@ -51,7 +51,7 @@ def load() -> bool:
 
     _put_venv_tools_on_path()
     started = time.monotonic()
-    log.info("cameo int kernels: loading (compiled from C++ the first time, about 15-30 s)")
+    log.info("cameo int kernels: loading (compiled from C++ the first time: 11-18 s on 2 cores)")
     try:
         # -fopenmp: at::parallel_for is a header template that splits work only when compiled
         # with OpenMP; the library then uses the libgomp torch has loaded (same soname)

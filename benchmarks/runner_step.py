@@ -9,9 +9,9 @@ by the engine around it. `--compile` compiles the decode step first (at load, un
 `--threads` says which threads load and time it (`engine`: as the
 server does; server/composition.py says why it matters). `--profile N` also prints
 torch.profiler's table of the N costliest operators over five more forwards of the kind timed.
-`--compare-guards` (with `--compile`) times the compiled step in alternating rounds with dynamo's
-full guards checked and with only the guards that tell its graphs apart (what the server runs
-once `compile()` has traced every kind; server/engine/step.py), and reports both medians.
+`--compare-guards` (with `--compile`) times the compiled step in alternating rounds called
+directly (what the server runs once `compile()` has traced every kind; server/engine/step.py)
+and called through dynamo, which checks its full guards, and reports both medians.
 `--perf` (Linux `perf` on PATH) samples every thread over `max(--steps, 100)` more forwards
 and prints where their time goes (`benchmarks/cpu_breakdown.py`): for the thread that runs the
 step, in ms per forward (its share of samples times the median, since it is busy for the whole
@@ -158,12 +158,13 @@ def alternate(run: Callable[[str, int], None], modes: tuple[str, str], steps: in
 
 def compare_guards(forward: Forward, runner: ModelRunner, args: argparse.Namespace,
                    rounds: int = 8) -> dict[str, float]:
-    """Median decode forward in ms with the full guards and with the skipped ones."""
+    """Median decode forward in ms with the step's graph called directly (as the engine does)
+    and through dynamo, which checks its full guards (server.engine.step)."""
     def run(mode: str, index: int) -> None:
-        runner.step.warm = mode == "skipped"
+        runner.step.direct = mode == "direct"
         forward(torch.randint(100, 5000, (args.batch, 1)), args.prompt + index)
-    medians = alternate(run, ("skipped", "full"), args.steps, rounds)
-    runner.step.warm = True
+    medians = alternate(run, ("direct", "full"), args.steps, rounds)
+    runner.step.direct = True
     return medians
 
 
@@ -202,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", choices=list(THREADS), default="main",
                         help="; ".join(f"{k}: {v}" for k, v in THREADS.items()))
     parser.add_argument("--compare-guards", action="store_true",
-                        help="with --compile: the step with full guards against skipped ones")
+                        help="with --compile: the step's graph called directly against through "
+                             "dynamo's guards")
     parser.add_argument("--bank", choices=["auto", "float32", "bfloat16", "int8"],
                         default="auto", help="how the adapters are stored (auto: what the "
                         "server picks, server.engine.build.bank_dtype; before 2026-12-06 "
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         median_ms = base["adapters"]
     elif args.compare_guards:
         guards = timed(lambda: compare_guards(forward, runner, args))
-        median_ms = guards["skipped"]
+        median_ms = guards["direct"]
     else:
         median_ms = timed(lambda: measure(forward, args))
     breakdown = timed(lambda: perf_breakdown(forward, args, median_ms)) if args.perf else None

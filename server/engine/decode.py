@@ -38,7 +38,10 @@ def next_tokens(logits: torch.Tensor, seqs: Seq[Sequence],
                 grammars: Callable[[], Grammars]) -> list[Draw]:
     """logits: (B, vocab), one row per sequence."""
     draws: list[Draw | None] = [None] * len(seqs)
-    finite = torch.isfinite(logits).all(dim=-1).tolist()  # (B,)
+    # a NaN or an infinity makes its row's sum one: a pass of torch's vectorized sum, where
+    # isfinite(logits).all(-1) took 0.5 ms for 8 rows of a 49,152-token vocabulary on a 2-core
+    # CPU (a finite row's sum cannot overflow: logits are far below 1e33)
+    finite = logits.sum(dim=-1).isfinite().tolist()  # (B,)
     for i, ok in enumerate(finite):  # a numerical fault in one row fails that row only
         if not ok:
             log.warning("request %s: non-finite logits", seqs[i].request_id)
@@ -46,10 +49,15 @@ def next_tokens(logits: torch.Tensor, seqs: Seq[Sequence],
                                      "numerical_error"))
     live = [i for i, ok in enumerate(finite) if ok]
     if live:
-        for i, draw in zip(live, _sample_rows(logits[live], [seqs[i] for i in live], grammars),
-                           strict=True):
+        for i, draw in zip(live, _sample_rows(rows_of(logits, live), [seqs[i] for i in live],
+                                              grammars), strict=True):
             draws[i] = draw
     return [d or Draw() for d in draws]
+
+
+def rows_of(tensor: torch.Tensor, index: list[int]) -> torch.Tensor:
+    """`tensor[index]`, without the copy when `index` is every row in order (most steps)."""
+    return tensor if index == list(range(tensor.shape[0])) else tensor[index]
 
 
 def _sample_rows(logits: torch.Tensor, seqs: list[Sequence],

@@ -31,7 +31,7 @@ from typing import Protocol
 import torch
 
 from server.engine.constraints import Grammars
-from server.engine.decode import next_tokens
+from server.engine.decode import next_tokens, rows_of
 from server.engine.merging import MergeController, MergeMode
 from server.engine.output import Sink, abort_output, deliver, error_output
 from server.engine.rows import Refused, RowState
@@ -264,7 +264,7 @@ class Engine:
             if chunk.seq.cached == len(chunk.seq.tokens):
                 ready.append(index)
         if ready:
-            self._sample([chunks[i].seq for i in ready], logits[ready])
+            self._sample([chunks[i].seq for i in ready], rows_of(logits, ready))
 
     def _batch(self, tokens: list[list[int]], rows: list[int], start: list[int],
                slots: list[int]) -> ForwardBatch:

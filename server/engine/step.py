@@ -26,16 +26,18 @@ shapes, one graph per bucket). `compile()` traces every kind at start, with prog
 `compile_cache`). The eager and compiled steps are the same
 function.
 
-On the CPU, once `compile()` has traced every kind, the compiled step runs with dynamo's guards
-reduced to the few that tell its graphs apart (`torch.compiler.set_stance(
-skip_guard_eval_unsafe=True)`): checking the full guards (about 6,700 checks, 452 of them Python
-lambdas, most over the KV cache's sixty tensors) took about 0.9 ms of a 12-13 ms one-row step on a
-2-core CPU (docs/BENCHMARKS.md). It is sound there because nothing a step changes can need a
-new graph: every step is one of the kinds traced at start, every size that varies is a dynamic
-dimension that is never 0 or 1 (`StepShape`), the slot bank and KV cache are written in place
-or grown along their dynamic dimension, and a merge (which swaps layers the trace holds) runs
-eagerly. Not on CUDA: there each bucket is a static graph of its own, traced when it first
-comes, which only the full guards can tell.
+On the CPU, once `compile()` has traced every kind, each kind's graph is called directly,
+not through dynamo: `compile()` keeps the code dynamo makes for each kind (`StepKind`) and
+`run()` picks it from the chunks' integers. Dynamo's own lookup checks, on every call, each
+cached graph's tensor guards until one passes (about 1,360 of them, most over the int4 layers'
+codes and scales and the KV cache's sixty tensors): 1.2 ms of a one-row forward of 8.8 ms on a
+2-core CPU, even with its guards reduced to those that tell graphs apart (docs/BENCHMARKS.md).
+Skipping them is sound because nothing a step changes can need a new graph: every step is one
+of the kinds traced at start, each traced once (`compile()` checks it), every size that varies
+is a dynamic dimension that is never 0 or 1 (`StepShape`), the slot bank and KV cache are
+written in place or grown along their dynamic dimension, and a merge (which swaps layers the
+trace holds) runs eagerly. Not on CUDA: there each bucket is a static graph of its own, traced
+when it first comes, which only dynamo's guards can tell apart.
 
 Not here: teacher-forced scoring (the runner's ragged forward, which returns every position's
 logits), sampling. A merge swaps layers the trace captured, so while any layer is merged the
@@ -47,6 +49,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -114,6 +117,20 @@ class StepLayout:
     def of(cls, tokens: Sequence[Sequence[int]]) -> StepLayout:
         return cls([b for b, t in enumerate(tokens) if len(t) == 1],
                    [b for b, t in enumerate(tokens) if len(t) > 1])
+
+
+StepKind = tuple[str, bool]  # what the step runs, and whether on LoRA slots
+
+ONE_ROW_DECODING = "one row decoding"
+ROWS_DECODING = "rows decoding"
+DECODING_BESIDE_PREFILL = "rows decoding beside a prefill chunk"
+
+
+def step_kind(layout: StepLayout, use_slots: bool) -> StepKind:
+    """The graph a step runs: its `StepShape`s of one kind differ only in dynamic sizes."""
+    if layout.packed:
+        return DECODING_BESIDE_PREFILL, use_slots
+    return (ONE_ROW_DECODING if len(layout.singles) == 1 else ROWS_DECODING), use_slots
 
 
 @dataclass(frozen=True)
@@ -358,8 +375,9 @@ class EngineStep:
         self.device = device
         self.buffers = _Buffers(cache, device)
         self.compiled: CompiledForward | None = None
-        self.warm = False  # every kind traced (CPU): the step may skip its full guards
-        self._traced_bases = {key: linear.base for key, linear in linears.items()}
+        self.graphs: dict[StepKind, CompiledForward] = {}  # CPU: each kind's code, called directly
+        self.direct = True  # call `graphs` (False: through dynamo and its guards; benchmarks)
+        self._traced_bases = _bases(linears)
         install_output_selection(model)
 
     def run(self, tokens: Sequence[Sequence[int]], rows: Sequence[int], start: Sequence[int],
@@ -376,9 +394,12 @@ class EngineStep:
                            self.buffers.scratch_row)
         inputs = self.buffers.fill(shape, host)
         if self.compiled is not None and not self.merged():
-            if self.device.type != "cuda":  # one graph for every size (CUDA: one per bucket)
-                _mark_dynamic(inputs)
-            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=self.warm):
+            graph = self.graphs.get(step_kind(layout, use_slots)) if self.direct else None
+            if graph is not None:
+                logits = graph(self, inputs, use_slots)
+            else:
+                if self.device.type != "cuda":  # one graph for every size (CUDA: one per bucket)
+                    _mark_dynamic(inputs)
                 logits = self.compiled(inputs, use_slots)
         else:
             plan = plan_slots(inputs.slots, self.lora_strategy, values=host.slots) \
@@ -389,32 +410,44 @@ class EngineStep:
 
     def merged(self) -> bool:
         """Whether a merge has replaced a layer the trace holds."""
-        return any(linear.base is not self._traced_bases[key]
-                   for key, linear in self.linears.items())
+        return any(linear._modules["base"] is not base  # not nn.Module's slow __getattr__:
+                   for linear, base in self._traced_bases)  # 20 µs for 210 layers, not 250
 
     def compile(self) -> None:
         """Compile the step now (before any request: the rows it writes are rewritten by
         prefills): one row decoding, rows decoding, rows decoding beside a prefill chunk, each
-        on the base and with LoRA slots."""
+        on the base and with LoRA slots. On the CPU, keep each kind's code to call directly."""
         if self.device.type == "cpu":
             log.info("inductor's cache for this CPU kind: %s", compile_cache.scope_to_this_cpu())
         self.compiled = _compile(self._forward, self.device)
-        self.warm = False
-        self._traced_bases = {key: linear.base for key, linear in self.linears.items()}
+        self.graphs = {}
+        self._traced_bases = _bases(self.linears)
         started = time.monotonic()
         log.info("compiling the engine step (the first start takes minutes on a small CPU; "
                  "inductor's cache makes later starts quicker)")
         lora = any(linear.a.shape[0] > 1 for linear in self.linears.values())  # any slot
-        kinds = {"one row decoding": [[0]], "rows decoding": [[0], [0]],
-                 "rows decoding beside a prefill chunk": [[0], [0, 0]]}
-        for kind, tokens in kinds.items():
-            rows = list(range(len(tokens)))
-            for slots in (None, [1] * len(tokens)) if lora else (None,):
-                with torch.inference_mode():
-                    self.run(tokens, rows, [2, 0][: len(tokens)], slots)
-                log.info("compiled the engine step: %s, %s (%.0f s so far)", kind,
-                         "LoRA" if slots else "base", time.monotonic() - started)
-        self.warm = self.device.type != "cuda"  # CUDA: static buckets, traced as they come
+        kinds = {ONE_ROW_DECODING: [[0]], ROWS_DECODING: [[0], [0]],
+                 DECODING_BESIDE_PREFILL: [[0], [0, 0]]}
+        with _dynamo_code(EngineStep._forward) as made:
+            for kind, tokens in kinds.items():
+                rows = list(range(len(tokens)))
+                for slots in (None, [1] * len(tokens)) if lora else (None,):
+                    made.clear()
+                    with torch.inference_mode():
+                        self.run(tokens, rows, [2, 0][: len(tokens)], slots)
+                    self._keep_graph((kind, slots is not None), made)
+                    log.info("compiled the engine step: %s, %s (%.0f s so far)", kind,
+                             "LoRA" if slots else "base", time.monotonic() - started)
+
+    def _keep_graph(self, kind: StepKind, made: list[types.CodeType]) -> None:
+        """Keep the one graph tracing `kind` made, to call without dynamo's lookup (CPU)."""
+        if self.device.type == "cuda":  # static buckets, each traced as it comes
+            return
+        if len(made) != 1:  # dynamo's lookup tells its graphs apart; ours could not
+            log.warning("the engine step's %s, %s made %d graphs; it runs through dynamo's "
+                        "guards", kind[0], "LoRA" if kind[1] else "base", len(made))
+            return
+        self.graphs[kind] = types.FunctionType(made[0], EngineStep._forward.__globals__)
 
     def _forward(self, inputs: StepInputs, use_slots: bool) -> torch.Tensor:
         """-> logits (K, vocab) float32."""
@@ -435,12 +468,33 @@ class EngineStep:
         return out.logits[:, 0].float()
 
 
+def _bases(linears: dict[str, SlotLinear]) -> list[tuple[SlotLinear, nn.Module]]:
+    return [(linear, linear.base) for linear in linears.values()]
+
+
 def _mark_dynamic(inputs: StepInputs) -> None:
     packed = inputs.packed
     for tensor in (*inputs[:-1], *(packed or ())):
         torch._dynamo.maybe_mark_dynamic(tensor, 0)
     if packed is not None:
         torch._dynamo.maybe_mark_dynamic(packed.segment_positions, 1)
+
+
+@contextmanager
+def _dynamo_code(fn: Callable[..., Any]) -> Iterator[list[types.CodeType]]:
+    """The code objects dynamo makes for `fn` while the block runs (a graph's code calls its
+    compiled graph and replays the side effects the trace recorded, from `fn`'s globals)."""
+    made: list[types.CodeType] = []
+
+    def hook(code: types.CodeType, new_code: types.CodeType) -> None:
+        if code is fn.__code__:
+            made.append(new_code)
+
+    handle = torch._dynamo.convert_frame.register_bytecode_hook(hook)
+    try:
+        yield made
+    finally:
+        handle.remove()
 
 
 def should_compile(mode: str, device: torch.device, quantization: str) -> bool:
@@ -460,5 +514,5 @@ def _compile(forward: CompiledForward, device: torch.device) -> CompiledForward:
     return compiled
 
 
-__all__ = ["EngineStep", "HostStep", "PackedInputs", "StepInputs", "StepLayout", "StepShape", "bucket",
-           "install_output_selection", "should_compile"]
+__all__ = ["EngineStep", "HostStep", "PackedInputs", "StepInputs", "StepKind", "StepLayout",
+           "StepShape", "bucket", "install_output_selection", "should_compile", "step_kind"]

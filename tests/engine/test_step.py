@@ -10,6 +10,8 @@ keys), eager and compiled with `fullgraph=True`, which raises on any graph break
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -17,7 +19,11 @@ from torch.profiler import ProfilerActivity, profile
 
 from server.engine.runner import ForwardBatch, ModelRunner, module_shapes
 from server.engine.step import (
+    DECODING_BESIDE_PREFILL,
+    ONE_ROW_DECODING,
+    ROWS_DECODING,
     SEGMENT_CELLS,
+    EngineStep,
     StepLayout,
     StepShape,
     bucket,
@@ -124,14 +130,28 @@ def test_prefill_chunks_beside_decoding_rows_match_the_ragged_forward(
                      [len(PROMPTS[0]) + 1, len(PROMPTS[1]), len(PROMPTS[2]) + 1,
                       len(new_prompt)], SLOTS),
     ]
-    assert runner.step.warm == compiled  # compiled: run with the guards that tell graphs apart
+    kinds = {(kind, lora) for kind in (ONE_ROW_DECODING, ROWS_DECODING, DECODING_BESIDE_PREFILL)
+             for lora in (False, True)}
+    assert set(runner.step.graphs) == (kinds if compiled else set())  # called without dynamo
     graphs = counters["stats"]["unique_graphs"]
-    for batch in steps:
-        got = runner.forward(batch)
-        expected = _reference_last(reference, batch)
-        assert got.shape == expected.shape == (len(batch.tokens), 128)
-        torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
+    dynamo, through_dynamo = runner.step.compiled, []
+
+    def counted(*args: object) -> torch.Tensor:
+        through_dynamo.append(args)
+        assert dynamo is not None
+        return dynamo(*args)
+    if compiled:  # dynamo's entry point, which checks guards: never called once traced
+        runner.step.compiled = counted
+    try:
+        for batch in steps:
+            got = runner.forward(batch)
+            expected = _reference_last(reference, batch)
+            assert got.shape == expected.shape == (len(batch.tokens), 128)
+            torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
+    finally:
+        runner.step.compiled = dynamo
     assert counters["stats"]["unique_graphs"] == graphs  # compile() traced every kind
+    assert not through_dynamo
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
@@ -154,6 +174,20 @@ def test_a_chunk_cut_over_two_segments_matches_the_ragged_forward(
         got = runner.forward(batch)
         torch.testing.assert_close(got, _reference_last(reference, batch), atol=TOL, rtol=TOL)
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_a_kind_traced_into_more_than_one_graph_stays_with_dynamo(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Only a kind that traced into exactly one graph is called directly: with none or two,
+    the step cannot tell which one a call needs, so dynamo's guards choose."""
+    step = SimpleNamespace(device=torch.device("cpu"), graphs={})
+    code = _model.__code__
+    for made in ([], [code, code]):
+        EngineStep._keep_graph(step, (ROWS_DECODING, False), made)  # type: ignore[arg-type]
+    assert step.graphs == {}
+    assert caplog.text.count("runs through dynamo's guards") == 2
+    EngineStep._keep_graph(step, (ROWS_DECODING, False), [code])  # type: ignore[arg-type]
+    assert list(step.graphs) == [(ROWS_DECODING, False)]
 
 
 def test_base_rows_are_unchanged_by_the_slot_bank(runners: tuple[ModelRunner, ...]) -> None:

@@ -70,8 +70,8 @@ def preferred(choice: IntKernels = "auto") -> bool:
     """Whether int layers should compute with these kernels: `cameo` or `torch` as told, and
     `auto` where torch itself runs at AVX2 (measured faster there: docs/BENCHMARKS.md); on
     AVX-512, torch's kernels (16 lanes wide; measured faster on an AVX-512 EPYC, at every row
-    count, than these, built for AVX2 or with AVX512-VNNI). Raises ValueError
-    when told `cameo` where they cannot run."""
+    count, than these, built for AVX2 or with AVX512-VNNI). Raises ValueError when told
+    `cameo` where they cannot run."""
     if choice == "torch":
         return False
     if choice == "auto" and cpu.torch_runs_avx512():
